@@ -1,0 +1,60 @@
+"""The "numpy" backend: the reference itself behind the common interface.
+
+It is the default backend and the oracle of the conformance suite: every
+operation is the float64 function of `lfq.reference`, and `vjp` returns the
+reference's analytic gradients (NumPy has no autodiff).
+"""
+
+from __future__ import annotations
+
+from typing import final
+
+import numpy as np
+
+from lfq import reference
+from lfq.config import Config
+from lfq.interface import CodeUsage, LFQOutput
+from lfq.validation import FLOAT_DTYPES, numpy_dtype
+
+
+@final
+class NumPyBackend:
+    """LFQ on NumPy arrays, by the reference functions (float64 inside)."""
+
+    name = "numpy"
+    dtypes = FLOAT_DTYPES
+    modes = ("eager",)
+
+    def quantize(self, z, cfg: Config):
+        return reference.quantize(z, cfg)
+
+    def codes_to_indices(self, z, cfg: Config):
+        return reference.codes_to_indices(z, cfg)
+
+    def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
+        return reference.indices_to_codes(indices, cfg, numpy_dtype(dtype))
+
+    def entropy(self, z, cfg: Config, mask=None):
+        return reference.entropy(z, cfg, mask)
+
+    def commitment_loss(self, z, cfg: Config, mask=None):
+        return reference.commitment_loss(z, cfg, mask)
+
+    def lfq(self, z, cfg: Config, mask=None) -> LFQOutput:
+        return reference.lfq(z, cfg, mask)
+
+    def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
+        return reference.code_usage(indices, cfg, mask)
+
+    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None):
+        return reference.vjp(term, z, cfg, cotangent, mask)
+
+    def compiled(self):
+        raise NotImplementedError("the numpy backend has no compiled mode (modes == ('eager',))")
+
+    def asarray(self, array, dtype: str | None = None):
+        array = np.asarray(array)
+        return array if dtype is None else array.astype(numpy_dtype(dtype))
+
+    def to_numpy(self, array):
+        return np.asarray(array)

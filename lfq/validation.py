@@ -1,0 +1,159 @@
+"""Input checks shared by every backend, on shapes and dtype names only.
+
+Backends call these with their native array's `shape` and dtype before any
+framework arithmetic, so misuse is refused with a message that names the
+argument, the value and the fix, identically in every framework.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lfq.config import Config
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "check_exact_batch_entropy",
+    "check_features",
+    "check_index_dtype",
+    "check_index_range",
+    "check_indices",
+    "check_mask",
+    "dtype_name",
+    "numpy_dtype",
+    "token_shape",
+]
+
+#: Input dtypes every backend accepts (by name); all math runs in float32 or float64.
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def dtype_name(dtype) -> str:
+    """Framework-neutral dtype name: "float32", "int64", "bool", ... ."""
+    name = getattr(dtype, "name", None)
+    if not isinstance(name, str):
+        name = str(dtype)
+    return name.replace("torch.", "")
+
+
+def numpy_dtype(name: str):
+    """The NumPy dtype of a dtype name; "bfloat16" comes from ml_dtypes (a JAX dependency)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise TypeError("bfloat16 NumPy arrays need ml_dtypes: pip install ml_dtypes") from err
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _axis(cfg: Config, ndim: int) -> int:
+    if not -ndim <= cfg.feature_axis < ndim:
+        raise ValueError(
+            f"feature_axis={cfg.feature_axis} is out of range for z with {ndim} dimensions: "
+            f"use an axis in [{-ndim}, {ndim - 1}] (default -1, channels last)"
+        )
+    return cfg.feature_axis % ndim
+
+
+def token_shape(shape, cfg: Config) -> tuple[int, ...]:
+    """Shape of the token axes: `z.shape` without the feature axis."""
+    shape = tuple(shape)
+    axis = _axis(cfg, len(shape))
+    return shape[:axis] + shape[axis + 1:]
+
+
+def check_features(shape, dtype, cfg: Config, name: str = "z") -> None:
+    """Refuse features that are not real floating point or whose feature axis is not C*D."""
+    kind = dtype_name(dtype)
+    if kind not in FLOAT_DTYPES:
+        if kind.startswith("complex"):
+            fix = "pass the real part, or split real and imaginary parts into features"
+        else:
+            fix = "cast it to a float dtype first, e.g. float32"
+        raise TypeError(
+            f"{name} has dtype {kind}; LFQ quantizes real floating-point features "
+            f"({', '.join(FLOAT_DTYPES)}): {fix}"
+        )
+    shape = tuple(shape)
+    if len(shape) == 0:
+        raise ValueError(
+            f"{name} is a scalar; it needs a feature axis of size C*D = {cfg.num_features}: "
+            f"pass an array of shape [..., {cfg.num_features}]"
+        )
+    axis = _axis(cfg, len(shape))
+    if shape[axis] != cfg.num_features:
+        raise ValueError(
+            f"{name}: expected feature axis (axis {cfg.feature_axis}) of size C*D = "
+            f"{cfg.num_codebooks}*{cfg.codebook_dim} = {cfg.num_features}, got {shape[axis]} "
+            f"(shape {shape}): change codebook_dim/num_codebooks, or feature_axis if the "
+            "features are on another axis"
+        )
+
+
+def check_mask(mask_shape, mask_dtype, z_shape, cfg: Config) -> None:
+    """Refuse a mask that is not boolean or not of shape `z.shape` minus the feature axis."""
+    kind = dtype_name(mask_dtype)
+    if kind != "bool":
+        raise TypeError(
+            f"mask has dtype {kind}; it must be boolean (True = token counts in the losses): "
+            "pass mask.astype(bool) or a comparison such as lengths_mask > 0"
+        )
+    expected = token_shape(z_shape, cfg)
+    if tuple(mask_shape) != expected:
+        raise ValueError(
+            f"mask has shape {tuple(mask_shape)}, expected {expected} (z.shape {tuple(z_shape)} "
+            f"without the feature axis): one boolean per token"
+        )
+
+
+def check_indices(shape, dtype, cfg: Config) -> None:
+    """Refuse indices that are not integers or whose last axis is not the C codebooks."""
+    kind = dtype_name(dtype)
+    if not (kind.startswith("int") or kind.startswith("uint")):
+        raise TypeError(
+            f"indices has dtype {kind}; it must be an integer array (as returned by "
+            "codes_to_indices): cast with astype(int64)"
+        )
+    shape = tuple(shape)
+    if len(shape) == 0 or shape[-1] != cfg.num_codebooks:
+        raise ValueError(
+            f"indices has shape {shape}; its last axis must hold the num_codebooks = "
+            f"{cfg.num_codebooks} indices of each token (shape [..., {cfg.num_codebooks}])"
+        )
+
+
+def check_index_range(low: int, high: int, cfg: Config) -> None:
+    """Refuse index values outside `[0, 2**D)` (eager code only: needs concrete values)."""
+    size = cfg.codebook_size
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"indices contains {bad}, outside [0, {size - 1}] for codebook_dim={cfg.codebook_dim} "
+            f"(codebook_size={size}): check codebook_dim and bit_order of the tokens' producer"
+        )
+
+
+def check_index_dtype(bits: int, cfg: Config) -> None:
+    """Refuse a codebook_dim whose indices do not fit the backend's signed index type."""
+    if cfg.codebook_dim > bits - 1:
+        hint = " or enable 64-bit indices (jax: jax.config.update('jax_enable_x64', True))" \
+            if bits == 32 else ""
+        raise ValueError(
+            f"codebook_dim={cfg.codebook_dim} does not fit int{bits} indices (at most "
+            f"{bits - 1} bits): use more codebooks with fewer bits each{hint}"
+        )
+
+
+def check_exact_batch_entropy(cfg: Config) -> None:
+    """Refuse an exact batch entropy past `max_exact_bits` bits in one group."""
+    widest = -(-cfg.codebook_dim // cfg.entropy_groups)
+    if widest > cfg.max_exact_bits:
+        groups_needed = -(-cfg.codebook_dim // cfg.max_exact_bits)
+        raise ValueError(
+            f"the exact batch entropy of codebook_dim={cfg.codebook_dim} "
+            f"(batch_entropy={cfg.batch_entropy!r}) needs 2**{widest} probabilities per "
+            f"codebook, past max_exact_bits={cfg.max_exact_bits}: use more codebooks "
+            f"(num_codebooks) with fewer bits each, raise max_exact_bits if memory allows, "
+            f"or choose the upper-bound approximation batch_entropy='groups:{groups_needed}'"
+        )
