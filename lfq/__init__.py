@@ -9,6 +9,7 @@
 `import lfq` imports no framework: backends load on `lfq.get(name)`.
 """
 
+from lfq import reference
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, LOSS_TERMS, CodeUsage, LFQBackend, LFQOutput
 from lfq.registry import BackendUnavailable, get, is_available, list_backends, register
@@ -29,5 +30,6 @@ __all__ = [
     "get",
     "is_available",
     "list_backends",
+    "reference",
     "register",
 ]
