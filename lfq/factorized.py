@@ -39,6 +39,7 @@ __all__ = [
     "loss_sums",
     "losses_from_sums",
     "subcode_probs",
+    "sum_replicas",
 ]
 
 
@@ -58,6 +59,21 @@ class LossSums(NamedTuple):
     token_count: object
     commitment: object
     histograms: tuple
+
+    def map(self, fn) -> "LossSums":
+        """Apply `fn` to every array, e.g. a framework's all-reduce."""
+        return LossSums(fn(self.sample_entropy), fn(self.token_count), fn(self.commitment),
+                        tuple(fn(h) for h in self.histograms))
+
+
+def sum_replicas(parts) -> LossSums:
+    """Field-wise sum of several replicas' `LossSums`: what an all-reduce(SUM) computes."""
+    first, *rest = parts
+    total = list(first)
+    for part in rest:
+        total[:3] = [a + b for a, b in zip(total[:3], part[:3])]
+        total[3] = tuple(a + b for a, b in zip(total[3], part.histograms))
+    return LossSums(*total)
 
 
 def bit_groups(cfg: Config) -> list[tuple[int, int]]:
