@@ -68,6 +68,14 @@ def run_in_this_process(case: dict, repeat: int) -> dict:
     return result
 
 
+def run_guarded(case: dict, repeat: int) -> dict:
+    """`run_in_this_process`, with a failure (e.g. out of memory) reported as a note."""
+    try:
+        return run_in_this_process(case, repeat)
+    except Exception as err:  # noqa: BLE001 - a benchmark row reports any failure
+        return {"note": f"failed: {type(err).__name__}: {str(err)[:100]}"}
+
+
 def run_isolated(case: dict, repeat: int, timeout_s: float) -> dict:
     """Run one case in a fresh interpreter; failures come back as a note."""
     cmd = [sys.executable, os.path.join(HERE, "run.py"), "--_case", json.dumps(case), "--repeat", str(repeat)]

@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every case in this process (faster; on a GPU the peak comes from the "
+                             "framework's counters, on the CPU it is then only an upper bound)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -49,7 +52,12 @@ def main(argv=None) -> int:
         for case in module.cases(args.dims, args.tokens, args.device):
             case = dict(case, module=BACKEND_MODULES[backend])
             result = case.pop("skip", None)
-            result = {"note": result} if result else harness.run_isolated(case, args.repeat, args.timeout)
+            if result:
+                result = {"note": result}
+            elif args.in_process:
+                result = harness.run_guarded(case, args.repeat)
+            else:
+                result = harness.run_isolated(case, args.repeat, args.timeout)
             rows.append({**case, **result})
             print(harness.format_table([rows[-1]]).splitlines()[-1], flush=True)
     print()

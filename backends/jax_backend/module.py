@@ -1,0 +1,291 @@
+"""`LFQ`: the quantizer as a plain JAX module, an `init`/`apply` pair.
+
+The module is a frozen (hashable) dataclass holding only options; the learned
+parameters, the optional `project_in` (dim -> C*D) and `project_out` (C*D -> dim)
+linear maps, live in a params pytree returned by `init`. `apply(params, x, ...)`
+is a pure function, so it composes with `jax.jit`, `jax.grad`, `jax.vmap` and
+`jax.shard_map` and with any optimizer written over pytrees. No dependency
+beyond JAX: we chose this over Flax NNX so that the backend needs no extra
+package, and a Flax or Equinox user can wrap `apply` in one line.
+
+Arguments follow the layer API shared with the torch module and the Keras layer
+(names from vector-quantize-pytorch's LFQ where they mean the same); the
+module builds one `lfq.Config` and calls the JAX backend's functional `lfq`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import lfq
+from lfq import validation
+from lfq.config import Config
+
+__all__ = ["LFQ", "LFQResult", "LossBreakdown"]
+
+
+class LossBreakdown(NamedTuple):
+    """The unweighted loss terms, scalars (zeros when no loss was computed)."""
+
+    per_sample_entropy: Any
+    batch_entropy: Any
+    commitment: Any
+
+
+class LFQResult(NamedTuple):
+    """Output of `LFQ.apply`.
+
+    Attributes:
+        quantized: the codes (straight-through), in the input's layout and
+            feature size (`dim` when projections exist).
+        indices: int `[tokens..., C]`, or `[tokens...]` when the codebook axis is
+            not kept (the default for C == 1).
+        aux_loss: scalar weighted entropy + commitment loss; 0 when not computed.
+    """
+
+    quantized: Any
+    indices: Any
+    aux_loss: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LFQ:
+    """Lookup-free quantizer with optional input/output projections.
+
+    Args:
+        dim: input feature size; when it differs from C*D (or
+            `has_projections=True`) learned linear projections are used.
+        codebook_size: codes per codebook, a power of two (resolves D).
+        codebook_dim: D, bits per codebook (alternative to `codebook_size`).
+        num_codebooks: C.
+        entropy_loss_weight, commitment_loss_weight, diversity_gamma,
+        inv_temperature, spherical, codebook_scale, soft_clamp_input_value,
+        straight_through_activation, bit_order, batch_entropy, max_exact_bits,
+        precision: the `lfq.Config` options (see its docstring).
+        channel_first: features on axis 1 (True), last (False), or auto (None):
+            channel-first for inputs with ndim >= 4 (`b c h w`, `b c t h w`).
+        keep_num_codebooks_dim: keep the codebook axis of the indices; None =
+            only when num_codebooks > 1.
+        return_loss_breakdown: default of the `apply` argument of that name.
+        has_projections: None = auto (dim given and != C*D).
+        projection_has_bias: whether the projections have a bias.
+
+    Example:
+        >>> quantizer = LFQ(dim=16, codebook_size=256)
+        >>> params = quantizer.init(jax.random.key(0))
+        >>> out = quantizer.apply(params, jnp.ones((2, 8, 16)))
+        >>> out.quantized.shape, out.indices.shape
+        ((2, 8, 16), (2, 8))
+    """
+
+    dim: int | None = None
+    codebook_size: int | None = None
+    codebook_dim: int | None = None
+    num_codebooks: int = 1
+    entropy_loss_weight: float = 0.1
+    commitment_loss_weight: float = 0.25
+    diversity_gamma: float = 1.0
+    inv_temperature: float = 100.0
+    spherical: bool = False
+    codebook_scale: float = 1.0
+    soft_clamp_input_value: float | None = None
+    straight_through_activation: str = "identity"
+    bit_order: str = "msb"
+    batch_entropy: str = "exact"
+    max_exact_bits: int = 24
+    precision: str = "highest"
+    channel_first: bool | None = None
+    keep_num_codebooks_dim: bool | None = None
+    return_loss_breakdown: bool = False
+    has_projections: bool | None = None
+    projection_has_bias: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_config", self._build_config())
+        cfg = self._config
+        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1):
+            raise ValueError(f"dim={self.dim!r} must be a positive int (the input feature size) or None")
+        for name in ("channel_first", "keep_num_codebooks_dim", "has_projections"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{name}={value!r} must be True, False or None (auto)")
+        if self.keep_num_codebooks_dim is False and cfg.num_codebooks > 1:
+            raise ValueError(
+                f"keep_num_codebooks_dim=False with num_codebooks={cfg.num_codebooks}: the indices "
+                "of several codebooks need their own axis; use keep_num_codebooks_dim=None or True"
+            )
+        if self.has_projections is False and self.dim not in (None, cfg.num_features):
+            raise ValueError(
+                f"has_projections=False but dim={self.dim} != C*D = {cfg.num_features}: without "
+                "projections the input must have C*D features; drop has_projections (auto)"
+            )
+
+    def _build_config(self) -> Config:
+        if self.codebook_size is None and self.codebook_dim is None:
+            raise ValueError("pass codebook_size (a power of two, e.g. 2**14) or codebook_dim "
+                             "(bits per codebook, e.g. 14)")
+        if self.codebook_size is not None:
+            d = Config.from_codebook_size(self.codebook_size).codebook_dim
+            if self.codebook_dim is not None and self.codebook_dim != d:
+                raise ValueError(
+                    f"codebook_size={self.codebook_size} means codebook_dim={d}, but "
+                    f"codebook_dim={self.codebook_dim} was given: pass only one of them"
+                )
+        else:
+            d = self.codebook_dim
+        return Config(
+            codebook_dim=d, num_codebooks=self.num_codebooks, scale=self.codebook_scale,
+            spherical=self.spherical, inv_temperature=self.inv_temperature,
+            diversity_gamma=self.diversity_gamma, entropy_weight=self.entropy_loss_weight,
+            commitment_weight=self.commitment_loss_weight, bit_order=self.bit_order,
+            soft_clamp=self.soft_clamp_input_value, activation=self.straight_through_activation,
+            batch_entropy=self.batch_entropy, max_exact_bits=self.max_exact_bits,
+            precision=self.precision)
+
+    # -------------------------------------------------------------- properties
+
+    @property
+    def config(self) -> Config:
+        """The `lfq.Config` the module runs (feature axis last: the module moves axes itself)."""
+        return self._config
+
+    @property
+    def input_dim(self) -> int:
+        """Feature size of the input and of `quantized`: `dim`, or C*D."""
+        return self.config.num_features if self.dim is None else self.dim
+
+    @property
+    def uses_projections(self) -> bool:
+        """Whether `project_in`/`project_out` exist (has_projections resolved)."""
+        if self.has_projections is not None:
+            return self.has_projections
+        return self.input_dim != self.config.num_features
+
+    def _keeps_codebook_axis(self) -> bool:
+        if self.keep_num_codebooks_dim is None:
+            return self.config.num_codebooks > 1
+        return self.keep_num_codebooks_dim
+
+    def _is_channel_first(self, ndim: int) -> bool:
+        return ndim >= 4 if self.channel_first is None else self.channel_first
+
+    # ----------------------------------------------------------------- methods
+
+    def init(self, key, dtype=jnp.float32) -> dict:
+        """Parameters: `{}` without projections, else `project_in`/`project_out` dicts.
+
+        Each projection is `{"kernel": [fan_in, fan_out], "bias": [fan_out]}` (no bias
+        when `projection_has_bias=False`), drawn uniformly from +-1/sqrt(fan_in)
+        (PyTorch's `nn.Linear` default, so the three frameworks start alike).
+        """
+        if not self.uses_projections:
+            return {}
+        key_in, key_out = jax.random.split(key)
+        cd = self.config.num_features
+        return {"project_in": self._dense_init(key_in, self.input_dim, cd, dtype),
+                "project_out": self._dense_init(key_out, cd, self.input_dim, dtype)}
+
+    def _dense_init(self, key, fan_in: int, fan_out: int, dtype) -> dict:
+        bound = 1.0 / math.sqrt(fan_in)
+        key_w, key_b = jax.random.split(key)
+        params = {"kernel": jax.random.uniform(key_w, (fan_in, fan_out), dtype, -bound, bound)}
+        if self.projection_has_bias:
+            params["bias"] = jax.random.uniform(key_b, (fan_out,), dtype, -bound, bound)
+        return params
+
+    def _dense(self, params: dict, name: str, x):
+        if not isinstance(params, dict) or name not in params:
+            raise ValueError(f"params has no {name!r}: this module uses projections "
+                             f"(dim={self.input_dim} != C*D or has_projections=True); "
+                             "create the params with LFQ.init(key)")
+        layer = params[name]
+        precision = jax.lax.Precision.HIGHEST if self.precision == "highest" else jax.lax.Precision.DEFAULT
+        y = jnp.matmul(x, layer["kernel"], precision=precision)
+        return y + layer["bias"] if "bias" in layer else y
+
+    def apply(self, params: dict, x, mask=None, *, train: bool = True, compute_loss: bool | None = None,
+              return_loss_breakdown: bool | None = None, axis_name=None):
+        """Quantize `x` and (when training) compute the aux loss.
+
+        Args:
+            params: from `init` (`{}` when there are no projections).
+            x: `[b, ..., dim]` channel-last or `[b, dim, ...]` channel-first features.
+            mask: optional boolean `[b, ...]` (x's shape without the feature axis);
+                False tokens are quantized but count in no loss.
+            train: compute the loss (in eval, `train=False`, aux_loss is 0).
+            compute_loss: overrides `train` for the loss (True: losses in eval too).
+            return_loss_breakdown: also return a `LossBreakdown` (default: the
+                constructor's value).
+            axis_name: mesh axis to make the losses global over (inside
+                `jax.shard_map`); see docs/jax.md for the gradient semantics.
+
+        Returns:
+            `LFQResult(quantized, indices, aux_loss)`, or `(LFQResult, LossBreakdown)`
+            when `return_loss_breakdown`.
+        """
+        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        channel_first = self._is_channel_first(x.ndim)
+        if x.ndim < (2 if channel_first else 1):
+            raise ValueError(f"x has shape {tuple(x.shape)}: expected [batch, ..., {self.input_dim}] "
+                             f"(or [batch, {self.input_dim}, ...] channel-first)")
+        if channel_first:
+            x = jnp.moveaxis(x, 1, -1)
+        if x.shape[-1] != self.input_dim:
+            where = "axis 1 (channel-first)" if channel_first else "the last axis"
+            raise ValueError(
+                f"x: expected {self.input_dim} features on {where}, got shape {tuple(x.shape)} "
+                f"(after moving features last): pass dim={x.shape[-1]} to LFQ, or set channel_first")
+        if validation.dtype_name(x.dtype) not in validation.FLOAT_DTYPES:
+            raise TypeError(f"x has dtype {validation.dtype_name(x.dtype)}; LFQ quantizes real "
+                            f"floating-point features ({', '.join(validation.FLOAT_DTYPES)}): cast it first")
+        cfg = self.config
+        z = self._dense(params, "project_in", x) if self.uses_projections else x
+        compute = train if compute_loss is None else compute_loss
+        backend = lfq.get("jax")
+        if compute:
+            options = {} if axis_name is None else {"axis_name": axis_name}
+            out = backend.lfq(z, cfg, mask, **options)
+            codes, indices, aux = out.codes, out.indices, out.aux_loss
+            breakdown = LossBreakdown(out.per_sample_entropy, out.batch_entropy, out.commitment_loss)
+        else:
+            if mask is not None:
+                validation.check_mask(mask.shape, mask.dtype, z.shape, cfg)
+            codes, indices = backend.straight_through(z, cfg), backend.codes_to_indices(z, cfg)
+            aux = jnp.zeros((), z.dtype)
+            breakdown = LossBreakdown(aux, aux, aux)
+        quantized = self._dense(params, "project_out", codes) if self.uses_projections else codes
+        if channel_first:
+            quantized = jnp.moveaxis(quantized, -1, 1)
+        if not self._keeps_codebook_axis():
+            indices = indices[..., 0]
+        result = LFQResult(quantized, indices, aux)
+        wants_breakdown = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
+        return (result, breakdown) if wants_breakdown else result
+
+    def indices_to_codes(self, params: dict, indices, project_out: bool = True, dtype: str = "float32"):
+        """Codes of `indices` in the input layout.
+
+        Args:
+            params: from `init`.
+            indices: int `[b, ...]` as returned by `apply` (with the codebook axis
+                `[b, ..., C]` when it is kept).
+            project_out: map the codes back to `dim` features when projections exist.
+            dtype: dtype name of the codes.
+
+        Returns:
+            `[b, ..., dim]` (or C*D without projection), channel-first `[b, dim, ...]`
+            when the module is channel-first (auto: when the result has ndim >= 4).
+        """
+        if not self._keeps_codebook_axis():
+            indices = indices[..., None]
+        codes = lfq.get("jax").indices_to_codes(indices, self.config, dtype)
+        if project_out and self.uses_projections:
+            codes = self._dense(params, "project_out", codes)
+        if self._is_channel_first(codes.ndim):
+            codes = jnp.moveaxis(codes, -1, 1)
+        return codes

@@ -1,0 +1,301 @@
+"""`LFQLayer`: lookup-free quantization as a Keras 3 layer (TensorFlow backend).
+
+The layer builds one `lfq.Config` from its arguments (the names of
+vector-quantize-pytorch's LFQ, shared with lfq's torch and JAX modules) and
+calls the TensorFlow backend's functional `lfq`; it adds what a model needs:
+optional learned projections, channel-first image / video layouts, the aux loss
+through `add_loss`, code-usage metrics, and the global-batch entropy under
+`tf.distribute`.
+
+    layer = LFQLayer(codebook_size=2**10, dim=64)
+    quantized, indices, aux_loss = layer(x, training=True)   # x: [b, n, 64]
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+import tensorflow as tf
+
+import lfq
+from lfq.config import Config
+
+__all__ = ["LFQLayer", "LFQLayerOutput", "LossBreakdown", "batch_code_usage"]
+
+_HALF = (tf.float16, tf.bfloat16)
+
+
+class LFQLayerOutput(NamedTuple):
+    """What `LFQLayer` returns.
+
+    Attributes:
+        quantized: the codes (straight-through), projected back to `dim` when the
+            layer has projections, in the input's layout and compute dtype.
+        indices: int64 token indices, `[..., C]` (`[...]` when the codebook axis
+            is dropped, see `keep_num_codebooks_dim`).
+        aux_loss: scalar in the layer's variable dtype; 0 when no loss is computed.
+    """
+
+    quantized: Any
+    indices: Any
+    aux_loss: Any
+
+
+class LossBreakdown(NamedTuple):
+    """The unweighted terms of the aux loss (scalars; 0 when no loss is computed)."""
+
+    per_sample_entropy: Any
+    batch_entropy: Any
+    commitment: Any
+
+
+def batch_code_usage(indices, cfg: Config, mask=None):
+    """Fraction of codes used and perplexity of a batch of indices, in-graph.
+
+    The same numbers as `lfq.reference.code_usage`, computed with a sort (any D,
+    no 2**D histogram; XLA-compatible): masked-out tokens get index -1, the
+    sorted indices form runs of equal values, and the runs' valid-token counts
+    give the histogram of the codes that occur.
+
+    Args:
+        indices: int `[..., C]`.
+        cfg: the configuration (C and D).
+        mask: optional bool `[...]`; only True tokens count.
+
+    Returns:
+        `(fraction_used, perplexity)`, float32 `[C]` each; with no valid token
+        0 and 1.
+    """
+    c = cfg.num_codebooks
+    keys = tf.transpose(tf.reshape(tf.cast(indices, tf.int64), [-1, c]))             # [C, N]
+    if mask is not None:
+        keys = tf.where(tf.reshape(mask, [1, -1]), keys, tf.constant(-1, tf.int64))
+    keys = tf.sort(keys, axis=-1)
+    n = tf.shape(keys)[1]
+    starts = tf.concat([tf.ones([c, 1], tf.int32),
+                        tf.cast(keys[:, 1:] != keys[:, :-1], tf.int32)], axis=1)
+    # Run ids, offset per codebook so that one segment sum serves every codebook.
+    runs = tf.cumsum(starts, axis=1) - 1 + tf.range(c)[:, None] * n
+    valid = tf.cast(keys >= 0, tf.float32)
+    counts = tf.reshape(tf.math.unsorted_segment_sum(valid, runs, c * n), [c, -1])     # [C, N]
+    total = tf.reduce_sum(counts, axis=1, keepdims=True)
+    p = counts / tf.maximum(total, 1.0)
+    entropy = -tf.reduce_sum(tf.where(p > 0, p * tf.math.log(tf.where(p > 0, p, 1.0)), 0.0), axis=1)
+    used = tf.reduce_sum(tf.cast(counts > 0, tf.float32), axis=1) / float(cfg.codebook_size)
+    return used, tf.exp(entropy)
+
+
+@keras.saving.register_keras_serializable(package="lfq")
+class LFQLayer(keras.layers.Layer):
+    """Lookup-free quantization (MAGVIT-v2 LFQ) for Keras 3 on TensorFlow.
+
+    Args:
+        dim: input feature size; when given and != C*D, learned `project_in`
+            (dim -> C*D) and `project_out` (C*D -> dim) Dense layers are created.
+        codebook_size: codes per codebook, a power of two; or
+        codebook_dim: bits per codebook, D. Give exactly one of the two.
+        num_codebooks: C.
+        entropy_loss_weight, commitment_loss_weight, diversity_gamma,
+        inv_temperature, spherical, codebook_scale, soft_clamp_input_value,
+        straight_through_activation, bit_order, batch_entropy, max_exact_bits,
+        precision: the `lfq.Config` options (entropy_weight, commitment_weight,
+            diversity_gamma, inv_temperature, spherical, scale, soft_clamp,
+            activation, bit_order, batch_entropy, max_exact_bits, precision).
+        channel_first: None (auto: inputs with ndim >= 4, `b c h w` images and
+            `b c t h w` video, are channel-first; `b n d` sequences
+            channel-last), True or False.
+        keep_num_codebooks_dim: None keeps the codebook axis of the indices only
+            when num_codebooks > 1.
+        has_projections: None (auto: dim != C*D), True or False.
+        projection_has_bias: whether the projections have a bias.
+        return_loss_breakdown: default of the call argument of the same name.
+        sync_replicas: under `tf.distribute` (replica context, more than one
+            replica), compute the losses over the global batch.
+        track_code_usage: update the metrics `<name>_code_usage` (fraction of
+            codes used per batch) and `<name>_perplexity`, averaged over
+            codebooks and batches; per replica under `tf.distribute`.
+        **kwargs: `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Call arguments:
+        x: `[b, ..., dim]`, or `[b, dim, ...]` when channel-first.
+        mask: optional bool, `x`'s shape without the feature axis; masked-out
+            tokens are quantized but count in no loss.
+        training: Keras's flag; the loss is computed (and added with `add_loss`)
+            only when training, or when `compute_loss=True`.
+        return_loss_breakdown: also return a `LossBreakdown`.
+
+    Returns:
+        `LFQLayerOutput(quantized, indices, aux_loss)`, or
+        `(LFQLayerOutput, LossBreakdown)` when the breakdown is asked for.
+    """
+
+    def __init__(self, *, dim=None, codebook_size=None, codebook_dim=None, num_codebooks=1,
+                 entropy_loss_weight=0.1, commitment_loss_weight=0.25, diversity_gamma=1.0,
+                 inv_temperature=100.0, spherical=False, codebook_scale=1.0,
+                 soft_clamp_input_value=None, straight_through_activation="identity", bit_order="msb",
+                 batch_entropy="exact", max_exact_bits=24, precision="highest", channel_first=None,
+                 keep_num_codebooks_dim=None, has_projections=None, projection_has_bias=True,
+                 return_loss_breakdown=False, sync_replicas=True, track_code_usage=True, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                f"LFQLayer runs on Keras's TensorFlow backend, but KERAS_BACKEND is "
+                f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow (lfq's JAX and torch "
+                "backends have their own modules)"
+            )
+        super().__init__(**kwargs)
+        if (codebook_size is None) == (codebook_dim is None):
+            raise ValueError(
+                f"LFQLayer got codebook_size={codebook_size!r} and codebook_dim={codebook_dim!r}: "
+                "give exactly one (codebook_size=1024 or codebook_dim=10)"
+            )
+        options = dict(num_codebooks=num_codebooks, scale=codebook_scale, spherical=spherical,
+                       inv_temperature=inv_temperature, diversity_gamma=diversity_gamma,
+                       entropy_weight=entropy_loss_weight, commitment_weight=commitment_loss_weight,
+                       bit_order=bit_order, soft_clamp=soft_clamp_input_value,
+                       activation=straight_through_activation, batch_entropy=batch_entropy,
+                       max_exact_bits=max_exact_bits, precision=precision)
+        if codebook_size is not None:
+            self.cfg = Config.from_codebook_size(codebook_size, **options)
+        else:
+            self.cfg = Config(codebook_dim=codebook_dim, **options)
+        for flag, value in (("channel_first", channel_first), ("keep_num_codebooks_dim", keep_num_codebooks_dim),
+                            ("has_projections", has_projections)):
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{flag}={value!r} must be None (auto), True or False")
+        features = self.cfg.num_features
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"dim={dim!r} must be a positive int (the input feature size) or None")
+        self.dim = features if dim is None else dim
+        self.has_projections = self.dim != features if has_projections is None else has_projections
+        self.channel_first = channel_first
+        self.keep_num_codebooks_dim = num_codebooks > 1 if keep_num_codebooks_dim is None \
+            else keep_num_codebooks_dim
+        self.return_loss_breakdown = return_loss_breakdown
+        self.sync_replicas = sync_replicas
+        self.track_code_usage = track_code_usage
+        self._config = dict(
+            dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
+            entropy_loss_weight=entropy_loss_weight, commitment_loss_weight=commitment_loss_weight,
+            diversity_gamma=diversity_gamma, inv_temperature=inv_temperature, spherical=spherical,
+            codebook_scale=codebook_scale, soft_clamp_input_value=soft_clamp_input_value,
+            straight_through_activation=straight_through_activation, bit_order=bit_order,
+            batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision,
+            channel_first=channel_first, keep_num_codebooks_dim=keep_num_codebooks_dim,
+            has_projections=has_projections, projection_has_bias=projection_has_bias,
+            return_loss_breakdown=return_loss_breakdown, sync_replicas=sync_replicas,
+            track_code_usage=track_code_usage)
+        self._backend = lfq.get("tensorflow")
+        # A Keras mask from upstream layers (Embedding(mask_zero=True), Masking) arrives
+        # as `mask` and then excludes padding tokens from the losses; it is passed on.
+        self.supports_masking = True
+        if self.has_projections:
+            self.project_in = keras.layers.Dense(features, use_bias=projection_has_bias,
+                                                 dtype=self.dtype_policy, name="project_in")
+            self.project_out = keras.layers.Dense(self.dim, use_bias=projection_has_bias,
+                                                  dtype=self.dtype_policy, name="project_out")
+        if track_code_usage:
+            self.code_usage_metric = keras.metrics.Mean(name=f"{self.name}_code_usage")
+            self.perplexity_metric = keras.metrics.Mean(name=f"{self.name}_perplexity")
+
+    # ------------------------------------------------------------------ layout
+
+    def _is_channel_first(self, rank: int) -> bool:
+        return rank >= 4 if self.channel_first is None else self.channel_first
+
+    def _channels_last_shape(self, input_shape) -> tuple:
+        shape = tuple(input_shape)
+        if len(shape) < 2:
+            raise ValueError(f"LFQLayer input has shape {shape}: it needs a batch axis and a feature "
+                             f"axis of size dim={self.dim}")
+        if self._is_channel_first(len(shape)):
+            shape = (shape[0],) + shape[2:] + (shape[1],)
+        if shape[-1] is not None and shape[-1] != self.dim:
+            axis = 1 if self._is_channel_first(len(input_shape)) else -1
+            raise ValueError(
+                f"LFQLayer input has shape {tuple(input_shape)}: expected dim={self.dim} features on "
+                f"axis {axis} ({'channel-first' if axis == 1 else 'channel-last'}); pass dim= to "
+                "project, or channel_first= to choose the layout"
+            )
+        return shape
+
+    def build(self, input_shape):
+        shape = self._channels_last_shape(input_shape)
+        if self.has_projections:
+            self.project_in.build(shape)
+            self.project_out.build(shape[:-1] + (self.cfg.num_features,))
+
+    # -------------------------------------------------------------------- call
+
+    def _replica_options(self) -> dict:
+        context = tf.distribute.get_replica_context() if self.sync_replicas else None
+        if context is None or context.num_replicas_in_sync == 1:
+            return {}
+        return {"replica_context": context}
+
+    def call(self, x, mask=None, training=None, return_loss_breakdown=None, compute_loss=False):
+        channel_first = self._is_channel_first(x.shape.rank)
+        self._channels_last_shape(x.shape)
+        if channel_first:
+            x = tf.experimental.numpy.moveaxis(x, 1, -1)
+        z = self.project_in(x) if self.has_projections else x
+        be, cfg = self._backend, self.cfg
+        if training or compute_loss:
+            # Half inputs: losses from float32 features, so that the aux loss and its
+            # gradient keep float32 resolution; the codes' value stays the half-precision
+            # quantization of z, bitwise.
+            half = z.dtype in _HALF
+            out = be.lfq(tf.cast(z, tf.float32) if half else z, cfg, mask, **self._replica_options())
+            codes = be.pass_gradient(be.quantize(z, cfg), tf.cast(out.codes, z.dtype)) if half else out.codes
+            indices = out.indices
+            aux_loss = tf.cast(out.aux_loss, self.dtype)
+            breakdown = LossBreakdown(*(tf.cast(v, self.dtype) for v in
+                                        (out.per_sample_entropy, out.batch_entropy, out.commitment_loss)))
+            self.add_loss(aux_loss)
+        else:
+            codes = be.straight_through(z, cfg)
+            indices = be.codes_to_indices(z, cfg)
+            aux_loss = tf.zeros([], self.dtype)
+            breakdown = LossBreakdown(aux_loss, aux_loss, aux_loss)
+        if self.track_code_usage:
+            used, perplexity = batch_code_usage(indices, cfg, mask)
+            self.code_usage_metric.update_state(tf.reduce_mean(used))
+            self.perplexity_metric.update_state(tf.reduce_mean(perplexity))
+        quantized = self.project_out(codes) if self.has_projections else codes
+        if channel_first:
+            quantized = tf.experimental.numpy.moveaxis(quantized, -1, 1)
+        if not self.keep_num_codebooks_dim:
+            indices = indices[..., 0]
+        result = LFQLayerOutput(quantized, indices, aux_loss)
+        if return_loss_breakdown is None:
+            return_loss_breakdown = self.return_loss_breakdown
+        return (result, breakdown) if return_loss_breakdown else result
+
+    def compute_mask(self, inputs, mask=None):
+        """The token mask of `quantized` and `indices` (the aux loss has none)."""
+        return None if mask is None else LFQLayerOutput(mask, mask, None)
+
+    def indices_to_codes(self, indices, project_out: bool = True):
+        """Codes of `indices` in the input layout, projected back to `dim` when asked.
+
+        Args:
+            indices: int `[b, ..., C]`, or `[b, ...]` when the layer drops the
+                codebook axis (`keep_num_codebooks_dim`).
+            project_out: apply `project_out` when the layer has projections.
+
+        Returns:
+            `[b, ..., dim]` (or `[b, dim, ...]` for channel-first images and
+            video), in the layer's compute dtype.
+        """
+        indices = tf.convert_to_tensor(indices)
+        if not self.keep_num_codebooks_dim:
+            indices = indices[..., None]
+        codes = self._backend.indices_to_codes(indices, self.cfg, dtype=self.compute_dtype)
+        if project_out and self.has_projections:
+            codes = self.project_out(codes)
+        if self._is_channel_first(codes.shape.rank):
+            codes = tf.experimental.numpy.moveaxis(codes, -1, 1)
+        return codes
+
+    def get_config(self):
+        return {**super().get_config(), **self._config}

@@ -1,0 +1,274 @@
+"""`TorchBackend`: LFQ on `torch.Tensor`s (CPU or CUDA), eager or under `torch.compile`.
+
+The math is the shared `lfq.array_backend.ArrayBackend` (written once over an
+Array-API namespace); this adapter supplies torch's pieces:
+
+* the namespace (`array_api_compat.torch`) and constants on the input's device;
+* straight-through by a custom autograd function (value bitwise the codes);
+* the entropy's matrix products at full float32 precision (`precision="highest"`,
+  default) through the `lfq::matmul_highest` custom op, or torch's own settings
+  (`precision="default"`: TF32 where the user enabled it);
+* half inputs computed in float32 with autocast switched off inside;
+* the distributed all-reduce of the loss sums (`distributed=True`);
+* `vjp` by `torch.autograd`, `compiled()` by `torch.compile(fullgraph=True)`.
+
+Every operation is traceable by `torch.compile(fullgraph=True)` without graph
+breaks, so users may also compile their own code around the eager backend. Under
+such a compile the index range check of `indices_to_codes` (a data-dependent
+read) is skipped; `compiled()` keeps it, running the checks eagerly first.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import final
+
+import array_api_compat.torch as torch_namespace
+import numpy as np
+import torch
+
+from lfq import validation
+from lfq.array_backend import ArrayBackend
+from lfq.config import Config
+from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
+
+from . import distributed as _dist
+from .ops import matmul_highest, no_autocast, straight_through
+
+__all__ = ["TorchBackend"]
+
+def _require_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{name} is a {type(x).__module__}.{type(x).__qualname__}; the torch backend takes "
+            "torch.Tensor inputs: convert with backend.asarray(...) or torch.as_tensor(...)"
+        )
+
+
+def _require_same_device(x, z, name: str) -> None:
+    if x.device != z.device:
+        raise ValueError(f"{name} is on {x.device} but z is on {z.device}: move it with .to(z.device)")
+
+
+@final
+class TorchBackend(ArrayBackend):
+    """LFQ on torch tensors; see `lfq.interface.LFQBackend` for every operation.
+
+    Args:
+        device: where `asarray` puts new tensors (default: torch's default
+            device). Operations always run on their inputs' device.
+        mode: "eager" (default) or "compiled" (every operation through
+            `torch.compile(fullgraph=True)`; get it with `compiled()`).
+
+    Extra keyword arguments of `lfq`, `entropy` and `commitment_loss`:
+        distributed: True sums the loss sums over `process_group` (see
+            `lfq.backends.torch_backend.distributed`); default False.
+        process_group: the `torch.distributed` group; default the world.
+    """
+
+    name = "torch"
+    dtypes = validation.FLOAT_DTYPES
+    modes = ("eager", "compiled")
+
+    def __init__(self, device=None, mode: str = "eager"):
+        if mode not in self.modes:
+            raise ValueError(f"mode={mode!r} is not one of {list(self.modes)}")
+        self.device = torch.device(device) if device is not None else None
+        self.mode = mode
+        self._compiled_backend = None
+        self._compiled_ops: dict = {}
+
+    def __repr__(self) -> str:
+        return f"TorchBackend(device={self.device}, mode={self.mode!r})"
+
+    # ------------------------------------------------------------------ hooks
+
+    def namespace(self, x):
+        return torch_namespace
+
+    def pass_gradient(self, value, carrier):
+        return straight_through(value, carrier)
+
+    def matmul(self, a, b, cfg: Config):
+        if cfg.precision == "highest" and a.dtype == torch.float32:
+            return matmul_highest(a, b)
+        return torch.matmul(a, b)  # float64 is exact anyway; "default" obeys torch's settings
+
+    def index_dtype(self, xp, cfg: Config):
+        return torch.int64
+
+    def constant(self, values, dtype, like):
+        return torch.as_tensor(values, dtype=dtype, device=like.device)
+
+    def concrete_bounds(self, indices):
+        if indices.numel() == 0 or torch.compiler.is_compiling():
+            return None  # a traced graph cannot read values; compiled() checks before tracing
+        return int(indices.min()), int(indices.max())
+
+    def all_reduce(self, sums, options: dict):
+        enabled, group = _dist.parse_options(options)
+        return _dist.all_reduce_sums(sums, group) if enabled else sums
+
+    # --------------------------------------------------------------- interface
+
+    def _run(self, op: str, first, cfg: Config, *args, **kwargs):
+        """Check the arguments eagerly, then run `op` in this backend's mode."""
+        if not isinstance(cfg, Config):
+            raise TypeError(f"cfg must be an lfq.Config, got {type(cfg).__name__}")
+        if self.mode == "compiled":
+            self._check_eagerly(op, first, cfg, *args, **kwargs)
+            fn = self._compiled_ops.get((op, cfg))
+            if fn is None:
+                fn = self._compiled_ops[(op, cfg)] = torch.compile(_eager_op(op), fullgraph=True)
+            return fn(first, cfg, *args, **kwargs)
+        with no_autocast(first.device.type if isinstance(first, torch.Tensor) else "cpu"):
+            return getattr(super(), op)(first, cfg, *args, **kwargs)
+
+    def _check_eagerly(self, op, first, cfg, *args, **kwargs):
+        """The checks that would raise inside the compiled graph, made before it is traced."""
+        if op == "indices_to_codes":
+            _require_tensor(first, "indices")
+            validation.check_indices(first.shape, first.dtype, cfg)
+            if first.numel():
+                validation.check_index_range(int(first.min()), int(first.max()), cfg)
+            return
+        self._check(first, cfg)
+        mask = kwargs.get("mask", args[0] if args else None)
+        if mask is not None:
+            _require_tensor(mask, "mask")
+            _require_same_device(mask, first, "mask")
+            validation.check_mask(mask.shape, mask.dtype, first.shape, cfg)
+        if op in ("entropy", "commitment_loss", "lfq"):
+            validation.check_exact_batch_entropy(cfg)
+            _dist.parse_options({k: v for k, v in kwargs.items() if k != "mask"})
+
+    def _check(self, z, cfg: Config):
+        _require_tensor(z, "z")
+        return super()._check(z, cfg)
+
+    def _features(self, z, cfg: Config, mask):
+        if mask is not None:
+            _require_tensor(mask, "mask")
+            _require_same_device(mask, z, "mask")
+        return super()._features(z, cfg, mask)
+
+    def quantize(self, z, cfg: Config):
+        return self._run("quantize", z, cfg)
+
+    def codes_to_indices(self, z, cfg: Config):
+        return self._run("codes_to_indices", z, cfg)
+
+    def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
+        _require_tensor(indices, "indices")
+        if not isinstance(dtype, str) or dtype not in validation.FLOAT_DTYPES:
+            raise ValueError(f"dtype={dtype!r} must be one of {list(validation.FLOAT_DTYPES)}")
+        if indices.dtype != torch.int64 and not indices.is_floating_point() and not indices.is_complex() \
+                and indices.dtype != torch.bool:
+            indices = indices.to(torch.int64)  # bit weights up to 2**62 need int64 arithmetic
+        return self._run("indices_to_codes", indices, cfg, dtype)
+
+    def entropy(self, z, cfg: Config, mask=None, **options):
+        return self._run("entropy", z, cfg, mask, **options)
+
+    def commitment_loss(self, z, cfg: Config, mask=None, **options):
+        return self._run("commitment_loss", z, cfg, mask, **options)
+
+    def lfq(self, z, cfg: Config, mask=None, **options) -> LFQOutput:
+        return self._run("lfq", z, cfg, mask, **options)
+
+    def straight_through(self, z, cfg: Config):
+        """Codes of `z` whose value is exactly `quantize(z)` and whose gradient follows the rule."""
+        return self._run("straight_through", z, cfg)
+
+    def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
+        _require_tensor(indices, "indices")
+        return super().code_usage(indices, cfg, mask)
+
+    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
+        """Gradient of `term` (one of `lfq.GRAD_TERMS`) w.r.t. `z` by torch.autograd, z's dtype.
+
+        A scalar term's cotangent defaults to 1; "codes" needs a cotangent of z's shape.
+        """
+        if term not in GRAD_TERMS:
+            raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
+        _require_tensor(z, "z")
+        if term == "codes" and cotangent is None:
+            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape (the upstream gradient)")
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            if term == "codes":
+                out = self.straight_through(z, cfg)
+            else:
+                out = getattr(self.lfq(z, cfg, mask, **options), term)
+        if cotangent is None:
+            cotangent = torch.ones_like(out)
+        else:
+            cotangent = torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
+            if cotangent.shape != out.shape:
+                raise ValueError(
+                    f"cotangent has shape {tuple(cotangent.shape)}, expected {tuple(out.shape)} "
+                    f"(the shape of {term})"
+                )
+        (grad,) = torch.autograd.grad(out, z, cotangent, allow_unused=True)
+        return torch.zeros_like(z) if grad is None else grad
+
+    def compiled(self) -> "TorchBackend":
+        """This backend with every operation run by `torch.compile(fullgraph=True)` (inductor).
+
+        Arguments are checked eagerly first, so errors are the same as in eager
+        mode. Compiled functions are cached per operation and config; a new shape,
+        dtype or mask presence recompiles (torch's guards; shapes turn dynamic
+        after the first change).
+        """
+        if self.mode == "compiled":
+            return self
+        if self._compiled_backend is None:
+            self._compiled_backend = TorchBackend(self.device, mode="compiled")
+        return self._compiled_backend
+
+    # ------------------------------------------------------------ conversions
+
+    def asarray(self, array, dtype: str | None = None):
+        """A NumPy array (or anything `np.asarray` takes) as a tensor on `self.device`.
+
+        The dtype cast happens in NumPy first (bfloat16 through ml_dtypes), so the
+        values are exactly NumPy's; bfloat16 crosses as float32, which holds every
+        bfloat16 value exactly.
+        """
+        if isinstance(array, torch.Tensor):
+            array = self.to_numpy(array)
+        array = np.asarray(array)
+        if dtype is not None:
+            array = array.astype(validation.numpy_dtype(dtype))
+        if validation.dtype_name(array.dtype) == "bfloat16":
+            tensor = torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
+        else:
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+        device = self.device if self.device is not None else torch.get_default_device()
+        return tensor.to(device)
+
+    def to_numpy(self, array):
+        """A tensor as a NumPy array on the host (bfloat16 via ml_dtypes, exactly)."""
+        if not isinstance(array, torch.Tensor):
+            return np.asarray(array)
+        array = array.detach().cpu()
+        if array.dtype == torch.bfloat16:
+            return array.to(torch.float32).numpy().astype(validation.numpy_dtype("bfloat16"))
+        return array.numpy()
+
+
+_EAGER = TorchBackend()
+
+
+def _eager_op(op: str):
+    """A new function that runs the eager backend's `op`, with a code object of its own.
+
+    `torch.compile` keeps its cache and its recompile budget (8 by default, a hard
+    error under fullgraph=True) per code object. One code object per (op, cfg)
+    lets a process use any number of configs in compiled mode; each still has
+    the whole budget for new shapes and dtypes.
+    """
+    def run(*args, **kwargs):
+        return getattr(_EAGER, op)(*args, **kwargs)
+
+    return types.FunctionType(run.__code__.replace(), run.__globals__, op, run.__defaults__, run.__closure__)

@@ -1,0 +1,117 @@
+"""Data-parallel LFQ on `torch.distributed`: the losses of the GLOBAL batch.
+
+The shared code computes, per replica, token sums (`lfq.factorized.LossSums`):
+the summed Bernoulli entropies, the token count, the summed squared errors and the
+token-summed code histograms. Summing them over replicas is exact, so after one
+all-reduce every replica holds the sums of the concatenated global batch and
+computes the same losses from them; uneven token counts (masks, ragged shards)
+are weighted by their counts automatically.
+
+Gradients. Every replica r evaluates the same global loss L(S), S = sum_r s_r.
+The all-reduce is autograd-aware: its backward all-reduces (sums) the upstream
+gradients, so replica r receives sum_q dL_q/dS = W * dL/dS (W replicas, the same
+L on each) times its own ds_r/dtheta. DDP then averages parameter gradients
+over the W replicas, which leaves exactly the gradient of L over the
+concatenated batch, as a single process would compute it. (With per-replica
+losses L_q that differ, the result is the gradient of their mean, which is what
+DDP's averaging means for any loss.)
+
+The collective is `torch.distributed._functional_collectives.all_reduce`, which
+`torch.compile` traces into the graph (the in-place `dist.all_reduce` it could
+not capture).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from lfq.factorized import LossSums
+
+__all__ = ["all_reduce_sums", "parse_options", "world_size"]
+
+_OPTIONS = ("distributed", "process_group")
+
+
+def parse_options(options: dict):
+    """`(distributed, process_group)` from the extra keyword arguments of lfq/entropy/commitment_loss.
+
+    Raises:
+        TypeError: an unknown keyword, or `distributed` not a bool.
+        RuntimeError: `distributed=True` without an initialized process group.
+    """
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument(s) {unknown}: the torch backend takes "
+            f"{', '.join(_OPTIONS)} (distributed=True sums the losses over the process group)"
+        )
+    enabled = options.get("distributed", False)
+    group = options.get("process_group")
+    if not isinstance(enabled, bool):
+        raise TypeError(f"distributed={enabled!r} must be True or False")
+    if group is not None and not enabled:
+        raise ValueError("process_group is given but distributed=False: pass distributed=True to use it")
+    if enabled and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "distributed=True needs an initialized torch.distributed process group: call "
+            "torch.distributed.init_process_group(...) first, or pass distributed=False"
+        )
+    return enabled, group
+
+
+def world_size(group=None) -> int:
+    """Number of processes in `group` (default: the world); 1 when torch.distributed is not initialized."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def _wait(tensor: torch.Tensor) -> torch.Tensor:
+    # Eager functional collectives return a lazily waited tensor; wait here so that
+    # autograd sees a plain tensor. Under torch.compile the wait is a graph op.
+    import torch.distributed._functional_collectives as funcol
+
+    return funcol.wait_tensor(tensor)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the group; backward sums the upstream gradients over the group too."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        import torch.distributed._functional_collectives as funcol
+
+        ctx.group = group
+        return _wait(funcol.all_reduce(x, "sum", group))
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed._functional_collectives as funcol
+
+        return _wait(funcol.all_reduce(grad.contiguous(), "sum", ctx.group)), None
+
+
+def all_reduce_sums(sums: LossSums, group=None) -> LossSums:
+    """`sums` summed over the process group, with one collective for all fields.
+
+    Args:
+        sums: this replica's `LossSums` (scalars and `[C, 2**|A|, 2**|B|]` histograms).
+        group: a `torch.distributed.ProcessGroup`; None = the default (world) group.
+
+    Returns:
+        The global `LossSums`, identical on every replica, differentiable (see the
+        module docstring for what the gradient is).
+    """
+    group = dist.group.WORLD if group is None else group
+    ref = sums.sample_entropy
+    # The token count may be a host constant (no mask); put it beside the others.
+    count = torch.as_tensor(sums.token_count, dtype=ref.dtype, device=ref.device)
+    parts = [sums.sample_entropy, count, sums.commitment, *sums.histograms]
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    total = _AllReduceSum.apply(flat, group)
+    out, start = [], 0
+    for p in parts:
+        out.append(total[start:start + p.numel()].reshape(p.shape))
+        start += p.numel()
+    return LossSums(out[0], out[1], out[2], tuple(out[3:]))

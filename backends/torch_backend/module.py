@@ -1,0 +1,251 @@
+"""`LFQ`: the lookup-free quantization layer as a `torch.nn.Module`.
+
+Argument names follow vector-quantize-pytorch's `LFQ` where they mean the same
+(docs/torch.md has the migration table). The layer builds one `lfq.Config` and
+calls the torch backend's functional `lfq(...)`: no math is re-implemented here.
+
+Layouts: sequences `[b, n, dim]` are channel-last; images `[b, dim, h, w]` and
+video `[b, dim, t, h, w]` (ndim >= 4) are channel-first unless `channel_first`
+says otherwise. Indices are `[b, n]` / `[b, h, w]` for one codebook and gain a
+trailing codebook axis `[..., C]` when num_codebooks > 1 (or
+`keep_num_codebooks_dim=True`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from lfq import validation
+from lfq.config import Config
+
+from . import distributed as _dist
+from .backend import TorchBackend
+
+__all__ = ["LFQ", "LossBreakdown", "Return"]
+
+
+class Return(NamedTuple):
+    """Output of `LFQ.forward`.
+
+    Attributes:
+        quantized: the input's shape and layout; straight-through codes
+            (projected out to `dim` when the layer has projections).
+        indices: `[...tokens]` or `[...tokens, C]` int64.
+        aux_loss: scalar, entropy_loss_weight * (H_sample - gamma H_batch)
+            + commitment_loss_weight * commitment; 0 in eval mode unless
+            `compute_loss=True`.
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    aux_loss: torch.Tensor
+
+
+class LossBreakdown(NamedTuple):
+    """The terms of the aux loss (scalars, nats for the entropies)."""
+
+    per_sample_entropy: torch.Tensor
+    batch_entropy: torch.Tensor
+    commitment: torch.Tensor
+
+
+_ACTIVATION_MODULES = {nn.Identity: "identity", nn.Tanh: "tanh"}
+
+
+def _activation_name(value) -> str:
+    for cls, name in _ACTIVATION_MODULES.items():
+        if type(value) is cls:  # vector-quantize-pytorch passes modules
+            return name
+    return value  # a string; Config validates it
+
+
+def _codebook_dim(codebook_size, codebook_dim) -> int:
+    if codebook_size is None and codebook_dim is None:
+        raise ValueError("pass codebook_size (a power of two, e.g. 1024) or codebook_dim (bits, e.g. 10)")
+    if codebook_size is not None:
+        resolved = Config.from_codebook_size(codebook_size).codebook_dim
+        if codebook_dim is not None and codebook_dim != resolved:
+            raise ValueError(
+                f"codebook_size={codebook_size} means codebook_dim={resolved}, but "
+                f"codebook_dim={codebook_dim} was also given: pass only one of them"
+            )
+        return resolved
+    return codebook_dim
+
+
+class LFQ(nn.Module):
+    """Lookup-free quantization layer (MAGVIT-v2), exact entropy, torch backend.
+
+    Args:
+        dim: input feature size; default C*D. When it differs from C*D, learned
+            `project_in` (dim -> C*D) and `project_out` (C*D -> dim) are created.
+        codebook_size: codes per codebook, a power of two; or give
+            `codebook_dim` (bits D) instead.
+        codebook_dim: D, bits per codebook.
+        num_codebooks: C.
+        entropy_loss_weight, commitment_loss_weight, diversity_gamma,
+        inv_temperature, spherical, codebook_scale, soft_clamp_input_value,
+        straight_through_activation ("identity"/"tanh", or nn.Identity()/nn.Tanh()),
+        bit_order, batch_entropy, max_exact_bits, precision: the `lfq.Config`
+            fields (entropy_weight, commitment_weight, diversity_gamma,
+            inv_temperature, spherical, scale, soft_clamp, activation, bit_order,
+            batch_entropy, max_exact_bits, precision).
+        channel_first: None = channel-first for inputs with ndim >= 4 (images,
+            video), channel-last otherwise; True/False forces it.
+        keep_num_codebooks_dim: None = keep the codebook axis of the indices only
+            when num_codebooks > 1.
+        has_projections: None = when dim != C*D.
+        projection_has_bias: bias of the projections.
+        return_loss_breakdown: default of the call argument of the same name.
+        distributed: sum the losses over the data-parallel group (global batch
+            entropy, DDP-exact gradients). None (default) = on when
+            torch.distributed is initialized with more than one process in
+            `process_group`; True/False forces it.
+        process_group: the group for `distributed` (default: the world).
+
+    Call: `layer(x, mask=None, return_loss_breakdown=None, compute_loss=None)`
+    returns `Return(quantized, indices, aux_loss)`, or `(Return, LossBreakdown)`
+    when the breakdown is asked for. `mask` is boolean, x's shape without the
+    feature axis (`[b, n]`, `[b, h, w]`); False tokens count in no loss.
+    `compute_loss` defaults to `self.training`.
+    """
+
+    def __init__(self, *, dim=None, codebook_size=None, codebook_dim=None, num_codebooks=1,
+                 entropy_loss_weight=0.1, commitment_loss_weight=0.25, diversity_gamma=1.0,
+                 inv_temperature=100.0, spherical=False, codebook_scale=1.0,
+                 soft_clamp_input_value=None, straight_through_activation="identity",
+                 bit_order="msb", batch_entropy="exact", max_exact_bits=24, precision="highest",
+                 channel_first=None, keep_num_codebooks_dim=None, has_projections=None,
+                 projection_has_bias=True, return_loss_breakdown=False, distributed=None,
+                 process_group=None):
+        super().__init__()
+        self.cfg = Config(
+            codebook_dim=_codebook_dim(codebook_size, codebook_dim), num_codebooks=num_codebooks,
+            scale=codebook_scale, spherical=spherical, inv_temperature=inv_temperature,
+            diversity_gamma=diversity_gamma, entropy_weight=entropy_loss_weight,
+            commitment_weight=commitment_loss_weight, bit_order=bit_order,
+            soft_clamp=soft_clamp_input_value, activation=_activation_name(straight_through_activation),
+            batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision)
+        features = self.cfg.num_features
+        self.dim = features if dim is None else dim
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim={dim!r} must be a positive int (the input feature size)")
+        self.has_projections = self.dim != features if has_projections is None else bool(has_projections)
+        if self.has_projections:
+            self.project_in = nn.Linear(self.dim, features, bias=projection_has_bias)
+            self.project_out = nn.Linear(features, self.dim, bias=projection_has_bias)
+        elif self.dim != features:
+            raise ValueError(
+                f"dim={self.dim} differs from num_codebooks*codebook_dim = {features} but "
+                "has_projections=False: allow projections or make them equal"
+            )
+        else:
+            self.project_in = self.project_out = nn.Identity()
+        if keep_num_codebooks_dim is None:
+            keep_num_codebooks_dim = num_codebooks > 1
+        if not keep_num_codebooks_dim and num_codebooks > 1:
+            raise ValueError(
+                f"keep_num_codebooks_dim=False needs num_codebooks == 1 (got {num_codebooks}): "
+                "indices of several codebooks keep their codebook axis"
+            )
+        for name, value in (("channel_first", channel_first), ("distributed", distributed)):
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{name}={value!r} must be None (auto), True or False")
+        self.keep_num_codebooks_dim = bool(keep_num_codebooks_dim)
+        self.channel_first = channel_first
+        self.return_loss_breakdown = return_loss_breakdown
+        self.distributed = distributed
+        self.process_group = process_group
+        self.backend = TorchBackend()
+        # Empty, not saved: follows .to()/.double() so that indices_to_codes returns
+        # the layer's dtype also when it has no parameters.
+        self.register_buffer("_codes_like", torch.empty(0), persistent=False)
+
+    @property
+    def codebook_dim(self) -> int:
+        return self.cfg.codebook_dim
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.cfg.num_codebooks
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, codebook_dim={self.codebook_dim}, num_codebooks={self.num_codebooks}, "
+                f"channel_first={self.channel_first}, distributed={self.distributed}")
+
+    def _distributed_options(self) -> dict:
+        enabled = self.distributed
+        if enabled is None:
+            enabled = _dist.world_size(self.process_group) > 1
+        return {"distributed": True, "process_group": self.process_group} if enabled else {}
+
+    def forward(self, x, mask=None, return_loss_breakdown=None, compute_loss=None):
+        """Quantize `x`; see the class docstring for shapes and the return value."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        channel_first = x.ndim >= 4 if self.channel_first is None else self.channel_first
+        if channel_first:
+            if x.ndim < 2:
+                raise ValueError(f"x has shape {tuple(x.shape)}; channel_first=True needs [b, dim, ...]")
+            x = x.movedim(1, -1)
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            layout = "axis 1 (channel-first)" if channel_first else "the last axis (channel-last)"
+            raise ValueError(
+                f"x has shape {tuple(x.shape) if not channel_first else tuple(x.movedim(-1, 1).shape)}; "
+                f"expected dim={self.dim} features on {layout}: check dim, or set channel_first"
+            )
+        h = self.project_in(x)
+        # Half inputs: the backend computes in float32 anyway; asking it in float32
+        # returns the losses in float32 too (a bf16 loss keeps 3 digits).
+        half = h.dtype in (torch.float16, torch.bfloat16)
+        work = h.float() if half else h
+        compute_loss = self.training if compute_loss is None else compute_loss
+        if compute_loss:
+            out = self.backend.lfq(work, self.cfg, mask, **self._distributed_options())
+            codes, indices = out.codes, out.indices
+            breakdown = LossBreakdown(out.per_sample_entropy, out.batch_entropy, out.commitment_loss)
+            aux_loss = out.aux_loss
+        else:
+            if mask is not None:  # same checks as in training, though no loss uses it
+                validation.check_mask(mask.shape, mask.dtype, work.shape, self.cfg)
+            codes = self.backend.straight_through(work, self.cfg)
+            indices = self.backend.codes_to_indices(work, self.cfg)
+            aux_loss = work.new_zeros(())
+            breakdown = LossBreakdown(aux_loss, aux_loss, aux_loss)
+        quantized = self.project_out(codes.to(h.dtype) if half else codes)
+        if channel_first:
+            quantized = quantized.movedim(-1, 1)
+        if not self.keep_num_codebooks_dim:
+            indices = indices.squeeze(-1)
+        ret = Return(quantized, indices, aux_loss)
+        wants = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
+        return (ret, breakdown) if wants else ret
+
+    def indices_to_codes(self, indices, project_out: bool = True):
+        """Codes of `indices` in the input layout.
+
+        Args:
+            indices: int `[...tokens]` (one codebook, axis dropped) or `[...tokens, C]`.
+            project_out: apply `project_out` (to `dim` features) when the layer has projections.
+
+        Returns:
+            `[b, ..., C*D or dim]` channel-last, or `[b, C*D or dim, ...]` when the
+            layer is channel-first (or, with channel_first=None, when the codes
+            have ndim >= 4, i.e. image or video tokens).
+        """
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+        if not self.keep_num_codebooks_dim:
+            indices = indices.unsqueeze(-1)
+        codes = self.backend.indices_to_codes(indices, self.cfg, validation.dtype_name(self._codes_like.dtype))
+        if project_out and self.has_projections:
+            codes = self.project_out(codes)
+        channel_first = codes.ndim >= 4 if self.channel_first is None else self.channel_first
+        return codes.movedim(-1, 1) if channel_first else codes

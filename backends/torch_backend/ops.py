@@ -1,0 +1,117 @@
+"""The torch pieces the shared `ArrayBackend` asks for: straight-through and a float32 matmul.
+
+* `straight_through(value, carrier)`: a custom `torch.autograd.Function` whose
+  forward returns `value` itself (bitwise: no `f(x) + (q - f(x))` arithmetic) and
+  whose backward hands the upstream gradient to `carrier` unchanged.
+* `matmul_highest(a, b)`: a batched matrix product at full float32 precision
+  whatever the process-wide TF32 / bf16 settings are. It is a
+  `torch.library.custom_op`, so the precision switch happens inside the op at run
+  time, identically in eager mode and under `torch.compile` (the compiler sees an
+  opaque op, not a change of global state), and the settings are restored on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through"]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: `value` (no arithmetic). Backward: upstream gradient -> `carrier`."""
+
+    @staticmethod
+    def forward(ctx, value, carrier):  # noqa: ARG004 - carrier only receives the gradient
+        # Returning an input unchanged is allowed: autograd hands back an alias of
+        # `value` with this node as its gradient function, no copy.
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad
+
+
+def straight_through(value: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
+    """`value` bitwise, with the gradient of `carrier` (both `[...]`, same shape and dtype)."""
+    if not (torch.is_grad_enabled() and carrier.requires_grad):
+        return value  # inference: nothing to route, no autograd node
+    return _StraightThrough.apply(value, carrier)
+
+
+def _precision_switches(device_type: str):
+    """`(object, attribute, full-precision value)` that control float32 matmuls on a device.
+
+    torch >= 2.9 has per-backend `fp32_precision` ("ieee" = full float32); mixing
+    it with the legacy `allow_tf32` / `set_float32_matmul_precision` API raises,
+    so only the per-backend switch is touched where it exists.
+    """
+    backends = {"cuda": torch.backends.cuda.matmul, "cpu": getattr(torch.backends.mkldnn, "matmul", None)}
+    backend = backends.get(device_type)
+    if backend is not None and hasattr(backend, "fp32_precision"):
+        return [(backend, "fp32_precision", "ieee")]
+    if device_type == "cuda":  # older torch: the legacy switch
+        return [(torch.backends.cuda.matmul, "allow_tf32", False)]
+    return []
+
+
+@contextlib.contextmanager
+def full_float32_matmuls(device_type: str):
+    """Run float32 matrix products of `device_type` at full precision inside; restore after.
+
+    The switches are process-wide: another thread's matmuls that run at the same
+    moment also run at full precision (slower, never less exact).
+    """
+    saved = []
+    try:
+        for obj, attr, value in _precision_switches(device_type):
+            previous = getattr(obj, attr)
+            if previous != value:
+                setattr(obj, attr, value)
+                saved.append((obj, attr, previous))
+        yield
+    finally:
+        for obj, attr, previous in reversed(saved):
+            setattr(obj, attr, previous)
+
+
+@torch.library.custom_op("lfq::matmul_highest", mutates_args=())
+def matmul_highest(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b` for `[C, M, K] @ [C, K, P] -> [C, M, P]` at full float32 precision."""
+    with full_float32_matmuls(a.device.type):
+        return torch.matmul(a, b)
+
+
+@matmul_highest.register_fake
+def _(a, b):
+    torch._check(a.shape[-1] == b.shape[-2], lambda: "matmul_highest: inner sizes differ")
+    return a.new_empty((*a.shape[:-1], b.shape[-1]))
+
+
+def _matmul_highest_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _matmul_highest_backward(ctx, grad):
+    # The gradient products feed the entropy's gradient: full precision as well.
+    a, b = ctx.saved_tensors
+    grad_a = matmul_highest(grad, b.mT) if ctx.needs_input_grad[0] else None
+    grad_b = matmul_highest(a.mT, grad) if ctx.needs_input_grad[1] else None
+    return grad_a, grad_b
+
+
+matmul_highest.register_autograd(_matmul_highest_backward, setup_context=_matmul_highest_setup)
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def no_autocast(device_type: str):
+    """A context that switches autocast off on `device_type` (a no-op context elsewhere).
+
+    Half inputs are computed in float32 by the shared code; without this an
+    enclosing `torch.autocast` would silently run its matmuls in half again.
+    """
+    if device_type in _AUTOCAST_DEVICES:
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()

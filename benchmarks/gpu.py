@@ -1,0 +1,76 @@
+"""The GPU check, one command: conformance on CUDA, then the torch and JAX tables.
+
+    python benchmarks/gpu.py [--out DIR] [--dims 10 14 16 18 20] [--tokens 16384]
+
+Made for a short lease on one GPU: every step has its own time limit, a failing
+step is reported and the next one still runs, and each step's output is also
+written to DIR (default: $OUT, else ./gpu-results) so that it survives a cut-off.
+Prints the device, the conformance verdicts, and the benchmark tables (forward +
+backward of the aux loss, float32; torch eager, compiled, the naive N x 2^D
+baseline and vector-quantize-pytorch when installed; JAX at HIGHEST and DEFAULT
+precision with compile time apart; the quantize+indices inference rows with the
+measured device-to-device copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def step(title: str, cmd: list[str], out_dir: str, name: str, timeout: float) -> int:
+    print(f"\n=== {title} ===", flush=True)
+    start = time.time()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        text, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as err:
+        text = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        text += f"\n[timed out after {timeout:.0f} s]"
+        code = 124
+    with open(os.path.join(out_dir, f"{name}.log"), "w") as f:
+        f.write(text)
+    lines = [l for l in text.splitlines() if l.strip() and "Warning" not in l]
+    print("\n".join(lines[-40:]))
+    print(f"[{title}: exit {code}, {time.time() - start:.0f} s]", flush=True)
+    return code
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu-results"))
+    parser.add_argument("--dims", nargs="+", default=["10", "14", "16", "18", "20"])
+    parser.add_argument("--tokens", default="16384")
+    parser.add_argument("--skip-conformance", action="store_true")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    py = sys.executable
+    info = ("import torch, jax; print('torch', torch.__version__, torch.cuda.get_device_name(0)); "
+            "print('jax', jax.__version__, jax.devices())")
+    failures = 0
+    failures += step("device", [py, "-c", info], args.out, "device", 120) != 0
+    if not args.skip_conformance:
+        failures += step("conformance on CUDA (torch, jax)",
+                         [py, "-m", "lfq.cli", "conformance", "--backend", "torch", "jax", "--device", "cuda",
+                          "--json", os.path.join(args.out, "conformance.json")],
+                         args.out, "conformance", 240) != 0
+    bench = [py, os.path.join(HERE, "run.py"), "--device", "cuda", "--in-process", "--repeat", "20",
+             "--tokens", args.tokens, "--dims", *args.dims]
+    failures += step("torch benchmark", bench + ["--backends", "torch", "--json",
+                                                 os.path.join(args.out, "bench_torch.json")],
+                     args.out, "bench_torch", 300) != 0
+    failures += step("jax benchmark", bench + ["--backends", "jax", "--json",
+                                               os.path.join(args.out, "bench_jax.json")],
+                     args.out, "bench_jax", 240) != 0
+    print(f"\n{failures} step(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""pytest plugin of the conformance suite (entry point `pytest11`, loaded by every pytest run).
+
+It only adds options; the tests are in `lfq.conformance.test_suite` and run with
+
+    pytest --pyargs lfq.conformance --lfq-backend NAME
+    pytest --pyargs lfq.conformance --lfq-register mine=my_pkg.backend:MyBackend --lfq-backend mine
+
+An entry point, not a conftest.py: with `--pyargs` pytest parses the command
+line before it loads a package's conftest.py, so options declared there are
+"unrecognized". Where the entry point is not installed (a source checkout on
+PYTHONPATH), load the plugin by hand: `pytest -p lfq.conformance.plugin ...`.
+`lfq` is imported only when an option needs it.
+"""
+
+from __future__ import annotations
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("lfq", "LFQ conformance suite (pytest --pyargs lfq.conformance)")
+    group.addoption("--lfq-backend", action="append", default=[], metavar="NAME",
+                    help="registered backend to check (repeatable; default: every available one)")
+    group.addoption("--lfq-register", action="append", default=[], metavar="NAME=MODULE:CLASS",
+                    help="register a backend first, as lfq.register(NAME, 'MODULE:CLASS') (repeatable)")
+    group.addoption("--lfq-dtype", action="append", default=[], metavar="DTYPE",
+                    help="input dtype to run (repeatable; default: each case's own)")
+    group.addoption("--lfq-device", default=None, metavar="DEVICE",
+                    help="device given to the backend's asarray(..., device=DEVICE), e.g. cuda")
+    group.addoption("--lfq-full", action="store_true",
+                    help="the full run: every case in every dtype, gradients and compiled mode everywhere")
+
+
+def pytest_configure(config):
+    registrations = config.getoption("--lfq-register", default=[]) or []
+    if not registrations:
+        return
+    import lfq
+
+    for item in registrations:
+        name, sep, target = item.partition("=")
+        if not sep or not name or target.count(":") != 1:
+            raise ValueError(f"--lfq-register {item!r}: use NAME=module.path:ClassName")
+        lfq.register(name, target)

@@ -1,0 +1,230 @@
+"""Running the suite: every check of every case on a backend, and pairwise between backends.
+
+`run` is what `lfq conformance` and the pytest entry call. It takes backends by
+registry name (your own after `lfq.register(name, "module:Class")`) or as
+objects, and returns a `Report` (see `lfq.conformance.report`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+import lfq
+from lfq.conformance import cases as case_table
+from lfq.conformance import checks, compare, errors
+from lfq.conformance.report import Report, Result, reproducer
+from lfq.conformance.target import DeviceUnsupported, Target
+from lfq.validation import FLOAT_DTYPES
+
+__all__ = ["OracleCache", "compiled_of", "cross", "plan", "resolve_backend", "run", "run_backend", "run_case",
+           "run_contract"]
+
+
+def resolve_backend(backend):
+    """A backend object from a registry name (or the object itself)."""
+    return lfq.get(backend) if isinstance(backend, str) else backend
+
+
+def _dtypes_for(case, backend, dtypes, full):
+    wanted = dtypes if dtypes else (FLOAT_DTYPES if full else case.dtypes)
+    declared = tuple(backend.dtypes)
+    return [d for d in FLOAT_DTYPES if d in wanted and d in declared]
+
+
+class OracleCache:
+    """Reference results per (case, dtype), shared by every backend of a run."""
+
+    def __init__(self):
+        self._store = {}
+
+    def get(self, case, dtype):
+        key = (case.name, dtype)
+        if key not in self._store:
+            with np.errstate(all="ignore"):
+                self._store[key] = checks.oracle(case, dtype)
+        return self._store[key]
+
+
+def _outcome_result(name, check, o, outcome, repro_args):
+    return Result(name, check, o.case.name, o.dtype, "pass" if outcome.passed else "fail",
+                  outcome.max_abs, outcome.max_rel, outcome.ratio, outcome.message,
+                  "" if outcome.passed else reproducer(*repro_args), o.case.seed)
+
+
+def _run_specs(target, o, specs, prefix="", eager=None, label=None):
+    """Results of `specs` on one (case, dtype); also returns the outputs (for compiled agreement)."""
+    label = label or target.name
+    results, outputs, cache = [], {}, {}
+    try:
+        inputs = checks.backend_inputs(target, o)
+    except Exception as err:
+        return [Result(label, prefix + "asarray", o.case.name, o.dtype, "fail", None, None, None,
+                       f"asarray raised {type(err).__name__}: {err}", "", o.case.seed)], outputs
+    for spec in specs:
+        if not checks.applies(spec, o.case):
+            continue
+        name = prefix + spec.name
+        repro = (target, spec, o)
+        try:
+            got = target.get(checks.call(target.backend, spec, inputs, cache))
+        except Exception as err:
+            results.append(Result(label, name, o.case.name, o.dtype, "fail", None, None, None,
+                                  f"{spec.name} raised {type(err).__name__}: {err}", reproducer(*repro),
+                                  o.case.seed))
+            continue
+        outputs[spec.name] = got
+        outcome = checks.evaluate(spec, got, o.values[spec.name], o)
+        if outcome.passed and eager is not None and spec.name in eager:
+            agree = _agreement(spec, got, eager[spec.name], o)
+            if not agree.passed:
+                outcome = compare.Outcome(False, outcome.max_abs, outcome.max_rel, agree.ratio,
+                                          "compiled disagrees with eager: " + agree.message)
+        results.append(_outcome_result(label, name, o, outcome, repro))
+    return results, outputs
+
+
+def _agreement(spec, got, other, o):
+    """Compare two backends' (or modes') outputs: bitwise/exact, or within twice the tolerance."""
+    if spec.kind == "bits":
+        return compare.bits(got, other.astype(np.float64), o.dtype, what=spec.name)
+    if spec.kind == "indices":
+        return compare.exact_integers(got, other.astype(np.int64), o.case.cfg, what=spec.name)
+    return checks.evaluate(spec, got, other.astype(np.float64), o, tolerance_scale=2.0)
+
+
+def plan(backend, *, dtypes=None, full: bool = False, case_names=None) -> list[tuple]:
+    """The `(case, dtype)` pairs a run covers on `backend` (dtypes it does not declare left out)."""
+    be = resolve_backend(backend)
+    return [(case, dtype) for case in case_table.select(full, case_names)
+            for dtype in _dtypes_for(case, be, dtypes, full)]
+
+
+def compiled_of(target: Target) -> tuple[Target | None, list[Result]]:
+    """The compiled twin of `target` when "compiled" is in its modes (else None), and any failure."""
+    if "compiled" not in tuple(target.backend.modes):
+        return None, []
+    try:
+        return target.compiled(), []
+    except Exception as err:
+        return None, [Result(target.name, "compiled", "-", None, "fail", None, None, None,
+                             f"'compiled' is in modes but compiled() raised {type(err).__name__}: {err}", "", None)]
+
+
+def run_case(target: Target, case, dtype: str, *, compiled: Target | None = None, full: bool = False,
+             oracles=None) -> list[Result]:
+    """Every value and gradient check of one (case, dtype), in eager and (if given) compiled mode."""
+    o = (oracles or OracleCache()).get(case, dtype)
+    with np.errstate(all="ignore"):  # NumPy-based backends warn on the NaN/inf cases
+        return _run_case(target, o, case, full, compiled)
+
+
+def _run_case(target, o, case, full, compiled):
+    specs = checks.SPECS if full or case.grads_in_default else \
+        [s for s in checks.SPECS if s.group not in ("grads", "st_grad")]
+    results, eager = _run_specs(target, o, specs)
+    if compiled is not None and (case.compiled or full) and "compiled" not in case.skip:
+        specs = checks.SPECS if full else [s for s in checks.SPECS if s.name in checks.COMPILED_DEFAULT]
+        results += _run_specs(compiled, o, specs, "compiled.", eager, label=target.name)[0]
+    return results
+
+
+def run_contract(target: Target) -> list[Result]:
+    """The checks without a case: bad-input errors and declared dtypes."""
+    with np.errstate(all="ignore"):
+        return _run_contract(target)
+
+
+def _run_contract(target: Target) -> list[Result]:
+    results = []
+    for check in errors.ERROR_CHECKS:
+        passed, message, skipped = errors.run_error_check(target, check)
+        results.append(Result(target.name, check.name, "-", None,
+                              "skip" if skipped else ("pass" if passed else "fail"), None, None, None, message,
+                              "" if passed else errors.reproducer(target, check), None))
+    for check, dtype, passed, message in errors.run_dtype_checks(target):
+        results.append(Result(target.name, check, "-", dtype, "pass" if passed else "fail", None, None, None,
+                              message, "", None))
+    return results
+
+
+def run_backend(backend, *, dtypes=None, full=False, device=None, case_names=None, oracles=None,
+                progress: Callable[[str], None] | None = None) -> list[Result]:
+    """Every check on one backend; see `run`."""
+    be = resolve_backend(backend)
+    try:
+        target = Target(be, device)
+    except DeviceUnsupported as err:
+        name = getattr(be, "name", type(be).__name__)
+        return [Result(name, "device", "-", None, "fail", None, None, None, str(err), "", None)]
+    oracles = oracles or OracleCache()
+    compiled, results = compiled_of(target)
+    for case, dtype in plan(be, dtypes=dtypes, full=full, case_names=case_names):
+        if progress:
+            progress(f"{target.name}: {case.name} {dtype}")
+        results += run_case(target, case, dtype, compiled=compiled, full=full, oracles=oracles)
+    return results + run_contract(target)
+
+
+def run(backends: Iterable | str | None = None, *, dtypes=None, full: bool = False, device: str | None = None,
+        cases=None, progress: Callable[[str], None] | None = None) -> Report:
+    """Run the conformance suite.
+
+    Args:
+        backends: registry names or backend objects (default: every available
+            registered backend).
+        dtypes: dtype names to run (default: each case's default dtypes, or all
+            four with `full`), always intersected with each backend's `dtypes`.
+        full: every case, every dtype, every check also in compiled mode.
+        device: device string passed to `asarray(..., device=...)`; None: default.
+        cases: case names to run (default: the table of the run).
+        progress: called with a line per (backend, case, dtype).
+
+    Returns:
+        A `Report`; `report.ok` is False on any failure.
+    """
+    if backends is None:
+        backends = [n for n in lfq.list_backends() if lfq.is_available(n)]
+    elif isinstance(backends, str) or not isinstance(backends, Iterable):
+        backends = [backends]
+    report, oracles = Report(), OracleCache()
+    for backend in backends:
+        start = time.perf_counter()
+        results = run_backend(backend, dtypes=dtypes, full=full, device=device, case_names=cases,
+                              oracles=oracles, progress=progress)
+        name = results[0].backend if results else str(backend)
+        report.add(name, results, time.perf_counter() - start)
+    return report
+
+
+def cross(backends: Iterable | None = None, *, dtypes=None, full: bool = False, device: str | None = None,
+          cases=None, progress: Callable[[str], None] | None = None) -> Report:
+    """Compare installed backends pairwise on the same inputs (no oracle involved).
+
+    Codes and indices must agree bitwise; losses and gradients within twice the
+    case's tolerance (each backend may err by the tolerance, in opposite directions).
+    """
+    if backends is None:
+        backends = [n for n in lfq.list_backends() if lfq.is_available(n)]
+    targets = [Target(resolve_backend(b), device) for b in backends]
+    report, oracles = Report(), OracleCache()
+    for a, b in itertools.combinations(targets, 2):
+        label, start, results = f"{a.name}~{b.name}", time.perf_counter(), []
+        for case in case_table.select(full, cases):
+            common = [d for d in _dtypes_for(case, a.backend, dtypes, full) if d in tuple(b.backend.dtypes)]
+            for dtype in common:
+                if progress:
+                    progress(f"{label}: {case.name} {dtype}")
+                o = oracles.get(case, dtype)
+                _, out_a = _run_specs(a, o, checks.SPECS)
+                _, out_b = _run_specs(b, o, checks.SPECS)
+                for spec in checks.SPECS:
+                    if spec.name not in out_a or spec.name not in out_b:
+                        continue  # not applicable, or a backend failed it (its own run reports why)
+                    outcome = _agreement(spec, out_a[spec.name], out_b[spec.name], o)
+                    results.append(_outcome_result(label, "cross." + spec.name, o, outcome, (a, spec, o)))
+        report.add(label, results, time.perf_counter() - start)
+    return report

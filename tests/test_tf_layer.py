@@ -1,0 +1,208 @@
+"""The Keras 3 layer `LFQLayer`: layouts, projections, losses, metrics, training, saving."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
+    pytest.skip("LFQLayer needs KERAS_BACKEND=tensorflow", allow_module_level=True)
+
+import lfq  # noqa: E402
+from lfq import reference  # noqa: E402
+from lfq.backends.tf_backend import LFQLayer, LFQLayerOutput, LossBreakdown  # noqa: E402
+from lfq.backends.tf_backend.layer import batch_code_usage  # noqa: E402
+
+BE = lfq.get("tensorflow")
+
+
+def _z(shape, scale=0.5, seed=0, dtype="float32"):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def _same_loss(actual, expected, rtol=1e-6):
+    np.testing.assert_allclose(np.float64(actual), np.float64(expected), rtol=rtol, atol=1e-7)
+
+
+def test_sequence_layer_is_the_functional_lfq():
+    layer = LFQLayer(codebook_dim=4, num_codebooks=2, inv_temperature=2.0, entropy_loss_weight=0.3)
+    x = _z((3, 5, 8))
+    mask = np.random.default_rng(1).random((3, 5)) > 0.3
+    out = layer(x, mask=tf.constant(mask), training=True)
+    assert isinstance(out, LFQLayerOutput)
+    cfg = lfq.Config(codebook_dim=4, num_codebooks=2, inv_temperature=2.0, entropy_weight=0.3)
+    ref = reference.lfq(x, cfg, mask)
+    np.testing.assert_array_equal(out.quantized.numpy(), ref.codes)
+    np.testing.assert_array_equal(out.indices.numpy(), ref.indices)           # [b, n, C]: C > 1 kept
+    _same_loss(out.aux_loss.numpy(), reference.lfq(x.astype(np.float64), cfg, mask).aux_loss)
+    assert len(layer.losses) == 1
+    _same_loss(layer.losses[0].numpy(), out.aux_loss.numpy(), rtol=0)
+
+
+@pytest.mark.parametrize("shape, channel_first, feature_axis", [
+    ((2, 4, 3, 5), None, 1),            # image b c h w: channel-first by default
+    ((2, 4, 2, 3, 3), None, 1),         # video b c t h w
+    ((2, 3, 5, 4), False, -1),          # image forced channel-last
+    ((2, 4, 6), True, 1),               # sequence forced channel-first
+])
+def test_layouts(shape, channel_first, feature_axis):
+    layer = LFQLayer(codebook_size=16, channel_first=channel_first, inv_temperature=3.0)
+    x = _z(shape)
+    out, breakdown = layer(x, training=True, return_loss_breakdown=True)
+    cfg = lfq.Config(codebook_dim=4, inv_temperature=3.0, feature_axis=feature_axis)
+    ref = reference.lfq(x.astype(np.float64), cfg)
+    assert out.quantized.shape == shape
+    np.testing.assert_array_equal(out.quantized.numpy(), ref.codes)
+    np.testing.assert_array_equal(out.indices.numpy(), ref.indices[..., 0])   # C == 1: axis dropped
+    _same_loss(out.aux_loss.numpy(), ref.aux_loss)
+    assert isinstance(breakdown, LossBreakdown)
+    _same_loss(breakdown.per_sample_entropy.numpy(), ref.per_sample_entropy)
+    _same_loss(breakdown.batch_entropy.numpy(), ref.batch_entropy)
+    _same_loss(breakdown.commitment.numpy(), ref.commitment_loss)
+    np.testing.assert_array_equal(layer.indices_to_codes(out.indices).numpy(), ref.codes)
+
+
+def test_projections_and_indices_to_codes():
+    layer = LFQLayer(dim=6, codebook_dim=2, num_codebooks=2, keep_num_codebooks_dim=True)
+    x = _z((2, 6, 4, 4))          # image, channel-first, 6 channels -> 2*2 features
+    out = layer(x, training=True)
+    assert layer.has_projections and out.quantized.shape == x.shape
+    assert out.indices.shape == (2, 4, 4, 2)
+    np.testing.assert_allclose(layer.indices_to_codes(out.indices).numpy(), out.quantized.numpy(), rtol=1e-6)
+    codes = layer.indices_to_codes(out.indices, project_out=False)
+    assert codes.shape == (2, 4, 4, 4) and set(np.unique(codes.numpy())) <= {-1.0, 1.0}
+    with tf.GradientTape() as tape:
+        layer(x, training=True)
+        loss = tf.add_n(layer.losses)
+    grads = tape.gradient(loss, layer.project_in.trainable_variables)
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)   # the aux loss trains project_in
+
+
+def test_keras_mask_from_embedding_excludes_padding():
+    tokens = np.array([[3, 1, 0, 0], [2, 2, 5, 0]])
+    embedded = keras.layers.Embedding(6, 4, mask_zero=True)(tokens)
+    out = LFQLayer(codebook_dim=4, inv_temperature=2.0)(embedded, training=True)
+    cfg = lfq.Config(codebook_dim=4, inv_temperature=2.0)
+    _same_loss(out.aux_loss.numpy(), reference.lfq(embedded.numpy().astype(np.float64), cfg, tokens != 0).aux_loss)
+    np.testing.assert_array_equal(out.quantized._keras_mask.numpy(), tokens != 0)  # passed on downstream
+
+
+def test_inference_computes_no_loss_unless_asked():
+    layer = LFQLayer(codebook_dim=5)
+    x = _z((4, 5))
+    out = layer(x)                          # training=None: inference
+    assert float(out.aux_loss) == 0.0 and not layer.losses
+    np.testing.assert_array_equal(out.quantized.numpy(), reference.quantize(x, lfq.Config(codebook_dim=5)))
+    out = layer(x, training=False, compute_loss=True)
+    _same_loss(out.aux_loss.numpy(), reference.lfq(x.astype(np.float64), lfq.Config(codebook_dim=5)).aux_loss)
+    assert len(layer.losses) == 1
+    result, breakdown = LFQLayer(codebook_dim=5, return_loss_breakdown=True)(x)
+    assert float(breakdown.batch_entropy) == 0.0
+
+
+def test_bfloat16_layer_codes_are_bitwise_and_loss_float32():
+    layer = LFQLayer(codebook_dim=4, codebook_scale=0.3, spherical=True, dtype="mixed_bfloat16")
+    x = _z((3, 7, 4))
+    with tf.GradientTape() as tape:
+        xt = tf.constant(x)
+        tape.watch(xt)
+        out = layer(xt, training=True)
+    assert out.quantized.dtype == tf.bfloat16 and out.aux_loss.dtype == tf.float32
+    x16 = tf.cast(x, tf.bfloat16)
+    cfg = lfq.Config(codebook_dim=4, scale=0.3, spherical=True)
+    np.testing.assert_array_equal(BE.to_numpy(out.quantized), BE.to_numpy(BE.quantize(x16, cfg)))
+    # float32 loss of the bf16-rounded inputs, not a bf16-rounded loss
+    _same_loss(out.aux_loss.numpy(), reference.lfq(BE.to_numpy(x16).astype(np.float64), cfg).aux_loss, rtol=1e-5)
+    assert tape.gradient(out.aux_loss, xt) is not None
+
+
+def test_in_graph_code_usage_matches_reference():
+    cfg = lfq.Config(codebook_dim=20, num_codebooks=2)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 6, (5, 7, 2)) * 100_000     # few distinct codes of a 2**20 codebook
+    mask = rng.random((5, 7)) > 0.4
+    for m in (None, mask, np.zeros_like(mask)):
+        used, perplexity = tf.function(lambda i, m=m: batch_code_usage(i, cfg, m), jit_compile=True)(idx)
+        want = reference.code_usage(idx, cfg, m)
+        np.testing.assert_allclose(used.numpy(), want.fraction_used, rtol=1e-6)
+        np.testing.assert_allclose(perplexity.numpy(), want.perplexity, rtol=1e-5)
+
+
+def _model(policy="float32"):
+    inputs = keras.Input((8, 6))
+    hidden = keras.layers.Dense(6)(inputs)
+    out = LFQLayer(dim=6, codebook_dim=3, num_codebooks=2, inv_temperature=5.0, name="lfq")(hidden)
+    outputs = keras.layers.Dense(6, dtype="float32")(out.quantized)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("policy, jit_compile, samples", [
+    ("float32", True, 32),          # XLA-compiled train step (Keras's "auto" on GPU)
+    ("mixed_bfloat16", False, 40),  # 40 = 16 + 16 + 8: the last batch retraces with an unknown size
+])
+def test_model_fit(policy, jit_compile, samples):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = _model()
+        model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=jit_compile)
+        x = _z((samples, 8, 6), scale=1.0)
+        before = [w.copy() for w in model.get_weights()]
+        history = model.fit(x, x, batch_size=16, epochs=3, verbose=0)
+        assert model.get_layer("lfq").compute_dtype == policy.replace("mixed_", "")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(0 < u <= 1 for u in history.history["lfq_code_usage"])
+    assert all(1 <= p <= 8 for p in history.history["lfq_perplexity"])
+    assert any(np.max(np.abs(a - b)) > 0 for a, b in zip(before, model.get_weights()))
+    # The training loss is the compiled loss plus the layer's aux loss (add_loss).
+    prediction = model(x, training=True)
+    aux = float(tf.add_n(model.losses))
+    total = float(model.compute_loss(x, x, prediction, training=True))
+    mse = float(np.mean((np.asarray(prediction, np.float64) - x) ** 2))
+    assert abs(aux) > 1e-4
+    np.testing.assert_allclose(total, mse + aux, rtol=1e-5)
+
+
+def test_save_and_load_keras_format(tmp_path):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 3, 3))
+    out = LFQLayer(dim=6, codebook_size=8, num_codebooks=2, spherical=True, name="lfq")(inputs)
+    model = keras.Model(inputs, [out.quantized, out.indices])
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    layer = loaded.get_layer("lfq")
+    assert isinstance(layer, LFQLayer) and layer.get_config() == model.get_layer("lfq").get_config()
+    x = _z((2, 6, 3, 3))
+    for a, b in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    (dict(), ValueError, "give exactly one"),
+    (dict(codebook_size=16, codebook_dim=4), ValueError, "give exactly one"),
+    (dict(codebook_size=12), ValueError, "power of two"),
+    (dict(codebook_dim=4, channel_first="yes"), TypeError, "channel_first"),
+    (dict(codebook_dim=4, dim=0), ValueError, "dim=0"),
+    (dict(codebook_dim=4, straight_through_activation="relu"), ValueError, "activation"),
+])
+def test_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        LFQLayer(**kwargs)
+
+
+def test_wrong_input_size_names_dim_and_axis():
+    with pytest.raises(ValueError, match=r"expected dim=8 features on axis 1 \(channel-first\)"):
+        LFQLayer(codebook_dim=4, num_codebooks=2)(_z((2, 3, 4, 4)))
