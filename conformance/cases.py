@@ -29,6 +29,7 @@ __all__ = [
     "Tolerance",
     "edge_values",
     "get",
+    "smallest_subnormal",
     "select",
 ]
 
@@ -70,7 +71,7 @@ DEFAULT_TOLERANCES: Mapping[str, Mapping[str, Tolerance]] = types.MappingProxyTy
 _VALUE_KINDS = ("edges", "large", "extremes", "nan_masked")
 _MASKS = ("none", "all_true", "all_false", "ragged")
 #: Check groups a case may skip (each skip carries its reason).
-SKIPPABLE = ("losses", "grads", "st_grad", "compiled")
+SKIPPABLE = ("losses", "grads", "st_grad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,10 @@ class Case:
             run (which runs every case in every declared dtype).
         grads_in_default: whether the default run checks gradients on it (the
             full run always does); gradients cost most under JIT compilers.
-        compiled: part of the default run's eager-vs-compiled check.
+        compiled: where the case runs in compiled mode too, in its default dtypes
+            (when the backend has the mode): "default" (default and full runs),
+            "full" (full run only) or "none". Compiling costs seconds per
+            operation, config, shape and dtype, so few cases do.
         skip: check group (see `SKIPPABLE`) -> why it does not apply.
         tolerances: overrides of `DEFAULT_TOLERANCES`, each a dict with "dtype",
             "kind" ("loss" or "grad"), "rtol", "atol" and the "reason" (required).
@@ -112,7 +116,7 @@ class Case:
     mask: str = "none"
     dtypes: tuple = ()
     grads_in_default: bool = True
-    compiled: bool = False
+    compiled: str = "none"
     skip: Mapping = dataclasses.field(default_factory=dict)
     tolerances: tuple = ()
 
@@ -120,6 +124,8 @@ class Case:
         self.cfg  # validates the config
         if not set(self.values) <= set(_VALUE_KINDS):
             raise ValueError(f"case {self.name}: values={self.values!r} are not all in {_VALUE_KINDS}")
+        if self.compiled not in ("default", "full", "none"):
+            raise ValueError(f"case {self.name}: compiled={self.compiled!r} is not 'default', 'full' or 'none'")
         if self.mask not in _MASKS:
             raise ValueError(f"case {self.name}: mask={self.mask!r} is not one of {_MASKS}")
         if self.mask == "ragged" and not self.tokens:
@@ -200,15 +206,24 @@ def _mask(case: Case, rng) -> np.ndarray | None:
     return mask.reshape(tokens)
 
 
-def edge_values(kind: str, dtype: str) -> np.ndarray:
-    """The special values of `kind` ("edges", "extremes", "large") in `dtype`."""
+def _finfo(dtype: str):
     np_dtype = numpy_dtype(dtype)
     if dtype == "bfloat16":
         import ml_dtypes
 
-        info = ml_dtypes.finfo(np_dtype)
-    else:
-        info = np.finfo(np_dtype)
+        return ml_dtypes.finfo(np_dtype)
+    return np.finfo(np_dtype)
+
+
+def smallest_subnormal(dtype: str) -> float:
+    """The spacing of `dtype` at zero (its smallest positive subnormal)."""
+    return float(_finfo(dtype).smallest_subnormal)
+
+
+def edge_values(kind: str, dtype: str) -> np.ndarray:
+    """The special values of `kind` ("edges", "extremes", "large") in `dtype`."""
+    np_dtype = numpy_dtype(dtype)
+    info = _finfo(dtype)
     tiny, normal = float(info.smallest_subnormal), float(info.smallest_normal)
     if kind == "edges":
         values = [0.0, -0.0, tiny, -tiny, normal - tiny, -(normal - tiny), normal, -normal]
@@ -234,13 +249,13 @@ CASES: tuple[Case, ...] = (
     Case("single-token-d1", dict(codebook_dim=1), (), seed=1, sigma=0.01, dtypes=("float32",),
          note="1-D single token [C*D], D = 1 (the B half of the split is empty)"),
     Case("ragged-d8-c2", dict(codebook_dim=8, num_codebooks=2), (4, 16), seed=3, sigma=0.01,
-         mask="ragged", dtypes=("float32",), compiled=True,
+         mask="ragged", dtypes=("float32",), compiled="default",
          note="[B, T, C*D] sequences with padding: full, partial and empty rows"),
     Case("mask-all-false", dict(codebook_dim=8, num_codebooks=2), (4, 16), seed=17, sigma=0.01,
          mask="all_false", dtypes=("float32",), grads_in_default=False,
          note="no valid token: every loss and loss gradient is 0, not NaN"),
     Case("edges-large-nan-masked", dict(codebook_dim=8, num_codebooks=2), (4, 16), seed=18, sigma=0.01,
-         values=("edges", "large", "nan_masked"), mask="ragged", dtypes=("float32", "bfloat16"),
+         values=("edges", "large", "nan_masked"), mask="ragged", dtypes=("float32", "bfloat16"), compiled="full",
          note="+-0.0 give -s; subnormals, 1 ulp from 0 and the smallest normals keep their sign; "
               "|z| = 1e8 keeps the straight-through value exactly the code; NaN and inf in "
               "masked-out tokens reach no loss and no gradient"),
@@ -253,7 +268,7 @@ CASES: tuple[Case, ...] = (
          mask="ragged", dtypes=("float16",), grads_in_default=False,
          note="video [B, T, H, W, C*D] in float16, ragged mask"),
     Case("channel-first-d5-c2", dict(codebook_dim=5, num_codebooks=2, feature_axis=1), (2, 3, 3),
-         seed=6, sigma=0.01, mask="all_true", dtypes=("float64",),
+         seed=6, sigma=0.01, mask="all_true", dtypes=("float64",), compiled="full",
          note="channel-first [B, C*D, H, W] in float64, all-true mask"),
     Case("lsb-d12-c4", dict(codebook_dim=12, num_codebooks=4, bit_order="lsb"), (24,), seed=8,
          sigma=0.01, mask="ragged", dtypes=("float32",), grads_in_default=False,
@@ -265,7 +280,7 @@ CASES: tuple[Case, ...] = (
     Case("spherical-clamp-tanh", dict(codebook_dim=8, num_codebooks=2, spherical=True, soft_clamp=1.0,
                                       scale=0.5, inv_temperature=8.0, diversity_gamma=2.0,
                                       entropy_weight=0.3, commitment_weight=0.7, activation="tanh"),
-         (4, 16), seed=16, dtypes=("float32",),
+         (4, 16), seed=16, dtypes=("float32",), compiled="full",
          note="spherical after soft clamp, tanh straight-through, scale, gamma and both weights off "
               "their defaults"),
     # ---- the full run adds these (and runs every case in every declared dtype, with gradients)
@@ -275,7 +290,7 @@ CASES: tuple[Case, ...] = (
          note="cold logits: nearly uniform code distributions, entropies near D log 2"),
     Case("tau-1e3-saturated", dict(codebook_dim=6, inv_temperature=1e3), (32,), seed=12, sigma=0.01,
          note="mostly saturated bits: tiny entropies need full relative accuracy"),
-    Case("scale-gamma-weights", dict(codebook_dim=6, num_codebooks=2, scale=2.5, diversity_gamma=0.5,
+    Case("scale-gamma-weights", dict(codebook_dim=9, num_codebooks=2, scale=2.5, diversity_gamma=0.5,
                                      entropy_weight=0.3, commitment_weight=0.7),
          (24,), seed=13, sigma=0.004, note="scale, gamma and both loss weights off their defaults"),
     Case("spherical-d8-c2", dict(codebook_dim=8, num_codebooks=2, spherical=True, inv_temperature=4.0),

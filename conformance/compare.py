@@ -37,6 +37,14 @@ class Outcome:
     message: str = ""
 
 
+def _spacing_at_zero(dtype: str | None) -> float:
+    if dtype is None:
+        return 0.0
+    from lfq.conformance.cases import smallest_subnormal
+
+    return smallest_subnormal(dtype)
+
+
 def _shape_dtype(got: np.ndarray, want_shape, dtypes, what: str) -> str:
     if tuple(got.shape) != tuple(want_shape):
         return f"{what} has shape {tuple(got.shape)}, want {tuple(want_shape)}"
@@ -90,7 +98,10 @@ def exact_integers(got: np.ndarray, want: np.ndarray, cfg, what: str = "indices"
 
 def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: bool = False,
           z: np.ndarray | None = None, what: str = "value") -> Outcome:
-    """`|got - want| <= atol + rtol*|want|` elementwise in float64; NaN must match NaN.
+    """`|got - want| <= atol + rtol*|want| + tiny` elementwise in float64; NaN must match NaN.
+
+    `tiny` is the smallest subnormal of `dtype`: an output rounded to `dtype` cannot
+    be nearer than that spacing (it matters for float16 gradients, which underflow).
 
     Args:
         got: the backend's output (as NumPy).
@@ -122,7 +133,7 @@ def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: boo
         scale = peak if peak > 0 else 1.0
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(g - w)
-        allowed = tol.atol * scale + tol.rtol * np.abs(w)
+        allowed = tol.atol * scale + tol.rtol * np.abs(w) + _spacing_at_zero(dtype)
         ratio = np.where(err == 0, 0.0, err / np.where(allowed > 0, allowed, np.inf))
         ratio = np.where((err > 0) & (allowed == 0), np.inf, ratio)
         rel = np.where(w != 0, err / np.abs(np.where(w != 0, w, 1.0)), np.where(err > 0, np.inf, 0.0))

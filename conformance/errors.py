@@ -180,11 +180,11 @@ _CALLS = {
 
 def reproducer(target, check: ErrorCheck) -> str:
     """A snippet that feeds the misuse of `check` to each of its entry points and prints the answer."""
-    from lfq.conformance.report import backend_expression
+    from lfq.conformance.report import backend_lines
 
     cfg = Config(**check.config)
     shape, dtype = check.z or ((3, cfg.num_features), "float32")
-    lines = ["import numpy as np", "import lfq", f"be = {backend_expression(target)}",
+    lines = ["import numpy as np", "import lfq", *backend_lines(target),
              f"cfg = lfq.Config(**{check.config!r})", f"z = be.asarray(np.ones({shape!r}, {dtype!r}))",
              "mask = indices = None"]
     if check.mask is not None:

@@ -8,7 +8,8 @@ It only adds options; the tests are in `lfq.conformance.test_suite` and run with
 An entry point, not a conftest.py: with `--pyargs` pytest parses the command
 line before it loads a package's conftest.py, so options declared there are
 "unrecognized". Where the entry point is not installed (a source checkout on
-PYTHONPATH), load the plugin by hand: `pytest -p lfq.conformance.plugin ...`.
+PYTHONPATH), load the plugin by hand: `pytest -p lfq.conformance.plugin ...`; the
+entry point has the module's name, so `-p` is harmless where it is installed.
 `lfq` is imported only when an option needs it.
 """
 
@@ -26,7 +27,7 @@ def pytest_addoption(parser):
     group.addoption("--lfq-device", default=None, metavar="DEVICE",
                     help="device given to the backend's asarray(..., device=DEVICE), e.g. cuda")
     group.addoption("--lfq-full", action="store_true",
-                    help="the full run: every case in every dtype, gradients and compiled mode everywhere")
+                    help="the full run: every case in every dtype, all gradients, more compiled checks")
 
 
 def pytest_configure(config):

@@ -13,7 +13,7 @@ import json
 
 import lfq
 
-__all__ = ["Report", "Result", "reproducer"]
+__all__ = ["Report", "Result", "backend_lines", "reproducer"]
 
 
 @dataclasses.dataclass
@@ -47,7 +47,10 @@ class Result:
 
     @property
     def where(self) -> str:
-        return self.case if self.dtype is None else f"{self.case}@{self.dtype}"
+        """"case@dtype", or whichever of the two applies."""
+        if self.dtype is None:
+            return self.case
+        return self.dtype if self.case == "-" else f"{self.case}@{self.dtype}"
 
 
 class Report:
@@ -80,7 +83,7 @@ class Report:
         for r in self.results:
             row = rows.setdefault((r.backend, r.check), {
                 "backend": r.backend, "check": r.check, "status": "pass", "passed": 0, "runs": 0,
-                "max_abs": None, "max_rel": None, "worst": "-", "_key": -1.0})
+                "max_abs": None, "max_rel": None, "worst": "-", "_key": 0.0})
             if r.status == "skip":
                 row["status"] = "skip" if row["runs"] == 0 else row["status"]
                 continue
@@ -92,9 +95,9 @@ class Report:
                 value = getattr(r, field)
                 if value is not None and (row[field] is None or value > row[field] or value != value):
                     row[field] = value
-            # worst: the first failure, else the run closest to its tolerance
-            key = float("inf") if r.status == "fail" else (r.ratio if r.ratio is not None else 0.0)
-            if key > row["_key"] and (row["_key"] != float("inf")):
+            # worst: the first failure, else the run closest to its tolerance (none when all exact)
+            key = float("inf") if r.status == "fail" else (r.ratio or 0.0)
+            if key > row["_key"]:
                 row["_key"], row["worst"] = key, r.where
         return [{k: v for k, v in row.items() if k != "_key"} for row in rows.values()]
 
@@ -148,20 +151,18 @@ def _num(value) -> str:
     return "0" if value == 0 else f"{value:.2e}"
 
 
-def backend_expression(target) -> str:
-    """How a snippet gets the backend: by registry name when registered, else by its class."""
+def backend_lines(target) -> list[str]:
+    """Snippet lines that end with `be = <the backend>`: by registry name, else by class."""
     if target.parent is not None:
-        return backend_expression(target.parent) + ".compiled()"
-    be = target.backend
-    name = getattr(be, "name", None)
-    if isinstance(name, str) and name in lfq.list_backends():
-        try:
-            if lfq.get(name) is be:
-                return f"lfq.get({name!r})"
-        except Exception:  # a registered name whose framework is missing: use the class
-            pass
-    cls = type(be)
-    return f"__import__({cls.__module__!r}, fromlist=['_']).{cls.__qualname__}()"
+        lines = backend_lines(target.parent)
+        return lines[:-1] + [lines[-1] + ".compiled()"]
+    cls = type(target.backend)
+    if target.registry_name is not None:
+        get = f"be = lfq.get({target.registry_name!r})"
+        if cls.__module__.startswith("lfq.backends.") or "." in cls.__qualname__:
+            return [get]  # built in (or not importable by name): the registry knows it
+        return [f"lfq.register({target.registry_name!r}, {cls.__module__ + ':' + cls.__qualname__!r})", get]
+    return [f"be = __import__({cls.__module__!r}, fromlist=['_']).{cls.__qualname__}()"]
 
 
 def reproducer(target, spec, o) -> str:
@@ -180,7 +181,7 @@ def reproducer(target, spec, o) -> str:
         f"cfg, dtype = case.cfg, {o.dtype!r}",
         "z, mask = case.inputs(dtype)  # the seeded input, rounded to dtype",
         "z64 = z.astype(np.float64)     # the oracle's input: exact",
-        f"be = {backend_expression(target)}",
+        *backend_lines(target),
         f"Z = be.asarray(z, dtype{device})",
         f"M = None if mask is None else be.asarray(mask{device})",
         "get = lambda x: np.asarray(x) if isinstance(x, (np.ndarray, np.generic)) else be.to_numpy(x)",

@@ -55,9 +55,9 @@ def _outcome_result(name, check, o, outcome, repro_args):
                   "" if outcome.passed else reproducer(*repro_args), o.case.seed)
 
 
-def _run_specs(target, o, specs, prefix="", eager=None, label=None):
+def _run_specs(target, o, specs, prefix="", eager=None):
     """Results of `specs` on one (case, dtype); also returns the outputs (for compiled agreement)."""
-    label = label or target.name
+    label = target.name
     results, outputs, cache = [], {}, {}
     try:
         inputs = checks.backend_inputs(target, o)
@@ -98,6 +98,9 @@ def _agreement(spec, got, other, o):
 
 def plan(backend, *, dtypes=None, full: bool = False, case_names=None) -> list[tuple]:
     """The `(case, dtype)` pairs a run covers on `backend` (dtypes it does not declare left out)."""
+    unknown = sorted(set(dtypes or ()) - set(FLOAT_DTYPES))
+    if unknown:
+        raise ValueError(f"dtypes {unknown} are not input dtypes of LFQ: use some of {', '.join(FLOAT_DTYPES)}")
     be = resolve_backend(backend)
     return [(case, dtype) for case in case_table.select(full, case_names)
             for dtype in _dtypes_for(case, be, dtypes, full)]
@@ -119,16 +122,19 @@ def run_case(target: Target, case, dtype: str, *, compiled: Target | None = None
     """Every value and gradient check of one (case, dtype), in eager and (if given) compiled mode."""
     o = (oracles or OracleCache()).get(case, dtype)
     with np.errstate(all="ignore"):  # NumPy-based backends warn on the NaN/inf cases
-        return _run_case(target, o, case, full, compiled)
+        return _run_case(target, o, case, dtype, full, compiled)
 
 
-def _run_case(target, o, case, full, compiled):
+def _run_case(target, o, case, dtype, full, compiled):
     specs = checks.SPECS if full or case.grads_in_default else \
         [s for s in checks.SPECS if s.group not in ("grads", "st_grad")]
     results, eager = _run_specs(target, o, specs)
-    if compiled is not None and (case.compiled or full) and "compiled" not in case.skip:
+    # Compiling costs seconds per (operation, config, shape, dtype): only the cases marked for it,
+    # in their own dtypes (the full run: every operation, and the cases marked "full" too).
+    if compiled is not None and dtype in case.dtypes \
+            and case.compiled in (("default", "full") if full else ("default",)):
         specs = checks.SPECS if full else [s for s in checks.SPECS if s.name in checks.COMPILED_DEFAULT]
-        results += _run_specs(compiled, o, specs, "compiled.", eager, label=target.name)[0]
+        results += _run_specs(compiled, o, specs, "compiled.", eager)[0]
     return results
 
 
@@ -155,10 +161,11 @@ def run_backend(backend, *, dtypes=None, full=False, device=None, case_names=Non
                 progress: Callable[[str], None] | None = None) -> list[Result]:
     """Every check on one backend; see `run`."""
     be = resolve_backend(backend)
+    registry_name = backend if isinstance(backend, str) else None
     try:
-        target = Target(be, device)
+        target = Target(be, device, registry_name=registry_name)
     except DeviceUnsupported as err:
-        name = getattr(be, "name", type(be).__name__)
+        name = registry_name or getattr(be, "name", type(be).__name__)
         return [Result(name, "device", "-", None, "fail", None, None, None, str(err), "", None)]
     oracles = oracles or OracleCache()
     compiled, results = compiled_of(target)
@@ -209,7 +216,7 @@ def cross(backends: Iterable | None = None, *, dtypes=None, full: bool = False, 
     """
     if backends is None:
         backends = [n for n in lfq.list_backends() if lfq.is_available(n)]
-    targets = [Target(resolve_backend(b), device) for b in backends]
+    targets = [Target(b, device) for b in backends]
     report, oracles = Report(), OracleCache()
     for a, b in itertools.combinations(targets, 2):
         label, start, results = f"{a.name}~{b.name}", time.perf_counter(), []
@@ -219,8 +226,9 @@ def cross(backends: Iterable | None = None, *, dtypes=None, full: bool = False, 
                 if progress:
                     progress(f"{label}: {case.name} {dtype}")
                 o = oracles.get(case, dtype)
-                _, out_a = _run_specs(a, o, checks.SPECS)
-                _, out_b = _run_specs(b, o, checks.SPECS)
+                with np.errstate(all="ignore"):
+                    _, out_a = _run_specs(a, o, checks.SPECS)
+                    _, out_b = _run_specs(b, o, checks.SPECS)
                 for spec in checks.SPECS:
                     if spec.name not in out_a or spec.name not in out_b:
                         continue  # not applicable, or a backend failed it (its own run reports why)

@@ -27,12 +27,20 @@ class Target:
         device: None for the framework's default device, else a device string
             given to `backend.asarray(..., device=device)`.
         parent: for a compiled target, the eager one it came from.
+        registry_name: the name the backend was asked for by (`backend` may be
+            that name itself); reports and reproducers use it.
     """
 
-    def __init__(self, backend, device: str | None = None, parent: "Target | None" = None):
+    def __init__(self, backend, device: str | None = None, parent: "Target | None" = None,
+                 registry_name: str | None = None):
+        if isinstance(backend, str):
+            import lfq
+
+            registry_name, backend = backend, lfq.get(backend)
         self.backend = backend
         self.device = device
         self.parent = parent  # the eager target of a compiled one
+        self.registry_name = registry_name
         if device is not None and not _accepts_device(backend.asarray):
             raise DeviceUnsupported(
                 f"device={device!r} was asked for, but backend {getattr(backend, 'name', backend)!r}'s "
@@ -43,7 +51,10 @@ class Target:
 
     @property
     def name(self) -> str:
-        return getattr(self.backend, "name", type(self.backend).__name__)
+        """The registry name it was asked for by, else the backend's own `name`."""
+        if self.parent is not None:
+            return self.parent.name
+        return self.registry_name or getattr(self.backend, "name", type(self.backend).__name__)
 
     def put(self, array: np.ndarray, dtype: str | None = None):
         """A NumPy array as the backend's native array (of dtype name `dtype`)."""
@@ -59,7 +70,7 @@ class Target:
 
     def compiled(self) -> "Target":
         """The backend's compiled mode on the same device."""
-        return Target(self.backend.compiled(), self.device, parent=self)
+        return Target(self.backend.compiled(), self.device, parent=self, registry_name=self.registry_name)
 
 
 def _accepts_device(function) -> bool:

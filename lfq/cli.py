@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="input dtype to run (repeatable; default: each case's own, all with --full)")
     conf.add_argument("--case", action="append", metavar="NAME", help="run only this case (repeatable)")
     conf.add_argument("--full", action="store_true",
-                      help="every case in every dtype, gradients and compiled mode everywhere (slow)")
+                      help="every case in every dtype, all gradients, more compiled checks (slow)")
     conf.add_argument("--cross", action="store_true", help="compare the backends pairwise instead")
     conf.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     conf.add_argument("--max-failures", type=int, default=10, metavar="N",

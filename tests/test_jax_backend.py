@@ -80,7 +80,7 @@ def _loss_tol(cfg):
 
 # Eager and jit run the same code (jit wraps the eager functions); eager dispatch
 # compiles every primitive on first use, so eager runs on a subset to stay fast.
-MODES = [(name, True) for name in sorted(CONFIGS)] + [("plain", False), ("spherical", False), ("C3", False)]
+MODES = [(name, True) for name in sorted(CONFIGS)] + [("plain", False), ("C3", False)]
 
 
 @pytest.mark.parametrize("name,compiled", MODES, ids=[f"{n}-{'jit' if c else 'eager'}" for n, c in MODES])
@@ -107,7 +107,7 @@ def test_float32_matches_reference(no_x64, name, compiled):
 
 
 X64_MODES = [(name, True) for name in ("plain", "spherical", "soft_clamp_tanh", "lsb_axis1", "groups")] \
-    + [("spherical", False)]
+    + [("plain", False)]
 
 
 @pytest.mark.parametrize("name,compiled", X64_MODES, ids=[f"{n}-{'jit' if c else 'eager'}" for n, c in X64_MODES])
@@ -145,7 +145,9 @@ def test_half_inputs_compute_in_float32(no_x64, name, dtype):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_ties_and_nan_give_negative_code_and_zero_bit(no_x64, dtype):
     cfg = lfq.Config(codebook_dim=5, scale=0.75)
-    z = np.array([[0.0, -0.0, np.nan, 1e-30, -2.0], [3.0, np.inf, -np.inf, -0.0, 5e-8]], dtype=np.float32)
+    # 1e-40 is subnormal in float32/bfloat16 (XLA flushes those: the sign test must not), 0 in float16;
+    # 5e-8 is subnormal in float16.
+    z = np.array([[0.0, -0.0, np.nan, 1e-40, -2.0], [3.0, np.inf, -np.inf, -1e-40, 5e-8]], dtype=np.float32)
     z = z.astype(lfq.validation.numpy_dtype(dtype))
     for be in (BE, BE.compiled()):
         codes = np.asarray(be.quantize(jnp.asarray(z), cfg))
@@ -155,7 +157,24 @@ def test_ties_and_nan_give_negative_code_and_zero_bit(no_x64, dtype):
                               expected.view(np.uint16 if z.itemsize == 2 else np.uint32))
         idx = np.asarray(be.codes_to_indices(jnp.asarray(z), cfg))
         assert np.array_equal(idx, reference.codes_to_indices(z, cfg))
-    assert idx[0, 0] == (0b00010 if dtype != "float16" else 0)  # 1e-30 underflows to +0 in float16
+    assert idx[0, 0] == (0b00010 if dtype != "float16" else 0) and idx[1, 0] == 0b11001
+    out = BE.compiled().lfq(jnp.asarray(z[1:]), cfg)       # the codes inside lfq too
+    assert np.array_equal(np.asarray(out.indices), reference.codes_to_indices(z[1:], cfg))
+    assert np.array_equal(np.asarray(out.codes, np.float32), reference.quantize(z[1:], cfg).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_positive_is_exact_for_every_bit_pattern_class(dtype):
+    from lfq.backends.jax_backend import positive
+
+    np_dtype = lfq.validation.numpy_dtype(dtype)
+    info = jnp.finfo(np_dtype)
+    values = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, info.smallest_subnormal,
+                       -info.smallest_subnormal, info.smallest_normal, info.max, -info.max, 1.0, -1.0],
+                      dtype=np_dtype)
+    with jax.enable_x64(dtype == "float64"):
+        got = np.asarray(jax.jit(positive)(jnp.asarray(values)))
+    assert np.array_equal(got, values.astype(np.float64) > 0), (values, got)
 
 
 def test_straight_through_value_is_bitwise_the_codes(no_x64):

@@ -23,6 +23,15 @@ from lfq.backends.torch_backend.ops import full_float32_matmuls, matmul_highest 
 from lfq.validation import numpy_dtype  # noqa: E402
 
 BE = lfq.get("torch")
+# CUDA variants run where a GPU is present (the same tests, nothing skipped without one).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+_ON_DEVICE = {device: TorchBackend(device=device) for device in DEVICES}
+
+
+@pytest.fixture(params=DEVICES)
+def be(request):
+    """The backend whose `asarray` puts tensors on the parametrized device."""
+    return _ON_DEVICE[request.param]
 LOSSES = ("aux_loss", "per_sample_entropy", "batch_entropy", "commitment_loss")
 
 CONFIGS = {
@@ -70,30 +79,30 @@ def test_registry_and_protocol():
 
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_float64_values_and_gradients_match_reference(name, masked):
+def test_float64_values_and_gradients_match_reference(name, masked, be):
     cfg = CONFIGS[name]
     rng = np.random.default_rng(len(name))
     zn, mn = make_input(cfg, rng)
     mn = mn if masked else None
-    z, m = BE.asarray(zn), None if mn is None else BE.asarray(mn)
-    out, ref = BE.lfq(z, cfg, m), reference.lfq(zn, cfg, mn)
+    z, m = be.asarray(zn), None if mn is None else be.asarray(mn)
+    out, ref = be.lfq(z, cfg, m), reference.lfq(zn, cfg, mn)
     assert out.codes.dtype == torch.float64 and out.indices.dtype == torch.int64
-    assert np.array_equal(BE.to_numpy(out.codes), ref.codes)
-    assert np.array_equal(BE.to_numpy(out.indices), ref.indices)
+    assert np.array_equal(be.to_numpy(out.codes), ref.codes)
+    assert np.array_equal(be.to_numpy(out.indices), ref.indices)
     for term in LOSSES:
         assert_close(getattr(out, term), getattr(ref, term), 1e-12, term)
-    per_sample, batch = BE.entropy(z, cfg, m)
+    per_sample, batch = be.entropy(z, cfg, m)
     assert_close(per_sample, ref.per_sample_entropy, 1e-12, "entropy()[0]")
     assert_close(batch, ref.batch_entropy, 1e-12, "entropy()[1]")
-    assert_close(BE.commitment_loss(z, cfg, m), ref.commitment_loss, 1e-12, "commitment_loss()")
-    assert np.array_equal(BE.to_numpy(BE.quantize(z, cfg)), reference.quantize(zn, cfg))
+    assert_close(be.commitment_loss(z, cfg, m), ref.commitment_loss, 1e-12, "commitment_loss()")
+    assert np.array_equal(be.to_numpy(be.quantize(z, cfg)), reference.quantize(zn, cfg))
     for term in lfq.GRAD_TERMS:
         if term == "codes":
             cot = rng.standard_normal(zn.shape)
-            got = BE.vjp(term, z, cfg, BE.asarray(cot))
+            got = be.vjp(term, z, cfg, be.asarray(cot))
             want = reference.vjp(term, zn, cfg, cot)
         else:
-            got = BE.vjp(term, z, cfg, mask=m, cotangent=torch.tensor(0.5, dtype=torch.float64))
+            got = be.vjp(term, z, cfg, mask=m, cotangent=torch.tensor(0.5, dtype=torch.float64))
             want = reference.vjp(term, zn, cfg, 0.5, mn)
         assert_close(got, want, 1e-10, f"vjp {term}")
 
@@ -113,22 +122,22 @@ LOWP_RTOL = {"float32": 2e-6, "float16": 2.0**-11 + 2e-6, "bfloat16": 2.0**-8 + 
 
 
 @pytest.mark.parametrize("dtype", sorted(LOWP_RTOL))
-def test_low_precision_dtypes(dtype):
+def test_low_precision_dtypes(dtype, be):
     cfg = lfq.Config(codebook_dim=8, num_codebooks=2, inv_temperature=10.0)
     zn, mn = make_input(cfg, np.random.default_rng(1), tokens=(4, 32), spread=0.2, dtype=dtype)
-    z, m = BE.asarray(zn), BE.asarray(mn)
+    z, m = be.asarray(zn), be.asarray(mn)
     assert validation_name(z.dtype) == dtype
-    out = BE.lfq(z, cfg, m)
+    out = be.lfq(z, cfg, m)
     z64 = zn.astype(np.float64)  # the exact values the backend saw
     ref = reference.lfq(z64, cfg, mn)
     assert out.codes.dtype == z.dtype and out.aux_loss.dtype == z.dtype
     # Codes bitwise: the reference's codes in the same dtype.
-    assert np.array_equal(BE.to_numpy(out.codes).view(np.uint8), reference.quantize(zn, cfg).view(np.uint8))
-    assert np.array_equal(BE.to_numpy(out.indices), ref.indices)
+    assert np.array_equal(be.to_numpy(out.codes).view(np.uint8), reference.quantize(zn, cfg).view(np.uint8))
+    assert np.array_equal(be.to_numpy(out.indices), ref.indices)
     for term in LOSSES:
         assert_close(getattr(out, term), getattr(ref, term), LOWP_RTOL[dtype], f"{dtype} {term}")
     # Gradients: float32 math, rounded to the dtype (relative to the largest entry).
-    grad = BE.vjp("aux_loss", z, cfg, mask=m)
+    grad = be.vjp("aux_loss", z, cfg, mask=m)
     assert grad.dtype == z.dtype
     assert_close(grad, reference.vjp("aux_loss", z64, cfg, mask=mn), 4 * LOWP_RTOL[dtype] + 1e-5, "grad")
 
@@ -138,65 +147,65 @@ def validation_name(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
-def test_ties_nan_and_straight_through_are_exact(dtype):
+def test_ties_nan_and_straight_through_are_exact(dtype, be):
     cfg = lfq.Config(codebook_dim=4, scale=0.75)
     zn = np.array([[0.0, -0.0, np.nan, 1e-30], [-3e4, 3e4, -1e-8, 7.0]]).astype(numpy_dtype(dtype))
-    z = BE.asarray(zn)
-    codes = BE.quantize(z, cfg)
+    z = be.asarray(zn)
+    codes = be.quantize(z, cfg)
     with np.errstate(invalid="ignore"):  # ml_dtypes warns when comparing NaN
         want = reference.quantize(zn, cfg)
         want_indices = reference.codes_to_indices(zn, cfg)
-    assert np.array_equal(BE.to_numpy(codes).view(np.uint8), want.view(np.uint8))
+    assert np.array_equal(be.to_numpy(codes).view(np.uint8), want.view(np.uint8))
     # +0.0, -0.0 and NaN give -s; 1e-30 (0 in half dtypes) follows its rounded sign.
-    assert BE.to_numpy(codes)[0, :3].astype(np.float64).tolist() == [-0.75] * 3
-    assert np.array_equal(BE.to_numpy(BE.codes_to_indices(z, cfg)), want_indices)
+    assert be.to_numpy(codes)[0, :3].astype(np.float64).tolist() == [-0.75] * 3
+    assert np.array_equal(be.to_numpy(be.codes_to_indices(z, cfg)), want_indices)
     # Straight-through value is bitwise the code even for huge inputs, with gradient 1.
     zg = z.clone().requires_grad_(True)
-    st = BE.lfq(zg, cfg, BE.asarray(np.array([False, True]))).codes
+    st = be.lfq(zg, cfg, be.asarray(np.array([False, True]))).codes
     assert torch.equal(st.detach(), codes)  # +-0.75 only: equality is bitwise here
     st.sum().backward()
     assert torch.all(zg.grad == 1)
 
 
-def test_all_false_mask_gives_zero_losses_and_gradients():
+def test_all_false_mask_gives_zero_losses_and_gradients(be):
     cfg = lfq.Config(codebook_dim=5, num_codebooks=2)
     zn, _ = make_input(cfg, np.random.default_rng(2))
     zn[0, 0, :] = np.nan  # masked-out NaN reaches no loss
-    mask = BE.asarray(np.zeros(zn.shape[:-1], dtype=bool))
-    out = BE.lfq(BE.asarray(zn), cfg, mask)
+    mask = be.asarray(np.zeros(zn.shape[:-1], dtype=bool))
+    out = be.lfq(be.asarray(zn), cfg, mask)
     for term in LOSSES:
         assert float(getattr(out, term)) == 0.0, term
-    grad = BE.vjp("aux_loss", BE.asarray(zn), cfg, mask=mask)
+    grad = be.vjp("aux_loss", be.asarray(zn), cfg, mask=mask)
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
-def test_masked_nan_token_is_ignored_and_spherical_zero_group_is_finite():
+def test_masked_nan_token_is_ignored_and_spherical_zero_group_is_finite(be):
     cfg = lfq.Config(codebook_dim=4, num_codebooks=2, spherical=True)
     zn, mn = make_input(cfg, np.random.default_rng(3))
     zn[0, 1] = np.nan
     mn[0, 1] = False
     zn[1, 2, :4] = 0.0  # a zero group projects to u = 0
-    z, m = BE.asarray(zn), BE.asarray(mn)
-    out, ref = BE.lfq(z, cfg, m), reference.lfq(zn, cfg, mn)
+    z, m = be.asarray(zn), be.asarray(mn)
+    out, ref = be.lfq(z, cfg, m), reference.lfq(zn, cfg, mn)
     assert_close(out.aux_loss, ref.aux_loss, 1e-12, "aux")
-    grad = BE.vjp("aux_loss", z, cfg, mask=m)
+    grad = be.vjp("aux_loss", z, cfg, mask=m)
     assert torch.isfinite(grad).all()
     assert_close(grad, reference.vjp("aux_loss", zn, cfg, mask=mn), 1e-10, "grad")
 
 
 @pytest.mark.parametrize("bits,codebooks", [(12, 2), (62, 1), (63, 1)])
-def test_indices_round_trip_up_to_63_bits(bits, codebooks):
+def test_indices_round_trip_up_to_63_bits(bits, codebooks, be):
     cfg = lfq.Config(codebook_dim=bits, num_codebooks=codebooks)
     zn = np.random.default_rng(bits).standard_normal((5, cfg.num_features))
     zn[0] = 1.0  # the largest index, 2**D - 1
-    idx = BE.codes_to_indices(BE.asarray(zn), cfg)
+    idx = be.codes_to_indices(be.asarray(zn), cfg)
     assert idx.dtype == torch.int64
-    assert np.array_equal(BE.to_numpy(idx), reference.codes_to_indices(zn, cfg))
+    assert np.array_equal(be.to_numpy(idx), reference.codes_to_indices(zn, cfg))
     assert int(idx.min()) >= 0
-    back = BE.indices_to_codes(idx, cfg, dtype="float64")
-    assert np.array_equal(BE.to_numpy(back), reference.quantize(zn, cfg))
+    back = be.indices_to_codes(idx, cfg, dtype="float64")
+    assert np.array_equal(be.to_numpy(back), reference.quantize(zn, cfg))
     if bits < 31:  # int32 indices are accepted and widened
-        assert torch.equal(BE.indices_to_codes(idx.to(torch.int32), cfg, dtype="float64"), back)
+        assert torch.equal(be.indices_to_codes(idx.to(torch.int32), cfg, dtype="float64"), back)
 
 
 def test_code_usage_matches_reference():
@@ -222,35 +231,51 @@ def test_asarray_to_numpy_round_trip_is_bitwise(dtype):
                           wide.astype(numpy_dtype(dtype)).astype(np.float64))
 
 
-def test_autocast_does_not_lower_precision():
+def test_autocast_does_not_lower_precision(be):
     cfg = lfq.Config(codebook_dim=8, num_codebooks=2, inv_temperature=10.0)
-    z = BE.asarray(make_input(cfg, np.random.default_rng(6), tokens=(64,), spread=0.2, dtype="float32")[0])
-    plain = BE.lfq(z, cfg)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = BE.lfq(z, cfg)
+    z = be.asarray(make_input(cfg, np.random.default_rng(6), tokens=(64,), spread=0.2, dtype="float32")[0])
+    plain = be.lfq(z, cfg)
+    with torch.autocast(z.device.type, dtype=torch.bfloat16):
+        under = be.lfq(z, cfg)
     for term in LOSSES:
-        assert under.aux_loss.dtype == torch.float32
+        assert getattr(under, term).dtype == torch.float32
         assert torch.equal(getattr(under, term), getattr(plain, term)), term
 
 
-def test_precision_default_agrees_on_cpu_and_highest_restores_settings():
-    cfg = lfq.Config(codebook_dim=8, inv_temperature=10.0)
-    z = BE.asarray(make_input(cfg, np.random.default_rng(7), tokens=(64,), spread=0.2, dtype="float32")[0])
-    highest = BE.lfq(z, cfg).batch_entropy
-    default = BE.lfq(z, cfg.replace(precision="default")).batch_entropy
-    assert_close(default, BE.to_numpy(highest), 1e-6, "default vs highest")  # no TF32 on a CPU
-    a, b = torch.rand(2, 8, 5, dtype=torch.float32), torch.rand(2, 5, 3, dtype=torch.float32)
-    assert torch.allclose(matmul_highest(a, b), a @ b, rtol=1e-6)
+def _enable_tf32():
+    """Turn TF32 on for CUDA float32 matmuls; returns a function that restores the setting."""
     cuda = torch.backends.cuda.matmul
-    if hasattr(cuda, "fp32_precision"):  # the switch is set inside and restored after
-        before = cuda.fp32_precision
-        try:
-            cuda.fp32_precision = "tf32"
-            with full_float32_matmuls("cuda"):
-                assert cuda.fp32_precision == "ieee"
-            assert cuda.fp32_precision == "tf32"
-        finally:
-            cuda.fp32_precision = before
+    attr, value = ("fp32_precision", "tf32") if hasattr(cuda, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(cuda, attr)
+    setattr(cuda, attr, value)
+    return lambda: setattr(cuda, attr, before)
+
+
+def test_highest_precision_holds_under_tf32_and_restores_settings(be):
+    """precision="highest" matches the reference to float32 rounding even with TF32 enabled
+    (on a CPU "default" is full float32 too); the TF32 switch is restored afterwards."""
+    cfg = lfq.Config(codebook_dim=8, inv_temperature=10.0)
+    zn = make_input(cfg, np.random.default_rng(7), tokens=(512,), spread=0.2, dtype="float32")[0]
+    z = be.asarray(zn)
+    want = reference.entropy(zn.astype(np.float64), cfg)[1]
+    restore = _enable_tf32()
+    try:
+        cuda = torch.backends.cuda.matmul
+        setting = (cuda.fp32_precision if hasattr(cuda, "fp32_precision") else cuda.allow_tf32)
+        highest = be.lfq(z, cfg).batch_entropy
+        default = be.lfq(z, cfg.replace(precision="default")).batch_entropy
+        assert (cuda.fp32_precision if hasattr(cuda, "fp32_precision") else cuda.allow_tf32) == setting
+        with full_float32_matmuls("cuda"):
+            assert (cuda.fp32_precision == "ieee") if hasattr(cuda, "fp32_precision") else not cuda.allow_tf32
+    finally:
+        restore()
+    assert_close(highest, want, 2e-6, "highest under TF32")
+    if z.device.type == "cpu":
+        assert_close(default, want, 2e-6, "default on a CPU")
+    else:  # the documented TF32 bound
+        assert abs(float(default) - float(want)) <= 2.0**-10 * (1 + float(want))
+    a, b = torch.rand(2, 8, 5, device=z.device), torch.rand(2, 5, 3, device=z.device)
+    assert torch.allclose(matmul_highest(a, b), (a.double() @ b.double()).float(), rtol=1e-6)
 
 
 def test_bad_inputs_have_clear_errors():
@@ -314,43 +339,56 @@ def test_whole_lfq_traces_as_one_graph(masked):
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-def test_compiled_backend_matches_eager(masked):
+def test_compiled_backend_matches_eager(masked, be):
     """`compiled()` (inductor, fullgraph) against eager: forward and backward, float32."""
     zn, mn = make_input(COMPILE_CFG, np.random.default_rng(9), tokens=(4, 16), spread=0.3, dtype="float32")
-    m = BE.asarray(mn) if masked else None
+    m = be.asarray(mn) if masked else None
     results = []
-    for backend in (BE, BE.compiled()):
-        z = BE.asarray(zn).requires_grad_(True)
+    for backend in (BE, be.compiled()):
+        z = be.asarray(zn).requires_grad_(True)
         out = backend.lfq(z, COMPILE_CFG, m)
-        (out.aux_loss + (out.codes * torch.linspace(-1, 1, 12)).sum()).backward()
+        (out.aux_loss + (out.codes * torch.linspace(-1, 1, 12, device=z.device)).sum()).backward()
         results.append((out, z.grad))
     (eager, eager_grad), (compiled, compiled_grad) = results
     assert torch.equal(compiled.codes, eager.codes) and torch.equal(compiled.indices, eager.indices)
     for term in LOSSES:
-        assert_close(getattr(compiled, term), BE.to_numpy(getattr(eager, term)), 2e-6, term)
-    assert_close(compiled_grad, BE.to_numpy(eager_grad), 2e-6, "grad")
+        assert_close(getattr(compiled, term), be.to_numpy(getattr(eager, term)), 2e-6, term)
+    assert_close(compiled_grad, be.to_numpy(eager_grad), 2e-6, "grad")
     ref = reference.lfq(zn.astype(np.float64), COMPILE_CFG, mn if masked else None)
     assert_close(compiled.aux_loss, ref.aux_loss, 2e-6, "compiled vs reference")
 
 
-def test_compiled_index_ops_match_eager():
-    compiled = BE.compiled()
+def test_compiled_index_ops_match_eager(be):
+    compiled = be.compiled()
     zn, _ = make_input(COMPILE_CFG, np.random.default_rng(10), dtype="float32")
     zn[0, 0, :3] = [0.0, -0.0, np.nan]
-    z = BE.asarray(zn)
-    assert torch.equal(compiled.quantize(z, COMPILE_CFG), BE.quantize(z, COMPILE_CFG))
+    z = be.asarray(zn)
+    assert torch.equal(compiled.quantize(z, COMPILE_CFG), be.quantize(z, COMPILE_CFG))
     idx = compiled.codes_to_indices(z, COMPILE_CFG)
-    assert torch.equal(idx, BE.codes_to_indices(z, COMPILE_CFG))
-    assert torch.equal(compiled.indices_to_codes(idx, COMPILE_CFG), BE.indices_to_codes(idx, COMPILE_CFG))
+    assert torch.equal(idx, be.codes_to_indices(z, COMPILE_CFG))
+    assert torch.equal(compiled.indices_to_codes(idx, COMPILE_CFG), be.indices_to_codes(idx, COMPILE_CFG))
 
 
 def test_compiled_mode_takes_many_configs():
     """More configs than torch.compile's recompile budget (8) per function: no hard failure."""
     compiled = BE.compiled()
-    z = torch.randn(4, 6, dtype=torch.float64)
     for i in range(9):
-        cfg = lfq.Config(codebook_dim=6, scale=1.0 + i)
+        cfg = lfq.Config(codebook_dim=2 + i % 3, num_codebooks=1 + i % 2, scale=1.0 + i)
+        z = torch.randn(3 + i, cfg.num_features, dtype=torch.float64)
         assert torch.equal(compiled.quantize(z, cfg), BE.quantize(z, cfg))
+
+
+def test_compiled_entropy_with_two_feature_sizes_and_varying_tokens():
+    """A second config's feature size is not mistaken for a dynamic shape (it once failed to
+    trace), and a new token count reuses the compiled function with a dynamic batch."""
+    compiled = BE.compiled()
+    for d, n in [(4, 16), (6, 16), (6, 40)]:
+        cfg = lfq.Config(codebook_dim=d, inv_temperature=3.0)
+        zn = np.random.default_rng(d + n).standard_normal((n, d))
+        got = compiled.entropy(BE.asarray(zn), cfg)
+        want = reference.entropy(zn, cfg)
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-12, f"D={d} N={n}")
 
 
 def test_tf32_error_stays_within_the_documented_bound(monkeypatch):

@@ -36,11 +36,17 @@ def test_naive_baseline_computes_the_same_loss():
     assert abs(float(naive) - want) <= 1e-12 * abs(want)
 
 
-@pytest.mark.parametrize("algorithm", ["naive", "factorized-eager", "inference-eager", "vqtorch"])
-def test_small_cpu_cases_run(algorithm):
-    if algorithm == "vqtorch" and not bench_torch.has_vqtorch():
-        return  # optional third-party row: the cases() test covers its skip note
-    case = {"backend": "torch", "algorithm": algorithm, "D": 6, "N": 512, "device": "cpu", "dtype": "float32"}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# vector-quantize-pytorch is optional (the `bench` extra): its row runs where it is installed.
+ALGORITHMS = ["naive", "factorized-eager", "inference-eager"] + (["vqtorch"] if bench_torch.has_vqtorch() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_small_cases_run(algorithm, device):
+    case = {"backend": "torch", "algorithm": algorithm, "D": 6, "N": 512, "device": device, "dtype": "float32"}
     bench_torch.prepare(case)
     result = bench_torch.run_case(case, repeat=2)
     assert result["ms"] > 0 and result.get("peak_mib", 0.0) >= 0.0

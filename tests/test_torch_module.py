@@ -184,3 +184,22 @@ def test_distributed_auto_is_off_without_a_process_group():
     assert layer.distributed is None and layer._distributed_options() == {}
     with pytest.raises(RuntimeError, match="init_process_group"):
         LFQ(codebook_dim=4, distributed=True)(rand(2, 4).float())
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_on_device_trains_and_decodes(device):
+    torch.manual_seed(0)
+    layer = LFQ(dim=12, codebook_dim=5, num_codebooks=2).to(device)
+    x = torch.randn(2, 12, 4, 4, device=device)
+    mask = torch.rand(2, 4, 4, device=device) > 0.3
+    ret = layer(x, mask=mask)
+    assert ret.quantized.device == x.device and ret.indices.device == x.device
+    (ret.aux_loss + ret.quantized.square().mean()).backward()
+    assert all(p.grad is not None and p.grad.device == x.device for p in layer.parameters())
+    assert torch.equal(layer.indices_to_codes(ret.indices), ret.quantized)
+    h = layer.project_in(x.movedim(1, -1)).detach().double().cpu()
+    ref = reference.lfq(h.numpy(), layer.cfg, mask.cpu().numpy())
+    assert abs(float(ret.aux_loss.detach()) - float(ref.aux_loss)) <= 1e-5 * max(1.0, abs(float(ref.aux_loss)))

@@ -4,7 +4,7 @@ an init/apply module holding the optional projections as parameters.
 See docs/jax.md for jit/grad/vmap, the training step, sharding and precision.
 """
 
-from lfq.backends.jax_backend.backend import JaxBackend, x64_enabled
+from lfq.backends.jax_backend.backend import JaxBackend, positive, x64_enabled
 from lfq.backends.jax_backend.module import LFQ, LFQResult, LossBreakdown
 
-__all__ = ["JaxBackend", "LFQ", "LFQResult", "LossBreakdown", "x64_enabled"]
+__all__ = ["JaxBackend", "LFQ", "LFQResult", "LossBreakdown", "positive", "x64_enabled"]

@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lfq import factorized, validation
+from lfq import factorized, features, validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, LOSS_TERMS
 
-__all__ = ["JaxBackend", "x64_enabled"]
+__all__ = ["JaxBackend", "positive", "x64_enabled"]
 
 _X64_FIX = "enable 64-bit mode first: jax.config.update('jax_enable_x64', True) (or the jax.enable_x64() context)"
 _OPTIONS = ("axis_name",)
@@ -87,6 +87,29 @@ def _subcode_probs_bwd(precision, residuals, cotangent):
 
 
 _subcode_probs.defvjp(_subcode_probs_fwd, _subcode_probs_bwd)
+
+
+_INT_OF_SIZE = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+def positive(x):
+    """`x > 0` decided on the bit pattern, so that positive subnormals count as positive.
+
+    XLA treats subnormal float32/bfloat16 inputs as zero (denormals-are-zero on CPU,
+    flush-to-zero on GPU), so `x > 0` is False for them, against the spec. As signed
+    integers, exactly the floats in (0, +inf] have a bit pattern in (0, bits(+inf)]:
+    +0.0 is 0, negative values and -0.0 are negative, NaNs lie above +inf.
+    """
+    itype = _INT_OF_SIZE[jnp.dtype(x.dtype).itemsize]
+    bits = jax.lax.bitcast_convert_type(x, itype)
+    inf = jax.lax.bitcast_convert_type(jnp.asarray(jnp.inf, x.dtype), itype)
+    return (bits > 0) & (bits <= inf)
+
+
+def _codes(x, cfg: Config):
+    """`features.quantize_groups` with the subnormal-safe sign test: `+-m` in x's dtype."""
+    m = jnp.asarray(cfg.code_magnitude, dtype=x.dtype)
+    return jnp.where(positive(x), m, -m)
 
 
 def _precision(cfg: Config):
@@ -181,6 +204,38 @@ class JaxBackend(ArrayBackend):
                 f"{axis_name!r})), or drop axis_name for a single-device computation"
             ) from err
 
+    # ------------------------------------------------ subnormal-safe signs
+    # The shared code decides signs with `z > 0`, which XLA gets wrong for subnormal
+    # inputs (see `positive`). Until the core takes a `positive` hook, the four methods
+    # below are the base class's with that one test replaced.
+
+    def positive(self, x):
+        """Hook (proposed for the core): elementwise `x > 0`, exact for subnormals."""
+        return positive(x)
+
+    def _quantize(self, z, cfg: Config):
+        self._check(z, cfg)
+        return _codes(z, cfg)
+
+    def _codes_to_indices(self, z, cfg: Config):
+        self._check(z, cfg)
+        dtype = self.index_dtype(jnp, cfg)
+        bits = positive(features.group_features(z, cfg, jnp)).astype(dtype)
+        return jnp.sum(bits * jnp.asarray(features.bit_weights(cfg), dtype=dtype), axis=-1, dtype=dtype)
+
+    def _straight_through(self, xp, z, x, cfg: Config):
+        fx = jnp.tanh(x) if cfg.activation == "tanh" else x
+        tokens = validation.token_shape(z.shape, cfg)
+        carrier = features.ungroup_features(jnp.reshape(fx, tokens + tuple(fx.shape[-2:])), cfg, jnp)
+        return self.pass_gradient(_codes(z, cfg), carrier.astype(z.dtype))
+
+    def _losses(self, z, cfg: Config, mask, options):
+        validation.check_exact_batch_entropy(cfg)
+        xp, raw, x, weights = self._features(z, cfg, mask)
+        sums = factorized.loss_sums(x, _codes(raw, cfg), weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg))
+        losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp)
+        return xp, x, [v.astype(z.dtype) for v in losses]
+
     # ------------------------------------------------------- input checks
 
     def _check(self, z, cfg: Config):
@@ -194,12 +249,12 @@ class JaxBackend(ArrayBackend):
     def quantize(self, z, cfg: Config):
         if self.jit:
             return _jitted("quantize")(z, cfg=cfg)
-        return super().quantize(z, cfg)
+        return self._quantize(z, cfg)
 
     def codes_to_indices(self, z, cfg: Config):
         if self.jit:
             return _jitted("codes_to_indices")(z, cfg=cfg)
-        return super().codes_to_indices(z, cfg)
+        return self._codes_to_indices(z, cfg)
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
         """Codes from indices `[..., C]` -> `[..., C*D]` of `dtype`.
@@ -290,21 +345,44 @@ class JaxBackend(ArrayBackend):
         """This backend with every operation under `jax.jit` (cfg static)."""
         return self if self.jit else _COMPILED
 
-    def asarray(self, array, dtype: str | None = None):
-        """A NumPy array (or nested list) as a `jax.Array` on the default device.
+    def asarray(self, array, dtype: str | None = None, device=None):
+        """A NumPy array (or nested list) as a `jax.Array`.
 
-        Without `dtype` JAX's own rule applies (float64 becomes float32 unless
-        64-bit mode is on). An explicit 64-bit `dtype` without 64-bit mode raises.
+        Args:
+            array: array-like.
+            dtype: dtype name; without it JAX's own rule applies (float64 becomes
+                float32 unless 64-bit mode is on). An explicit 64-bit dtype without
+                64-bit mode raises.
+            device: None (JAX's default device), a `jax.Device`, or a string such
+                as "cpu", "gpu", "cuda" or "cuda:1".
         """
         host = np.asarray(array)
         if dtype is not None:
             if dtype in ("float64", "int64", "uint64") and not x64_enabled():
                 raise TypeError(f"asarray(dtype={dtype!r}) needs 64-bit mode: {_X64_FIX}")
             host = host.astype(validation.numpy_dtype(dtype))
-        return jnp.asarray(host)
+        if device is None:
+            return jnp.asarray(host)
+        return jax.device_put(host, _device(device))
 
     def to_numpy(self, array):
         return np.asarray(jax.device_get(array))
+
+
+def _device(device):
+    """A `jax.Device` from a device string ("cpu", "gpu", "cuda", "cuda:1") or a Device."""
+    if not isinstance(device, str):
+        return device
+    platform, _, index = device.partition(":")
+    platform = "gpu" if platform == "cuda" else platform
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r}: JAX has no {platform!r} devices here (it has "
+                         f"{[str(d) for d in jax.devices()]}); install jax with that platform's plugin") from err
+    if index and (not index.isdigit() or int(index) >= len(devices)):
+        raise ValueError(f"device={device!r}: use an index in [0, {len(devices) - 1}]")
+    return devices[int(index) if index else 0]
 
 
 def _freeze(options: dict) -> tuple:

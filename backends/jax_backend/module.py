@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 import lfq
 from lfq import validation
+from lfq.backends.jax_backend.backend import _precision
 from lfq.config import Config
 
 __all__ = ["LFQ", "LFQResult", "LossBreakdown"]
@@ -204,8 +205,7 @@ class LFQ:
                              f"(dim={self.input_dim} != C*D or has_projections=True); "
                              "create the params with LFQ.init(key)")
         layer = params[name]
-        precision = jax.lax.Precision.HIGHEST if self.precision == "highest" else jax.lax.Precision.DEFAULT
-        y = jnp.matmul(x, layer["kernel"], precision=precision)
+        y = jnp.matmul(x, layer["kernel"], precision=_precision(self.config))
         return y + layer["bias"] if "bias" in layer else y
 
     def apply(self, params: dict, x, mask=None, *, train: bool = True, compute_loss: bool | None = None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import final
+from typing import Any, NamedTuple, final
 
 import numpy as np
 import tensorflow as tf
@@ -61,7 +61,7 @@ def _tensor(x, name: str):
 
 
 def _xla_dot(a, b, lhs_contracting: int, rhs_contracting: int):
-    """Batched XLA dot at HIGHEST precision; the leading rank-2 axes are batch axes.
+    """Batched XLA dot at HIGHEST precision; all but the last two axes are batch axes.
 
     Contracting `a`'s axis `lhs_contracting` (-1 or -2) with `b`'s `rhs_contracting`
     directly, rather than transposing first, lets XLA pick the operand layouts.
@@ -95,7 +95,7 @@ def _dot_tn(a, b):
 
 
 def matmul_highest(a, b):
-    """Batched `a @ b` (`[..., M, K] @ [..., K, N]`) in full float32 (never TF32).
+    """Batched `a @ b` (`[..., M, K] @ [..., K, N]`) at full precision (float32: never TF32).
 
     Eager, in graphs and under XLA, differentiable to any order.
     """
@@ -260,8 +260,11 @@ class TensorFlowBackend(ArrayBackend):
 
     # ------------------------------------------------------- autodiff, modes
 
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None):
-        """Gradient of `term` w.r.t. `z` by `tf.GradientTape` (see `LFQBackend.vjp`)."""
+    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
+        """Gradient of `term` w.r.t. `z` by `tf.GradientTape` (see `LFQBackend.vjp`).
+
+        `options` are `lfq`'s distributed option (`replica_context`).
+        """
         if term not in GRAD_TERMS:
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
         if term == "codes" and cotangent is None:
@@ -270,7 +273,10 @@ class TensorFlowBackend(ArrayBackend):
         mask = None if mask is None else _tensor(mask, "mask")
         with tf.GradientTape() as tape:
             tape.watch(z)
-            value = self.straight_through(z, cfg) if term == "codes" else getattr(self.lfq(z, cfg, mask), term)
+            if term == "codes":
+                value = self.straight_through(z, cfg)
+            else:
+                value = getattr(self.lfq(z, cfg, mask, **options), term)
         if cotangent is not None:
             cotangent = _tensor(cotangent, "cotangent")
             if not cotangent.shape.is_compatible_with(value.shape):
@@ -297,11 +303,12 @@ class TensorFlowBackend(ArrayBackend):
         return array.numpy() if hasattr(array, "numpy") else np.asarray(array)
 
 
-class _Flat:
-    """Flattened inputs of `TensorFlowBackend._flatten`."""
+class _Flat(NamedTuple):
+    """Flattened inputs of `TensorFlowBackend._flatten`: `[N, C*D]`, `[N]` and the config."""
 
-    def __init__(self, z, mask, cfg):
-        self.z, self.mask, self.cfg = z, mask, cfg
+    z: Any
+    mask: Any
+    cfg: Config
 
 
 class _Restore:
@@ -414,7 +421,8 @@ class CompiledTensorFlowBackend:
     def lfq(self, z, cfg: Config, mask=None, **options) -> LFQOutput:
         return self._losses("lfq", z, cfg, mask, options)
 
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None):
+    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
+        self._no_options(options)
         if term not in GRAD_TERMS:
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
         if term == "codes" and cotangent is None:

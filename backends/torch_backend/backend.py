@@ -20,6 +20,7 @@ read) is skipped; `compiled()` keeps it, running the checks eagerly first.
 
 from __future__ import annotations
 
+import hashlib
 import types
 from typing import final
 
@@ -36,6 +37,7 @@ from . import distributed as _dist
 from .ops import matmul_highest, no_autocast, straight_through
 
 __all__ = ["TorchBackend"]
+
 
 def _require_tensor(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
@@ -92,7 +94,7 @@ class TorchBackend(ArrayBackend):
     def matmul(self, a, b, cfg: Config):
         if cfg.precision == "highest" and a.dtype == torch.float32:
             return matmul_highest(a, b)
-        return torch.matmul(a, b)  # float64 is exact anyway; "default" obeys torch's settings
+        return torch.matmul(a, b)  # float64 has no reduced mode; "default" obeys torch's settings
 
     def index_dtype(self, xp, cfg: Config):
         return torch.int64
@@ -119,10 +121,11 @@ class TorchBackend(ArrayBackend):
             self._check_eagerly(op, first, cfg, *args, **kwargs)
             fn = self._compiled_ops.get((op, cfg))
             if fn is None:
-                fn = self._compiled_ops[(op, cfg)] = torch.compile(_eager_op(op), fullgraph=True)
+                fn = self._compiled_ops[(op, cfg)] = torch.compile(_eager_op(op, cfg), fullgraph=True)
             return fn(first, cfg, *args, **kwargs)
         with no_autocast(first.device.type if isinstance(first, torch.Tensor) else "cpu"):
-            return getattr(super(), op)(first, cfg, *args, **kwargs)
+            # The shared implementation, named explicitly (torch.compile traces it).
+            return getattr(ArrayBackend, op)(self, first, cfg, *args, **kwargs)
 
     def _check_eagerly(self, op, first, cfg, *args, **kwargs):
         """The checks that would raise inside the compiled graph, made before it is traced."""
@@ -144,13 +147,13 @@ class TorchBackend(ArrayBackend):
 
     def _check(self, z, cfg: Config):
         _require_tensor(z, "z")
-        return super()._check(z, cfg)
+        return ArrayBackend._check(self, z, cfg)
 
     def _features(self, z, cfg: Config, mask):
         if mask is not None:
             _require_tensor(mask, "mask")
             _require_same_device(mask, z, "mask")
-        return super()._features(z, cfg, mask)
+        return ArrayBackend._features(self, z, cfg, mask)
 
     def quantize(self, z, cfg: Config):
         return self._run("quantize", z, cfg)
@@ -162,8 +165,7 @@ class TorchBackend(ArrayBackend):
         _require_tensor(indices, "indices")
         if not isinstance(dtype, str) or dtype not in validation.FLOAT_DTYPES:
             raise ValueError(f"dtype={dtype!r} must be one of {list(validation.FLOAT_DTYPES)}")
-        if indices.dtype != torch.int64 and not indices.is_floating_point() and not indices.is_complex() \
-                and indices.dtype != torch.bool:
+        if not (indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool):
             indices = indices.to(torch.int64)  # bit weights up to 2**62 need int64 arithmetic
         return self._run("indices_to_codes", indices, cfg, dtype)
 
@@ -260,15 +262,19 @@ class TorchBackend(ArrayBackend):
 _EAGER = TorchBackend()
 
 
-def _eager_op(op: str):
-    """A new function that runs the eager backend's `op`, with a code object of its own.
+def _eager_op(op: str, cfg: Config):
+    """A new function that runs the eager backend's `op`, for `torch.compile` to own.
 
-    `torch.compile` keeps its cache and its recompile budget (8 by default, a hard
-    error under fullgraph=True) per code object. One code object per (op, cfg)
-    lets a process use any number of configs in compiled mode; each still has
-    the whole budget for new shapes and dtypes.
+    `torch.compile` keeps its cache and recompile budget (8 by default, a hard
+    error under fullgraph=True) per code object, and its automatic-dynamic-shape
+    profile per (file, line, function name). A code object of its own, named
+    after (op, cfg) stably across processes, keeps configs apart on both counts:
+    a process may use any number of configs, and a second config's other feature
+    size is never mistaken for a shape that varies.
     """
     def run(*args, **kwargs):
         return getattr(_EAGER, op)(*args, **kwargs)
 
-    return types.FunctionType(run.__code__.replace(), run.__globals__, op, run.__defaults__, run.__closure__)
+    tag = hashlib.sha1(repr(cfg).encode()).hexdigest()[:12]
+    code = run.__code__.replace(co_name=f"{op}_{tag}")
+    return types.FunctionType(code, run.__globals__, code.co_name, run.__defaults__, run.__closure__)

@@ -214,6 +214,8 @@ class LFQ(nn.Module):
             aux_loss = out.aux_loss
         else:
             if mask is not None:  # same checks as in training, though no loss uses it
+                if not isinstance(mask, torch.Tensor):
+                    raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
                 validation.check_mask(mask.shape, mask.dtype, work.shape, self.cfg)
             codes = self.backend.straight_through(work, self.cfg)
             indices = self.backend.codes_to_indices(work, self.cfg)
