@@ -52,7 +52,9 @@ class NumPyBackend:
     def compiled(self):
         raise NotImplementedError("the numpy backend has no compiled mode (modes == ('eager',))")
 
-    def asarray(self, array, dtype: str | None = None):
+    def asarray(self, array, dtype: str | None = None, device=None):
+        if device not in (None, "cpu"):
+            raise ValueError(f"device={device!r}: NumPy arrays live on the host; use device=None or 'cpu'")
         array = np.asarray(array)
         return array if dtype is None else array.astype(numpy_dtype(dtype))
 

@@ -51,17 +51,18 @@ class Tolerance:
 #: gives the measurements behind each number.
 DEFAULT_TOLERANCES: Mapping[str, Mapping[str, Tolerance]] = types.MappingProxyType({
     # float64: the reference's own rounding; a float64 backend differs from it by
-    # summation order only (measured <= 3e-15 relative).
+    # summation order only (measured <= 1e-15 relative on the losses).
     "float64": {"loss": Tolerance(1e-11, 1e-13), "grad": Tolerance(1e-9, 1e-12),
                 "usage": Tolerance(1e-12, 0.0)},
-    # float32: honest float32 arithmetic measured at <= 2e-6 relative on every case
-    # (losses) and <= 1e-5 of the largest entry (gradients); rounding the matmul
-    # inputs to bfloat16 (TF32-like reduced precision) errs by >= 3e-4 on the
-    # batch entropy of the moderate-temperature cases, 100 times this bound.
+    # float32: honest float32 backends measured at <= 0.083 of these bounds (losses,
+    # relative errors <= 3.2e-7) and <= 0.06 (gradients); rounding the batch-entropy
+    # matmul inputs to bfloat16 (TF32-like reduced precision) errs by 2.9 to 300
+    # times the bound on every float32 case of the default run.
     "float32": {"loss": Tolerance(3e-6, 3e-6), "grad": Tolerance(1e-4, 1e-4),
                 "usage": Tolerance(1e-6, 0.0)},
     # float16 / bfloat16 outputs are float32 results rounded once to the input
-    # dtype (half an ulp: 2**-11 resp. 2**-8 relative); the bounds allow 2 ulps.
+    # dtype (at most half an ulp: 2**-11 resp. 2**-8 relative); the bounds allow one
+    # ulp, gradients (normalized by their largest entry) two.
     "float16": {"loss": Tolerance(1e-3, 1e-5), "grad": Tolerance(2e-3, 2e-3),
                 "usage": Tolerance(1e-6, 0.0)},
     "bfloat16": {"loss": Tolerance(8e-3, 1e-5), "grad": Tolerance(1.6e-2, 1.6e-2),
@@ -287,7 +288,11 @@ CASES: tuple[Case, ...] = (
     Case("tokens-d4", dict(codebook_dim=4), (32,), seed=2, sigma=0.01, note="[N, C*D], defaults"),
     Case("d13-odd-split", dict(codebook_dim=13), (40,), seed=9, sigma=0.01, note="odd D: halves of 7 and 6 bits"),
     Case("tau-1e-2", dict(codebook_dim=7, inv_temperature=1e-2), (32,), seed=10,
-         note="cold logits: nearly uniform code distributions, entropies near D log 2"),
+         note="cold logits: nearly uniform code distributions, entropies near D log 2",
+         tolerances=({"dtype": "float32", "kind": "grad", "rtol": 1e-4, "atol": 1e-3,
+                      "reason": "cold logits: the two sums of dH_batch/da cancel to 1/490 of their size "
+                                "(measured), so float32 rounding of each (6e-8) is 3e-5 of the result; "
+                                "PyTorch and TensorFlow measured 5.6e-5 and 7.9e-5 of max|grad|"},)),
     Case("tau-1e3-saturated", dict(codebook_dim=6, inv_temperature=1e3), (32,), seed=12, sigma=0.01,
          note="mostly saturated bits: tiny entropies need full relative accuracy"),
     Case("scale-gamma-weights", dict(codebook_dim=9, num_codebooks=2, scale=2.5, diversity_gamma=0.5,
@@ -316,7 +321,13 @@ CASES: tuple[Case, ...] = (
     Case("d15-c2", dict(codebook_dim=15, num_codebooks=2), (24,), seed=34, sigma=0.01,
          note="D sweep, odd split"),
     Case("tau-1e-1-spherical", dict(codebook_dim=10, spherical=True, inv_temperature=0.1), (32,),
-         seed=35, note="cold spherical"),
+         seed=35, note="cold spherical",
+         tolerances=({"dtype": "float32", "kind": "grad", "rtol": 1e-4, "atol": 2e-2,
+                      "reason": "the per-sample entropy gradient is nearly radial and the projection onto "
+                                "the sphere cancels it to 1/1700 of its size (measured): PyTorch and "
+                                "TensorFlow err by 4e-3 of max|grad| in float32"},
+                     {"dtype": "float64", "kind": "grad", "rtol": 1e-9, "atol": 1e-10,
+                      "reason": "the same cancellation (1/1700) in float64: 1e-11 of max|grad| measured"})),
     Case("video-channel-first", dict(codebook_dim=4, num_codebooks=4, feature_axis=1),
          (2, 2, 3, 3), seed=36, sigma=0.01, mask="ragged", note="video channel-first [B, C*D, T, H, W]"),
     Case("tau-1e2-sigma1", dict(codebook_dim=8), (64,), seed=37,

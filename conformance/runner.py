@@ -30,7 +30,8 @@ def resolve_backend(backend):
 
 
 def _dtypes_for(case, backend, dtypes, full):
-    wanted = dtypes if dtypes else (FLOAT_DTYPES if full else case.dtypes)
+    # a full-run case asked for by name in a default run runs in float32
+    wanted = dtypes if dtypes else (FLOAT_DTYPES if full else (case.dtypes or ("float32",)))
     declared = tuple(backend.dtypes)
     return [d for d in FLOAT_DTYPES if d in wanted and d in declared]
 

@@ -47,6 +47,16 @@ class ArrayBackend:
         """
         raise NotImplementedError
 
+    def positive(self, x):
+        """Hook: elementwise `x > 0`. XLA backends override it with a bit-pattern test,
+        because XLA flushes subnormal inputs to zero before comparing."""
+        return x > 0
+
+    def subcode_probs(self, a, cfg: Config):
+        """Hook: `factorized.subcode_probs(a)`; backends attach the analytic gradient
+        `factorized.subcode_probs_vjp` here (autodiff through the product loop is slow)."""
+        return factorized.subcode_probs(a, self.namespace(a))
+
     def matmul(self, a, b, cfg: Config):
         """Hook: batched matrix product for the code histograms (full float32 by default)."""
         return self.namespace(a).matmul(a, b)
@@ -98,12 +108,12 @@ class ArrayBackend:
 
     def quantize(self, z, cfg: Config):
         xp = self._check(z, cfg)
-        return features.quantize_groups(z, cfg, xp)
+        return features.quantize_groups(z, cfg, xp, self.positive)
 
     def codes_to_indices(self, z, cfg: Config):
         xp = self._check(z, cfg)
         dtype = self.index_dtype(xp, cfg)
-        bits = xp.astype(features.group_features(z, cfg, xp) > 0, dtype)
+        bits = xp.astype(self.positive(features.group_features(z, cfg, xp)), dtype)
         return xp.sum(bits * self.constant(features.bit_weights(cfg), dtype, z), axis=-1, dtype=dtype)
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
@@ -136,8 +146,9 @@ class ArrayBackend:
     def _losses(self, z, cfg: Config, mask, options):
         validation.check_exact_batch_entropy(cfg)
         xp, raw, x, weights = self._features(z, cfg, mask)
-        codes = features.quantize_groups(raw, cfg, xp)
-        sums = factorized.loss_sums(x, codes, weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg))
+        codes = features.quantize_groups(raw, cfg, xp, self.positive)
+        sums = factorized.loss_sums(x, codes, weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg),
+                                    lambda a: self.subcode_probs(a, cfg))
         losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp)
         return xp, x, [xp.astype(v, z.dtype) for v in losses]
 
@@ -150,7 +161,7 @@ class ArrayBackend:
         fx = xp.tanh(x) if cfg.activation == "tanh" else x
         tokens = validation.token_shape(z.shape, cfg)
         carrier = features.ungroup_features(xp.reshape(fx, tokens + tuple(fx.shape[-2:])), cfg, xp)
-        return self.pass_gradient(features.quantize_groups(z, cfg, xp), xp.astype(carrier, z.dtype))
+        return self.pass_gradient(features.quantize_groups(z, cfg, xp, self.positive), xp.astype(carrier, z.dtype))
 
     def entropy(self, z, cfg: Config, mask=None, **options):
         _, _, (per_sample, batch, _, _) = self._losses(z, cfg, mask, options)

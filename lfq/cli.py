@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import platform
 import sys
 
@@ -27,7 +28,7 @@ def _framework_version(name: str) -> str:
     """Version of the framework a registered backend needs ("-" when it needs none)."""
     from lfq import registry
 
-    requires = getattr(registry, "_REGISTRY", {}).get(name, (None, None, None))[2]
+    requires = registry.framework(name)
     if requires is None:
         return "-"
     module = sys.modules.get(requires)
@@ -168,8 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the `lfq` console script."""
+    # TensorFlow's C++ start-up chatter would drown the tables (set before it loads).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # the output went into `head` or a closed pager
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

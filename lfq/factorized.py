@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import numpy as np
+
 from lfq.config import Config
 
 __all__ = [
@@ -38,7 +40,9 @@ __all__ = [
     "distribution_entropy",
     "loss_sums",
     "losses_from_sums",
+    "subcode_bits",
     "subcode_probs",
+    "subcode_probs_vjp",
     "sum_replicas",
 ]
 
@@ -135,7 +139,30 @@ def subcode_probs(a, xp):
     return probs
 
 
-def code_histogram(a, weights, xp, matmul: Callable | None = None):
+def subcode_bits(k: int):
+    """`[2**k, k]` NumPy int matrix: row j holds the bits of j, MSB first (1 = positive)."""
+    return (np.arange(2 ** k)[:, None] >> np.arange(k - 1, -1, -1)) & 1
+
+
+def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = None):
+    r"""Gradient of `subcode_probs` w.r.t. `a`, in one matrix product.
+
+    $p_j = \prod_i \sigma(\pm a_i)$, so $\partial p_j / \partial a_i = p_j\,(\mathrm{bit}_i(j) - \sigma(a_i))$
+    and $\bar a_i = \sum_j \bar p_j p_j \mathrm{bit}_i(j) - \sigma(a_i) \sum_j \bar p_j p_j$.
+    Autodiff through the product loop instead costs one strided pass per bit.
+
+    Args:
+        a: `[..., k]` bit logits; probs: `subcode_probs(a)`, `[..., 2**k]`.
+        cotangent: `[..., 2**k]` upstream gradient.
+        bits: `subcode_bits(k)` as a backend array of probs' dtype.
+    """
+    matmul = xp.matmul if matmul is None else matmul
+    weighted = cotangent * probs
+    positive = xp.exp(bit_log_probs(a, xp)[0])
+    return matmul(weighted, bits) - positive * xp.sum(weighted, axis=-1, keepdims=True)
+
+
+def code_histogram(a, weights, xp, matmul: Callable | None = None, subcode_probs_fn: Callable | None = None):
     r"""Token-summed code probabilities of every codebook, without an N x 2^D tensor.
 
     Args:
@@ -143,15 +170,18 @@ def code_histogram(a, weights, xp, matmul: Callable | None = None):
         weights: `[N]` token weights (0/1 from the mask) or None.
         xp: array namespace.
         matmul: matrix product to use (default `xp.matmul`).
+        subcode_probs_fn: `subcode_probs` with a backend's own gradient rule
+            (default: this module's function, differentiated by autodiff).
 
     Returns:
         `[C, 2**ceil(k/2), 2**floor(k/2)]`: $\sum_n w_n P_A[n]^\top P_B[n]$; flattened
         row-major it is indexed by the k-bit code, MSB first.
     """
     matmul = xp.matmul if matmul is None else matmul
+    probs_of = (lambda bits: subcode_probs(bits, xp)) if subcode_probs_fn is None else subcode_probs_fn
     split = (a.shape[-1] + 1) // 2
-    probs_a = subcode_probs(a[..., :split], xp)   # [N, C, 2^|A|]
-    probs_b = subcode_probs(a[..., split:], xp)   # [N, C, 2^|B|]
+    probs_a = probs_of(a[..., :split])   # [N, C, 2^|A|]
+    probs_b = probs_of(a[..., split:])   # [N, C, 2^|B|]
     if weights is not None:
         probs_a = probs_a * weights[:, None, None]
     return matmul(xp.permute_dims(probs_a, (1, 2, 0)), xp.permute_dims(probs_b, (1, 0, 2)))
@@ -164,7 +194,8 @@ def distribution_entropy(p, xp):
     return -xp.sum(p * log_p, axis=(-2, -1))
 
 
-def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None) -> LossSums:
+def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None,
+              subcode_probs_fn: Callable | None = None) -> LossSums:
     """Token sums of every loss term, for one replica's tokens.
 
     Args:
@@ -174,6 +205,7 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
         cfg: the configuration.
         xp: array namespace.
         matmul: matrix product for the code histograms.
+        subcode_probs_fn: see `code_histogram`.
 
     Returns:
         `LossSums`. Masked-out tokens are zeroed before any arithmetic, so a NaN or
@@ -191,7 +223,8 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
         per_bit = per_bit * weights[:, None, None]
         sq_err = sq_err * weights[:, None, None]
         count = xp.sum(weights)
-    hists = tuple(code_histogram(a[..., lo:hi], weights, xp, matmul) for lo, hi in bit_groups(cfg))
+    hists = tuple(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn)
+                  for lo, hi in bit_groups(cfg))
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), hists)
 
 

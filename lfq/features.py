@@ -37,16 +37,20 @@ def ungroup_features(x, cfg: Config, xp):
     return x
 
 
-def quantize_groups(z, cfg: Config, xp):
+def quantize_groups(z, cfg: Config, xp, positive=None):
     """Codes `+m if z > 0 else -m`, same shape and dtype as `z`.
 
     The decision uses the sign of the raw input: the soft clamp (odd, increasing)
     and the spherical projection (a positive factor) never change a sign, and
     deciding before them keeps subnormal inputs exact in every dtype. `+0.0`,
     `-0.0` and NaN compare false, so they give `-m`.
+
+    Args:
+        positive: elementwise `z > 0` test (default the comparison itself); XLA
+            backends pass a bit-pattern test because XLA flushes subnormals to 0.
     """
     m = xp.asarray(cfg.code_magnitude, dtype=z.dtype)
-    return xp.where(z > 0, m, -m)
+    return xp.where(z > 0 if positive is None else positive(z), m, -m)
 
 
 def transform_groups(x, cfg: Config, xp):

@@ -102,8 +102,10 @@ class LFQBackend(Protocol):
         (`torch.compile`, `jax.jit`, `tf.function(jit_compile=True)`); only when
         "compiled" is in `modes`."""
 
-    def asarray(self, array, dtype: str | None = None):
-        """A NumPy array as this backend's native array (of dtype name `dtype`)."""
+    def asarray(self, array, dtype: str | None = None, device=None):
+        """A NumPy array as this backend's native array (of dtype name `dtype`), on
+        `device` ("cpu", "cuda", "cuda:1", or the framework's own device object;
+        None: the framework's default device)."""
 
     def to_numpy(self, array):
         """A native array as a NumPy array (bfloat16 via ml_dtypes)."""

@@ -156,10 +156,7 @@ def indices_to_codes(indices, cfg: Config, dtype: str = "float32") -> np.ndarray
 
 def all_codes(cfg: Config) -> np.ndarray:
     """Every code of one codebook, `[2**D, D]` float64, row j = code of index j (MSB first)."""
-    d = cfg.codebook_dim
-    j = np.arange(2 ** d, dtype=np.int64)[:, None]
-    bits = (j >> np.arange(d - 1, -1, -1, dtype=np.int64)) & 1
-    return np.where(bits == 1, cfg.code_magnitude, -cfg.code_magnitude)
+    return np.where(factorized.subcode_bits(cfg.codebook_dim) == 1, cfg.code_magnitude, -cfg.code_magnitude)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -368,8 +365,7 @@ def batch_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
             q = np.einsum("nca,cab->ncb", pa, g)
             r = np.einsum("ncb,cab->nca", pb, g)
             total = np.sum(q * pb, axis=-1, keepdims=True)                 # sum_j G_j p_nj
-            bits_a = (np.arange(2 ** split)[:, None] >> np.arange(split - 1, -1, -1)) & 1
-            bits_b = (np.arange(2 ** (hi - lo - split))[:, None] >> np.arange(hi - lo - split - 1, -1, -1)) & 1
+            bits_a, bits_b = factorized.subcode_bits(split), factorized.subcode_bits(hi - lo - split)
             on = np.concatenate([(r * pa) @ bits_a, (q * pb) @ bits_b], axis=-1)
             p_pos = np.exp(factorized.bit_log_probs(a[..., lo:hi], np)[0])
             grad_a[..., lo:hi] = on - total * p_pos

@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import threading
 
-__all__ = ["BackendUnavailable", "get", "list_backends", "register", "is_available"]
+__all__ = ["BackendUnavailable", "framework", "get", "is_available", "list_backends", "register"]
 
 
 class BackendUnavailable(ImportError):
@@ -63,6 +63,11 @@ def _resolve(name: str) -> str:
             "register your own with lfq.register(name, 'module:Class')"
         )
     return name
+
+
+def framework(name: str) -> str | None:
+    """The top-level module a registered backend needs (None for the reference)."""
+    return _REGISTRY[_resolve(name)][2]
 
 
 def is_available(name: str) -> bool:

@@ -285,12 +285,15 @@ def test_user_jit_with_static_config(no_x64):
 
 
 def test_precision_option_default_runs(no_x64):
-    # On the CPU both precisions are full float32; on GPUs "default" is TF32 (docs/jax.md).
+    # On the CPU both precisions are full float32. On NVIDIA GPUs "default" is TF32: each
+    # histogram entry is off by up to ~1e-3 relative, the batch entropy by ~1e-3 * (1 + H)
+    # (docs/jax.md; measured on an H200: <= 3e-5 nats).
     cfg = lfq.Config(codebook_dim=8, precision="default")
     z, mask = _inputs(cfg, "float32", seed=8)
     ref = reference.lfq(z.astype(np.float64), cfg, mask)
     got = BE.compiled().lfq(jnp.asarray(z), cfg, jnp.asarray(mask))
-    np.testing.assert_allclose(_f64(got.batch_entropy), ref.batch_entropy, atol=_loss_tol(cfg))
+    tol = _loss_tol(cfg) if jax.default_backend() == "cpu" else 1e-3 * (1 + float(ref.batch_entropy))
+    np.testing.assert_allclose(_f64(got.batch_entropy), ref.batch_entropy, atol=tol)
 
 
 def test_code_usage_and_conversions(no_x64):

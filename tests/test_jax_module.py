@@ -154,7 +154,8 @@ def test_module_under_jit_vmap_and_mask():
     mask = jnp.asarray(np.random.default_rng(11).random((3, 5)) > 0.5)
     eager = q.apply(params, x, mask)
     jitted = jax.jit(q.apply)(params, x, mask)
-    np.testing.assert_allclose(np.asarray(jitted.aux_loss), np.asarray(eager.aux_loss), rtol=1e-6)
+    # eager and jit differ only by the order of float32 roundings (fusion): a few eps of the terms
+    np.testing.assert_allclose(np.asarray(jitted.aux_loss), np.asarray(eager.aux_loss), rtol=0, atol=1e-5)
     per_example = jax.jit(jax.vmap(lambda xi, mi: q.apply(params, xi, mi).aux_loss))(x, mask)
     assert per_example.shape == (3,)
     with pytest.raises(ValueError, match=r"mask has shape \(3,\), expected \(3, 5\)"):

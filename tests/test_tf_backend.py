@@ -38,6 +38,7 @@ CONFIGS = {
                               diversity_gamma=0.7, scale=0.5), 0.5),
     "odd_bits": (lfq.Config(codebook_dim=1, num_codebooks=2, inv_temperature=1.0), 1.0),
     "feature_axis": (lfq.Config(codebook_dim=3, num_codebooks=2, feature_axis=1, inv_temperature=2.0), 0.5),
+    "default_precision": (lfq.Config(codebook_dim=5, num_codebooks=2, precision="default", inv_temperature=2.0), 0.5),
 }
 
 

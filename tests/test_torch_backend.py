@@ -297,6 +297,7 @@ def test_bad_inputs_have_clear_errors():
         (lambda: BE.lfq(z, cfg, axis_name="x"), TypeError, "distributed, process_group"),
         (lambda: BE.lfq(z, cfg, distributed=True), RuntimeError, "init_process_group"),
         (lambda: BE.vjp("loss", z, cfg), ValueError, "not one of"),
+        (lambda: BE.vjp("aux_loss", torch.ones(3, 8, dtype=torch.int32), cfg), TypeError, "dtype int32"),
         (lambda: BE.vjp("codes", z, cfg), ValueError, "needs a cotangent"),
         (lambda: BE.lfq(z, {"codebook_dim": 4}), TypeError, "lfq.Config"),
     ]

@@ -75,15 +75,10 @@ def _subcode_probs_fwd(a, precision):
 
 
 def _subcode_probs_bwd(precision, residuals, cotangent):
-    # p_j = prod_i sigmoid(+-a_i), so dp_j/da_i = p_j * (bit_i(j) - sigmoid(a_i)):
-    # grad_a = (g*p) @ bits - sigmoid(a) * sum_j g_j p_j.
     a, probs = residuals
-    k = a.shape[-1]
-    bits = (np.arange(2 ** k)[:, None] >> np.arange(k - 1, -1, -1)) & 1      # [2^k, k], MSB first
-    weighted = cotangent * probs
-    on = jnp.matmul(weighted, jnp.asarray(bits, dtype=probs.dtype), precision=precision)
-    sigmoid = jnp.exp(factorized.bit_log_probs(a, jnp)[0])
-    return (on - sigmoid * jnp.sum(weighted, axis=-1, keepdims=True),)
+    bits = jnp.asarray(factorized.subcode_bits(a.shape[-1]), dtype=probs.dtype)
+    matmul = functools.partial(jnp.matmul, precision=precision)
+    return (factorized.subcode_probs_vjp(a, probs, cotangent, bits, jnp, matmul),)
 
 
 _subcode_probs.defvjp(_subcode_probs_fwd, _subcode_probs_bwd)
@@ -104,12 +99,6 @@ def positive(x):
     bits = jax.lax.bitcast_convert_type(x, itype)
     inf = jax.lax.bitcast_convert_type(jnp.asarray(jnp.inf, x.dtype), itype)
     return (bits > 0) & (bits <= inf)
-
-
-def _codes(x, cfg: Config):
-    """`features.quantize_groups` with the subnormal-safe sign test: `+-m` in x's dtype."""
-    m = jnp.asarray(cfg.code_magnitude, dtype=x.dtype)
-    return jnp.where(positive(x), m, -m)
 
 
 def _precision(cfg: Config):
@@ -161,11 +150,12 @@ class JaxBackend(ArrayBackend):
     def matmul(self, a, b, cfg: Config):
         return jnp.matmul(a, b, precision=_precision(cfg))
 
-    def subcode_probs(self, a, cfg: Config):
-        """Hook (proposed for the core): sub-code probabilities `[..., k]` -> `[..., 2**k]`.
+    def positive(self, x):
+        """`x > 0` on the bit pattern: XLA flushes subnormal inputs to zero (see `positive`)."""
+        return positive(x)
 
-        Values are `lfq.factorized.subcode_probs`; the gradient is its analytic VJP.
-        """
+    def subcode_probs(self, a, cfg: Config):
+        """`lfq.factorized.subcode_probs`, with its analytic VJP as the gradient."""
         return _subcode_probs(a, _precision(cfg))
 
     def index_dtype(self, xp, cfg: Config):
@@ -204,38 +194,6 @@ class JaxBackend(ArrayBackend):
                 f"{axis_name!r})), or drop axis_name for a single-device computation"
             ) from err
 
-    # ------------------------------------------------ subnormal-safe signs
-    # The shared code decides signs with `z > 0`, which XLA gets wrong for subnormal
-    # inputs (see `positive`). Until the core takes a `positive` hook, the four methods
-    # below are the base class's with that one test replaced.
-
-    def positive(self, x):
-        """Hook (proposed for the core): elementwise `x > 0`, exact for subnormals."""
-        return positive(x)
-
-    def _quantize(self, z, cfg: Config):
-        self._check(z, cfg)
-        return _codes(z, cfg)
-
-    def _codes_to_indices(self, z, cfg: Config):
-        self._check(z, cfg)
-        dtype = self.index_dtype(jnp, cfg)
-        bits = positive(features.group_features(z, cfg, jnp)).astype(dtype)
-        return jnp.sum(bits * jnp.asarray(features.bit_weights(cfg), dtype=dtype), axis=-1, dtype=dtype)
-
-    def _straight_through(self, xp, z, x, cfg: Config):
-        fx = jnp.tanh(x) if cfg.activation == "tanh" else x
-        tokens = validation.token_shape(z.shape, cfg)
-        carrier = features.ungroup_features(jnp.reshape(fx, tokens + tuple(fx.shape[-2:])), cfg, jnp)
-        return self.pass_gradient(_codes(z, cfg), carrier.astype(z.dtype))
-
-    def _losses(self, z, cfg: Config, mask, options):
-        validation.check_exact_batch_entropy(cfg)
-        xp, raw, x, weights = self._features(z, cfg, mask)
-        sums = factorized.loss_sums(x, _codes(raw, cfg), weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg))
-        losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp)
-        return xp, x, [v.astype(z.dtype) for v in losses]
-
     # ------------------------------------------------------- input checks
 
     def _check(self, z, cfg: Config):
@@ -249,12 +207,12 @@ class JaxBackend(ArrayBackend):
     def quantize(self, z, cfg: Config):
         if self.jit:
             return _jitted("quantize")(z, cfg=cfg)
-        return self._quantize(z, cfg)
+        return super().quantize(z, cfg)
 
     def codes_to_indices(self, z, cfg: Config):
         if self.jit:
             return _jitted("codes_to_indices")(z, cfg=cfg)
-        return self._codes_to_indices(z, cfg)
+        return super().codes_to_indices(z, cfg)
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
         """Codes from indices `[..., C]` -> `[..., C*D]` of `dtype`.

@@ -153,9 +153,20 @@ class TensorFlowBackend(ArrayBackend):
         return _pass_gradient(value, carrier)
 
     def matmul(self, a, b, cfg: Config):
+        """`a @ b`; full float32 for `precision="highest"`, TensorFlow's default otherwise.
+
+        In a graph the product is formed as `(a^T)^T @ b`: `code_histogram` hands over
+        `P_A` with its token axis moved last (`[C, 2**|A|, N]`), and contracting the
+        transposed operand lets XLA cancel that transpose and read `P_A` where it was
+        computed, which halves the histogram's forward + backward time under XLA:CPU.
+        Eagerly nothing can cancel, so the product is taken as it comes.
+        """
+        if tf.executing_eagerly():
+            return matmul_highest(a, b) if cfg.precision == "highest" else tf.linalg.matmul(a, b)
+        a_t = tf.linalg.matrix_transpose(a)
         if cfg.precision == "highest":
-            return matmul_highest(a, b)
-        return tf.linalg.matmul(a, b)
+            return _dot_tn(a_t, b)
+        return tf.linalg.matmul(a_t, b, transpose_a=True)
 
     def constant(self, values, dtype, like):
         return tf.constant(values, dtype=dtype)

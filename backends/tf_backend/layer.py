@@ -121,9 +121,13 @@ class LFQLayer(keras.layers.Layer):
         x: `[b, ..., dim]`, or `[b, dim, ...]` when channel-first.
         mask: optional bool, `x`'s shape without the feature axis; masked-out
             tokens are quantized but count in no loss.
+            A Keras mask of an upstream layer arrives here too, and is passed on
+            to `quantized` and `indices`.
         training: Keras's flag; the loss is computed (and added with `add_loss`)
             only when training, or when `compute_loss=True`.
-        return_loss_breakdown: also return a `LossBreakdown`.
+        return_loss_breakdown: also return a `LossBreakdown` (None: the
+            constructor's default).
+        compute_loss: compute and add the loss in inference too.
 
     Returns:
         `LFQLayerOutput(quantized, indices, aux_loss)`, or

@@ -194,6 +194,7 @@ class TorchBackend(ArrayBackend):
         if term not in GRAD_TERMS:
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
         _require_tensor(z, "z")
+        self._check(z, cfg)  # an integer z must fail here, not in requires_grad_
         if term == "codes" and cotangent is None:
             raise ValueError("vjp('codes', ...) needs a cotangent of z's shape (the upstream gradient)")
         z = z.detach().requires_grad_(True)
@@ -230,8 +231,9 @@ class TorchBackend(ArrayBackend):
 
     # ------------------------------------------------------------ conversions
 
-    def asarray(self, array, dtype: str | None = None):
-        """A NumPy array (or anything `np.asarray` takes) as a tensor on `self.device`.
+    def asarray(self, array, dtype: str | None = None, device=None):
+        """A NumPy array (or anything `np.asarray` takes) as a tensor on `device`
+        (default: `self.device`, else torch's default device).
 
         The dtype cast happens in NumPy first (bfloat16 through ml_dtypes), so the
         values are exactly NumPy's; bfloat16 crosses as float32, which holds every
@@ -246,7 +248,8 @@ class TorchBackend(ArrayBackend):
             tensor = torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
         else:
             tensor = torch.from_numpy(np.ascontiguousarray(array))
-        device = self.device if self.device is not None else torch.get_default_device()
+        if device is None:
+            device = self.device if self.device is not None else torch.get_default_device()
         return tensor.to(device)
 
     def to_numpy(self, array):
