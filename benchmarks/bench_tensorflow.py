@@ -105,7 +105,8 @@ def run_case(case, repeat):
         start = time.perf_counter()
         step().numpy()
         first_ms = (time.perf_counter() - start) * 1e3
-        ms = time_ms(lambda: step().numpy(), repeat)
+        # a few warm-up steps: XLA:CPU's thread pool and allocator settle after the first calls
+        ms = time_ms(lambda: step().numpy(), repeat, warmup=5)
     result = {"ms": ms}
     if case["algorithm"].endswith("compiled"):
         result["compile_ms"] = first_ms

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 import lfq
-from lfq import reference
+from lfq import reference, registry
+
+
+@pytest.fixture(autouse=True)
+def _private_registry(monkeypatch):
+    """Backends registered by a test stay in that test."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_INSTANCES", dict(registry._INSTANCES))
 
 
 def test_import_lfq_loads_no_framework():

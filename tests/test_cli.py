@@ -132,7 +132,7 @@ def test_usage_errors_exit_2():
 def test_device_goes_to_asarray():
     proc = lfq_cli("conformance", "--backend", "numpy", "--device", "cuda")
     assert proc.returncode == 1, explain(proc)
-    assert "takes no `device` keyword" in proc.stdout
+    assert "device='cuda': NumPy arrays live on the host" in proc.stdout
 
 
 def test_write_and_check_golden(tmp_path):

@@ -197,6 +197,19 @@ def test_ties_and_nan_give_negative_code_and_bit_zero(be):
         np.testing.assert_array_equal(be.codes_to_indices(zt, cfg).numpy(), [[1], [4]])
 
 
+@pytest.mark.parametrize("dtype, tiny", [("float64", 5e-324), ("float32", 1e-40), ("bfloat16", 1e-39),
+                                         ("float16", 1e-7)])
+def test_subnormal_inputs_keep_their_sign(be, dtype, tiny):
+    # TensorFlow's CPU kernels and XLA treat subnormals as zero in comparisons; the
+    # backend decides on the bit pattern instead, as the spec asks.
+    cfg = lfq.Config(codebook_dim=4)
+    z = be.asarray(np.array([[tiny, -tiny, 1.0, -tiny]]), dtype)
+    assert float(be.to_numpy(z)[0, 0]) > 0  # still a (subnormal) positive number in dtype
+    np.testing.assert_array_equal(be.to_numpy(be.quantize(z, cfg)).astype(np.float64), [[1, -1, 1, -1]])
+    np.testing.assert_array_equal(be.codes_to_indices(z, cfg).numpy(), [[10]])
+    np.testing.assert_array_equal(be.to_numpy(be.lfq(z, cfg).codes).astype(np.float64), [[1, -1, 1, -1]])
+
+
 def test_nan_in_masked_token_reaches_no_loss_or_gradient(be):
     cfg, scale = CONFIGS["codebooks"]
     z, mask = _inputs(cfg, scale)
@@ -315,6 +328,15 @@ def test_asarray_to_numpy_round_trip(dtype):
     back = BE.to_numpy(t)
     assert back.dtype == numpy_dtype(dtype)
     np.testing.assert_array_equal(back, x.astype(numpy_dtype(dtype)))
+
+
+def test_asarray_device():
+    for device in ("cpu", "cpu:0", "/CPU:0"):
+        t = BE.compiled().asarray(np.ones((2, 3)), "float32", device=device)
+        assert t.device.endswith("CPU:0") and t.dtype == tf.float32
+    if not tf.config.list_logical_devices("GPU"):
+        with pytest.raises(ValueError, match="TensorFlow sees 0 GPU"):
+            BE.asarray(np.ones(3), device="cuda")
 
 
 def test_compiled_reuses_its_traced_functions():

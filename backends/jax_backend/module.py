@@ -64,10 +64,18 @@ class LFQ:
         codebook_size: codes per codebook, a power of two (resolves D).
         codebook_dim: D, bits per codebook (alternative to `codebook_size`).
         num_codebooks: C.
-        entropy_loss_weight, commitment_loss_weight, diversity_gamma,
-        inv_temperature, spherical, codebook_scale, soft_clamp_input_value,
-        straight_through_activation, bit_order, batch_entropy, max_exact_bits,
-        precision: the `lfq.Config` options (see its docstring).
+        entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
+        commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
+        diversity_gamma: gamma of H_sample - gamma*H_batch.
+        inv_temperature: tau of the soft assignment.
+        spherical: the BSQ variant.
+        codebook_scale: s, the code magnitude (`Config.scale`).
+        soft_clamp_input_value: v of the soft clamp v*tanh(z/v) (`Config.soft_clamp`).
+        straight_through_activation: f of the straight-through rule, "identity" or "tanh".
+        bit_order: "msb" (default) or "lsb" index bit order.
+        batch_entropy: "exact" or the upper-bound approximation "groups:G".
+        max_exact_bits: largest D of the exact batch entropy.
+        precision: "highest" (full float32 matrix products) or "default".
         channel_first: features on axis 1 (True), last (False), or auto (None):
             channel-first for inputs with ndim >= 4 (`b c h w`, `b c t h w`).
         keep_num_codebooks_dim: keep the codebook axis of the indices; None =

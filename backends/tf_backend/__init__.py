@@ -10,7 +10,8 @@ The Keras layer is imported on first access, so that `lfq.get("tensorflow")`
 does not import Keras. See docs/tensorflow.md.
 """
 
-from lfq.backends.tf_backend.backend import CompiledTensorFlowBackend, TensorFlowBackend
+from lfq.backends.tf_backend.backend import TensorFlowBackend
+from lfq.backends.tf_backend.compiled import CompiledTensorFlowBackend
 
 __all__ = ["CompiledTensorFlowBackend", "LFQLayer", "LFQLayerOutput", "LossBreakdown", "TensorFlowBackend"]
 

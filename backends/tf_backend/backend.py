@@ -18,97 +18,29 @@ module supplies TensorFlow's hooks:
 * shapes unknown at trace time (Keras traces `model.fit` with an unknown batch
   size): the loss functions then flatten the tokens and count them with a mask.
 
-`compiled()` returns `CompiledTensorFlowBackend`, the same operations traced once
-per configuration into `tf.function(jit_compile=True)`.
+`compiled()` returns `CompiledTensorFlowBackend` (`compiled.py`), the same
+operations traced once per configuration into `tf.function(jit_compile=True)`.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any, NamedTuple, final
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla as tf2xla
-from tensorflow.compiler.xla import xla_data_pb2
 
 from lfq import validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
 from lfq.factorized import LossSums
-from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
-from lfq.backends.tf_backend import array_namespace
+from lfq.interface import GRAD_TERMS, LFQOutput
+from lfq.backends.tf_backend import array_namespace, ops
+from lfq.backends.tf_backend.compiled import CompiledTensorFlowBackend
 
-__all__ = ["CompiledTensorFlowBackend", "TensorFlowBackend"]
+__all__ = ["TensorFlowBackend"]
 
-_HIGHEST = xla_data_pb2.PrecisionConfig(operand_precision=[xla_data_pb2.PrecisionConfig.HIGHEST] * 2)
 _DISTRIBUTED_OPTIONS = ("replica_context",)
-
-
-def _tensor(x, name: str):
-    """`x` as a `tf.Tensor` (variables are read, NumPy arrays and lists converted)."""
-    if isinstance(x, tf.Tensor):
-        return x
-    if tf.is_tensor(x):  # a variable: its value, through which gradients reach it
-        return tf.convert_to_tensor(x)
-    try:
-        # Through NumPy, so that Python floats become float64 like NumPy's, not float32.
-        return tf.convert_to_tensor(np.asarray(x))
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} of type {type(x).__name__} is not a tensor and cannot be converted "
-                        f"to one ({err}): pass a tf.Tensor or a NumPy array") from None
-
-
-def _xla_dot(a, b, lhs_contracting: int, rhs_contracting: int):
-    """Batched XLA dot at HIGHEST precision; all but the last two axes are batch axes.
-
-    Contracting `a`'s axis `lhs_contracting` (-1 or -2) with `b`'s `rhs_contracting`
-    directly, rather than transposing first, lets XLA pick the operand layouts.
-    """
-    rank = a.shape.rank
-    batch = list(range(rank - 2))
-    dims = xla_data_pb2.DotDimensionNumbers(
-        lhs_contracting_dimensions=[lhs_contracting % rank], rhs_contracting_dimensions=[rhs_contracting % rank],
-        lhs_batch_dimensions=batch, rhs_batch_dimensions=batch)
-    return tf2xla.dot_general(a, b, dims, _HIGHEST)
-
-
-# Full-precision products with their gradients, any order: `a @ b` ("nn"), `a @ b^T`
-# ("nt") and `a^T @ b` ("tn"), each differentiated into the others. TensorFlow
-# compiles XLA dots on demand outside `jit_compile` functions, but registers no
-# gradient for them.
-
-@tf.custom_gradient
-def _dot_nn(a, b):
-    return _xla_dot(a, b, -1, -2), lambda g: (_dot_nt(g, b), _dot_tn(a, g))
-
-
-@tf.custom_gradient
-def _dot_nt(a, b):
-    return _xla_dot(a, b, -1, -1), lambda g: (_dot_nn(g, b), _dot_tn(g, a))
-
-
-@tf.custom_gradient
-def _dot_tn(a, b):
-    return _xla_dot(a, b, -2, -2), lambda g: (_dot_nt(b, g), _dot_nn(a, g))
-
-
-def matmul_highest(a, b):
-    """Batched `a @ b` (`[..., M, K] @ [..., K, N]`) at full precision (float32: never TF32).
-
-    Eager, in graphs and under XLA, differentiable to any order.
-    """
-    return _dot_nn(a, b)
-
-
-@tf.custom_gradient
-def _pass_gradient(value, carrier):
-    # The value is the codes themselves (no arithmetic, so bitwise exact); the
-    # upstream gradient goes unchanged to the carrier f(x) and none to the codes.
-    def grad(upstream):
-        return tf.zeros_like(value), upstream
-    return tf.identity(value), grad
 
 
 def _fully_defined(z) -> bool:
@@ -150,7 +82,13 @@ class TensorFlowBackend(ArrayBackend):
         return array_namespace
 
     def pass_gradient(self, value, carrier):
-        return _pass_gradient(value, carrier)
+        return ops.pass_gradient(value, carrier)
+
+    def positive(self, x):
+        return ops.positive(x)
+
+    def subcode_probs(self, a, cfg: Config):
+        return ops.subcode_probs(a, cfg.precision == "highest")
 
     def matmul(self, a, b, cfg: Config):
         """`a @ b`; full float32 for `precision="highest"`, TensorFlow's default otherwise.
@@ -162,10 +100,10 @@ class TensorFlowBackend(ArrayBackend):
         Eagerly nothing can cancel, so the product is taken as it comes.
         """
         if tf.executing_eagerly():
-            return matmul_highest(a, b) if cfg.precision == "highest" else tf.linalg.matmul(a, b)
+            return ops.matmul_highest(a, b) if cfg.precision == "highest" else tf.linalg.matmul(a, b)
         a_t = tf.linalg.matrix_transpose(a)
         if cfg.precision == "highest":
-            return _dot_tn(a_t, b)
+            return ops.dot_tn(a_t, b)
         return tf.linalg.matmul(a_t, b, transpose_a=True)
 
     def constant(self, values, dtype, like):
@@ -203,13 +141,13 @@ class TensorFlowBackend(ArrayBackend):
     # ------------------------------------------------------- entry points
 
     def quantize(self, z, cfg: Config):
-        return super().quantize(_tensor(z, "z"), cfg)
+        return super().quantize(ops.as_tensor(z, "z"), cfg)
 
     def codes_to_indices(self, z, cfg: Config):
-        return super().codes_to_indices(_tensor(z, "z"), cfg)
+        return super().codes_to_indices(ops.as_tensor(z, "z"), cfg)
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
-        indices = _tensor(indices, "indices")
+        indices = ops.as_tensor(indices, "indices")
         validation.check_indices(indices.shape, indices.dtype, cfg)
         if dtype not in validation.FLOAT_DTYPES:
             raise ValueError(f"dtype={dtype!r} is not a float dtype name: use one of "
@@ -218,7 +156,7 @@ class TensorFlowBackend(ArrayBackend):
         return super().indices_to_codes(tf.cast(indices, tf.int64), cfg, dtype)
 
     def straight_through(self, z, cfg: Config):
-        z = _tensor(z, "z")
+        z = ops.as_tensor(z, "z")
         if _fully_defined(z):
             return super().straight_through(z, cfg)
         flat, restore = self._flatten(z, None, cfg)
@@ -231,8 +169,8 @@ class TensorFlowBackend(ArrayBackend):
         return self._loss_call(super().commitment_loss, z, cfg, mask, options)
 
     def lfq(self, z, cfg: Config, mask=None, **options) -> LFQOutput:
-        z = _tensor(z, "z")
-        mask = None if mask is None else _tensor(mask, "mask")
+        z = ops.as_tensor(z, "z")
+        mask = None if mask is None else ops.as_tensor(mask, "mask")
         if _fully_defined(z):
             return super().lfq(z, cfg, mask, **options)
         flat, restore = self._flatten(z, mask, cfg)
@@ -240,8 +178,8 @@ class TensorFlowBackend(ArrayBackend):
         return out._replace(codes=restore.codes(out.codes), indices=restore.indices(out.indices))
 
     def _loss_call(self, method, z, cfg, mask, options):
-        z = _tensor(z, "z")
-        mask = None if mask is None else _tensor(mask, "mask")
+        z = ops.as_tensor(z, "z")
+        mask = None if mask is None else ops.as_tensor(mask, "mask")
         if _fully_defined(z):
             return method(z, cfg, mask, **options)
         flat, _ = self._flatten(z, mask, cfg)
@@ -280,8 +218,9 @@ class TensorFlowBackend(ArrayBackend):
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
         if term == "codes" and cotangent is None:
             raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
-        z = _tensor(z, "z")
-        mask = None if mask is None else _tensor(mask, "mask")
+        z = ops.as_tensor(z, "z")
+        validation.check_features(z.shape, z.dtype, cfg)  # before the tape watches an integer z
+        mask = None if mask is None else ops.as_tensor(mask, "mask")
         with tf.GradientTape() as tape:
             tape.watch(z)
             if term == "codes":
@@ -289,7 +228,7 @@ class TensorFlowBackend(ArrayBackend):
             else:
                 value = getattr(self.lfq(z, cfg, mask, **options), term)
         if cotangent is not None:
-            cotangent = _tensor(cotangent, "cotangent")
+            cotangent = ops.as_tensor(cotangent, "cotangent")
             if not cotangent.shape.is_compatible_with(value.shape):
                 raise ValueError(f"cotangent has shape {tuple(cotangent.shape)}, expected "
                                  f"{tuple(value.shape)} (the shape of {term})")
@@ -303,12 +242,23 @@ class TensorFlowBackend(ArrayBackend):
                 self._compiled = CompiledTensorFlowBackend(self)
             return self._compiled
 
-    def asarray(self, array, dtype: str | None = None):
-        """A NumPy array (or array-like) as a tensor; the dtype cast is NumPy's (ml_dtypes for bfloat16)."""
+    def asarray(self, array, dtype: str | None = None, device=None):
+        """A NumPy array (or array-like) as a tensor.
+
+        Args:
+            array: anything `np.asarray` takes.
+            dtype: dtype name; the cast is NumPy's (ml_dtypes for bfloat16), so it
+                rounds once, to nearest even.
+            device: None (TensorFlow's default placement), "cpu", "gpu"/"cuda"
+                (optionally ":index"), or a TensorFlow device name such as "/GPU:1".
+        """
         array = np.asarray(array)
         if dtype is not None:
             array = array.astype(validation.numpy_dtype(dtype))
-        return tf.constant(array)
+        if device is None:
+            return tf.constant(array)
+        with tf.device(ops.device_name(device)):
+            return tf.identity(tf.constant(array))
 
     def to_numpy(self, array):
         return array.numpy() if hasattr(array, "numpy") else np.asarray(array)
@@ -340,134 +290,3 @@ class _Restore:
         indices = tf.reshape(indices, tf.concat([tf.shape(self._moved)[:-1], [c]], axis=0))
         indices.set_shape(self._tokens + (c,))
         return indices
-
-
-@final
-class CompiledTensorFlowBackend:
-    """`TensorFlowBackend.compiled()`: every operation in `tf.function(jit_compile=True)`.
-
-    The configuration (and the other non-array arguments) is captured in the
-    traced function, one `tf.function` per configuration, reused across calls;
-    TensorFlow retraces it per input shape and dtype. Inputs are validated before
-    tracing, and index ranges are checked on the eager inputs, so errors are the
-    eager backend's. Distributed options are refused: inside `strategy.run` use
-    the eager backend in your own (jit-compiled) `tf.function`.
-    """
-
-    name = "tensorflow"
-    dtypes = validation.FLOAT_DTYPES
-    modes = ("eager", "compiled")
-
-    def __init__(self, eager: TensorFlowBackend):
-        self._eager = eager
-        self._functions: dict = {}
-        self._lock = threading.Lock()
-
-    def _run(self, key, body, *arrays):
-        with self._lock:
-            function = self._functions.get(key)
-            if function is None:
-                # functools.partial: TensorFlow's retracing warning counts traces per code
-                # object, and the bodies of different configurations share one.
-                function = tf.function(functools.partial(body), jit_compile=True, autograph=False)
-                self._functions[key] = function
-        return function(*arrays)
-
-    def _z(self, z, cfg: Config, mask=None):
-        z = _tensor(z, "z")
-        validation.check_features(z.shape, z.dtype, cfg)  # every float dtype is supported
-        if mask is not None:
-            mask = _tensor(mask, "mask")
-            validation.check_mask(mask.shape, mask.dtype, z.shape, cfg)
-        return z, mask
-
-    @staticmethod
-    def _no_options(options):
-        if options:
-            raise TypeError(
-                f"the compiled TensorFlow backend takes no distributed options (got {sorted(options)}): "
-                "inside strategy.run call the eager backend lfq.get('tensorflow') with "
-                "replica_context=..., in your own tf.function(jit_compile=True)"
-            )
-
-    def quantize(self, z, cfg: Config):
-        z, _ = self._z(z, cfg)
-        return self._run(("quantize", cfg), lambda z: self._eager.quantize(z, cfg), z)
-
-    def codes_to_indices(self, z, cfg: Config):
-        z, _ = self._z(z, cfg)
-        return self._run(("codes_to_indices", cfg), lambda z: self._eager.codes_to_indices(z, cfg), z)
-
-    def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
-        indices = _tensor(indices, "indices")
-        validation.check_indices(indices.shape, indices.dtype, cfg)
-        bounds = self._eager.concrete_bounds(indices)
-        if bounds is not None:
-            validation.check_index_range(*bounds, cfg)
-        if dtype not in validation.FLOAT_DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not a float dtype name: use one of "
-                             f"{', '.join(validation.FLOAT_DTYPES)}")
-        return self._run(("indices_to_codes", cfg, dtype),
-                         lambda i: self._eager.indices_to_codes(i, cfg, dtype), indices)
-
-    def straight_through(self, z, cfg: Config):
-        z, _ = self._z(z, cfg)
-        return self._run(("straight_through", cfg), lambda z: self._eager.straight_through(z, cfg), z)
-
-    def _losses(self, op, z, cfg, mask, options):
-        self._no_options(options)
-        validation.check_exact_batch_entropy(cfg)
-        z, mask = self._z(z, cfg, mask)
-        method = getattr(self._eager, op)
-        if mask is None:
-            return self._run((op, cfg, False), lambda z: method(z, cfg), z)
-        return self._run((op, cfg, True), lambda z, m: method(z, cfg, m), z, mask)
-
-    def entropy(self, z, cfg: Config, mask=None, **options):
-        return self._losses("entropy", z, cfg, mask, options)
-
-    def commitment_loss(self, z, cfg: Config, mask=None, **options):
-        return self._losses("commitment_loss", z, cfg, mask, options)
-
-    def lfq(self, z, cfg: Config, mask=None, **options) -> LFQOutput:
-        return self._losses("lfq", z, cfg, mask, options)
-
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
-        self._no_options(options)
-        if term not in GRAD_TERMS:
-            raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
-        if term == "codes" and cotangent is None:
-            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
-        if term != "codes":
-            validation.check_exact_batch_entropy(cfg)
-        z, mask = self._z(z, cfg, mask)
-        arrays = [z]
-        if cotangent is not None:
-            cotangent = _tensor(cotangent, "cotangent")
-            expected = z.shape if term == "codes" else ()
-            if tuple(cotangent.shape) != tuple(expected):
-                raise ValueError(f"cotangent has shape {tuple(cotangent.shape)}, expected "
-                                 f"{tuple(expected)} (the shape of {term})")
-            arrays.append(cotangent)
-        if mask is not None:
-            arrays.append(mask)
-        has_cot, has_mask = cotangent is not None, mask is not None
-
-        def body(z, *rest):
-            cot = rest[0] if has_cot else None
-            m = rest[-1] if has_mask else None
-            return self._eager.vjp(term, z, cfg, cot, m)
-
-        return self._run(("vjp", cfg, term, has_cot, has_mask), body, *arrays)
-
-    def compiled(self) -> "CompiledTensorFlowBackend":
-        return self
-
-    def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
-        return self._eager.code_usage(indices, cfg, mask)
-
-    def asarray(self, array, dtype: str | None = None):
-        return self._eager.asarray(array, dtype)
-
-    def to_numpy(self, array):
-        return self._eager.to_numpy(array)

@@ -96,12 +96,18 @@ class LFQLayer(keras.layers.Layer):
         codebook_size: codes per codebook, a power of two; or
         codebook_dim: bits per codebook, D. Give exactly one of the two.
         num_codebooks: C.
-        entropy_loss_weight, commitment_loss_weight, diversity_gamma,
-        inv_temperature, spherical, codebook_scale, soft_clamp_input_value,
-        straight_through_activation, bit_order, batch_entropy, max_exact_bits,
-        precision: the `lfq.Config` options (entropy_weight, commitment_weight,
-            diversity_gamma, inv_temperature, spherical, scale, soft_clamp,
-            activation, bit_order, batch_entropy, max_exact_bits, precision).
+        entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
+        commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
+        diversity_gamma: gamma of H_sample - gamma*H_batch.
+        inv_temperature: tau of the soft assignment.
+        spherical: the BSQ variant.
+        codebook_scale: s, the code magnitude (`Config.scale`).
+        soft_clamp_input_value: v of the soft clamp v*tanh(z/v) (`Config.soft_clamp`).
+        straight_through_activation: f of the straight-through rule, "identity" or "tanh".
+        bit_order: "msb" (default) or "lsb" index bit order.
+        batch_entropy: "exact" or the upper-bound approximation "groups:G".
+        max_exact_bits: largest D of the exact batch entropy.
+        precision: "highest" (full float32 matrix products) or "default".
         channel_first: None (auto: inputs with ndim >= 4, `b c h w` images and
             `b c t h w` video, are channel-first; `b n d` sequences
             channel-last), True or False.

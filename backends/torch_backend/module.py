@@ -86,13 +86,18 @@ class LFQ(nn.Module):
             `codebook_dim` (bits D) instead.
         codebook_dim: D, bits per codebook.
         num_codebooks: C.
-        entropy_loss_weight, commitment_loss_weight, diversity_gamma,
-        inv_temperature, spherical, codebook_scale, soft_clamp_input_value,
-        straight_through_activation ("identity"/"tanh", or nn.Identity()/nn.Tanh()),
-        bit_order, batch_entropy, max_exact_bits, precision: the `lfq.Config`
-            fields (entropy_weight, commitment_weight, diversity_gamma,
-            inv_temperature, spherical, scale, soft_clamp, activation, bit_order,
-            batch_entropy, max_exact_bits, precision).
+        entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
+        commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
+        diversity_gamma: gamma of H_sample - gamma*H_batch.
+        inv_temperature: tau of the soft assignment.
+        spherical: the BSQ variant.
+        codebook_scale: s, the code magnitude (`Config.scale`).
+        soft_clamp_input_value: v of the soft clamp v*tanh(z/v) (`Config.soft_clamp`).
+        straight_through_activation: f of the straight-through rule, "identity" or "tanh" (nn.Identity() / nn.Tanh() accepted).
+        bit_order: "msb" (default) or "lsb" index bit order.
+        batch_entropy: "exact" or the upper-bound approximation "groups:G".
+        max_exact_bits: largest D of the exact batch entropy.
+        precision: "highest" (full float32 matrix products) or "default".
         channel_first: None = channel-first for inputs with ndim >= 4 (images,
             video), channel-last otherwise; True/False forces it.
         keep_num_codebooks_dim: None = keep the codebook axis of the indices only

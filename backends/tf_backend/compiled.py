@@ -1,0 +1,147 @@
+"""`CompiledTensorFlowBackend`: every operation of `TensorFlowBackend` under XLA."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import final
+
+import tensorflow as tf
+
+from lfq import validation
+from lfq.config import Config
+from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
+from lfq.backends.tf_backend.ops import as_tensor
+
+__all__ = ["CompiledTensorFlowBackend"]
+
+
+@final
+class CompiledTensorFlowBackend:
+    """`TensorFlowBackend.compiled()`: every operation in `tf.function(jit_compile=True)`.
+
+    The configuration (and the other non-array arguments) is captured in the
+    traced function, one `tf.function` per configuration, reused across calls;
+    TensorFlow retraces it per input shape and dtype. Inputs are validated before
+    tracing, and index ranges are checked on the eager inputs, so errors are the
+    eager backend's. Distributed options are refused: inside `strategy.run` use
+    the eager backend in your own (jit-compiled) `tf.function`.
+    """
+
+    name = "tensorflow"
+    dtypes = validation.FLOAT_DTYPES
+    modes = ("eager", "compiled")
+
+    def __init__(self, eager: "TensorFlowBackend"):
+        self._eager = eager
+        self._functions: dict = {}
+        self._lock = threading.Lock()
+
+    def _run(self, key, body, *arrays):
+        with self._lock:
+            function = self._functions.get(key)
+            if function is None:
+                # functools.partial: TensorFlow's retracing warning counts traces per code
+                # object, and the bodies of different configurations share one.
+                function = tf.function(functools.partial(body), jit_compile=True, autograph=False)
+                self._functions[key] = function
+        return function(*arrays)
+
+    def _z(self, z, cfg: Config, mask=None):
+        z = as_tensor(z, "z")
+        validation.check_features(z.shape, z.dtype, cfg)  # every float dtype is supported
+        if mask is not None:
+            mask = as_tensor(mask, "mask")
+            validation.check_mask(mask.shape, mask.dtype, z.shape, cfg)
+        return z, mask
+
+    @staticmethod
+    def _no_options(options):
+        if options:
+            raise TypeError(
+                f"the compiled TensorFlow backend takes no distributed options (got {sorted(options)}): "
+                "inside strategy.run call the eager backend lfq.get('tensorflow') with "
+                "replica_context=..., in your own tf.function(jit_compile=True)"
+            )
+
+    def quantize(self, z, cfg: Config):
+        z, _ = self._z(z, cfg)
+        return self._run(("quantize", cfg), lambda z: self._eager.quantize(z, cfg), z)
+
+    def codes_to_indices(self, z, cfg: Config):
+        z, _ = self._z(z, cfg)
+        return self._run(("codes_to_indices", cfg), lambda z: self._eager.codes_to_indices(z, cfg), z)
+
+    def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
+        indices = as_tensor(indices, "indices")
+        validation.check_indices(indices.shape, indices.dtype, cfg)
+        bounds = self._eager.concrete_bounds(indices)
+        if bounds is not None:
+            validation.check_index_range(*bounds, cfg)
+        if dtype not in validation.FLOAT_DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not a float dtype name: use one of "
+                             f"{', '.join(validation.FLOAT_DTYPES)}")
+        return self._run(("indices_to_codes", cfg, dtype),
+                         lambda i: self._eager.indices_to_codes(i, cfg, dtype), indices)
+
+    def straight_through(self, z, cfg: Config):
+        z, _ = self._z(z, cfg)
+        return self._run(("straight_through", cfg), lambda z: self._eager.straight_through(z, cfg), z)
+
+    def _losses(self, op, z, cfg, mask, options):
+        self._no_options(options)
+        validation.check_exact_batch_entropy(cfg)
+        z, mask = self._z(z, cfg, mask)
+        method = getattr(self._eager, op)
+        if mask is None:
+            return self._run((op, cfg, False), lambda z: method(z, cfg), z)
+        return self._run((op, cfg, True), lambda z, m: method(z, cfg, m), z, mask)
+
+    def entropy(self, z, cfg: Config, mask=None, **options):
+        return self._losses("entropy", z, cfg, mask, options)
+
+    def commitment_loss(self, z, cfg: Config, mask=None, **options):
+        return self._losses("commitment_loss", z, cfg, mask, options)
+
+    def lfq(self, z, cfg: Config, mask=None, **options) -> LFQOutput:
+        return self._losses("lfq", z, cfg, mask, options)
+
+    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
+        self._no_options(options)
+        if term not in GRAD_TERMS:
+            raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
+        if term == "codes" and cotangent is None:
+            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
+        if term != "codes":
+            validation.check_exact_batch_entropy(cfg)
+        z, mask = self._z(z, cfg, mask)
+        arrays = [z]
+        if cotangent is not None:
+            cotangent = as_tensor(cotangent, "cotangent")
+            expected = z.shape if term == "codes" else ()
+            if tuple(cotangent.shape) != tuple(expected):
+                raise ValueError(f"cotangent has shape {tuple(cotangent.shape)}, expected "
+                                 f"{tuple(expected)} (the shape of {term})")
+            arrays.append(cotangent)
+        if mask is not None:
+            arrays.append(mask)
+        has_cot, has_mask = cotangent is not None, mask is not None
+
+        def body(z, *rest):
+            cot = rest[0] if has_cot else None
+            m = rest[-1] if has_mask else None
+            return self._eager.vjp(term, z, cfg, cot, m)
+
+        return self._run(("vjp", cfg, term, has_cot, has_mask), body, *arrays)
+
+    def compiled(self) -> "CompiledTensorFlowBackend":
+        return self
+
+    def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
+        return self._eager.code_usage(indices, cfg, mask)
+
+    def asarray(self, array, dtype: str | None = None, device=None):
+        return self._eager.asarray(array, dtype, device)
+
+    def to_numpy(self, array):
+        return self._eager.to_numpy(array)

@@ -1,0 +1,155 @@
+"""TensorFlow operations behind `TensorFlowBackend`'s hooks.
+
+* `matmul_highest`: batched products as XLA dots with operand precision HIGHEST
+  (full float32, never TF32), differentiable to any order;
+* `subcode_probs`: `lfq.factorized.subcode_probs` with its analytic gradient;
+* `positive`: `x > 0` on the bit pattern (subnormal-safe);
+* `pass_gradient`: the straight-through value/gradient split;
+* `as_tensor`, `device_name`: input conversion and device strings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla as tf2xla
+from tensorflow.compiler.xla import xla_data_pb2
+
+from lfq import factorized
+from lfq.backends.tf_backend import array_namespace
+
+__all__ = ["as_tensor", "device_name", "dot_tn", "matmul_highest", "pass_gradient", "positive", "subcode_probs"]
+
+_HIGHEST = xla_data_pb2.PrecisionConfig(operand_precision=[xla_data_pb2.PrecisionConfig.HIGHEST] * 2)
+
+
+def as_tensor(x, name: str):
+    """`x` as a `tf.Tensor` (variables are read, NumPy arrays and lists converted)."""
+    if isinstance(x, tf.Tensor):
+        return x
+    if tf.is_tensor(x):  # a variable: its value, through which gradients reach it
+        return tf.convert_to_tensor(x)
+    try:
+        # Through NumPy, so that Python floats become float64 like NumPy's, not float32.
+        return tf.convert_to_tensor(np.asarray(x))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} of type {type(x).__name__} is not a tensor and cannot be converted "
+                        f"to one ({err}): pass a tf.Tensor or a NumPy array") from None
+
+
+def _xla_dot(a, b, lhs_contracting: int, rhs_contracting: int):
+    """Batched XLA dot at HIGHEST precision; all but the last two axes are batch axes.
+
+    Contracting `a`'s axis `lhs_contracting` (-1 or -2) with `b`'s `rhs_contracting`
+    directly, rather than transposing first, lets XLA pick the operand layouts.
+    """
+    rank = a.shape.rank
+    batch = list(range(rank - 2))
+    dims = xla_data_pb2.DotDimensionNumbers(
+        lhs_contracting_dimensions=[lhs_contracting % rank], rhs_contracting_dimensions=[rhs_contracting % rank],
+        lhs_batch_dimensions=batch, rhs_batch_dimensions=batch)
+    return tf2xla.dot_general(a, b, dims, _HIGHEST)
+
+
+# Full-precision products with their gradients, any order: `a @ b` ("nn"), `a @ b^T`
+# ("nt") and `a^T @ b` ("tn"), each differentiated into the others. TensorFlow
+# compiles XLA dots on demand outside `jit_compile` functions, but registers no
+# gradient for them.
+
+@tf.custom_gradient
+def _dot_nn(a, b):
+    return _xla_dot(a, b, -1, -2), lambda g: (_dot_nt(g, b), dot_tn(a, g))
+
+
+@tf.custom_gradient
+def _dot_nt(a, b):
+    return _xla_dot(a, b, -1, -1), lambda g: (_dot_nn(g, b), dot_tn(g, a))
+
+
+@tf.custom_gradient
+def dot_tn(a, b):
+    return _xla_dot(a, b, -2, -2), lambda g: (_dot_nt(b, g), _dot_nn(a, g))
+
+
+def matmul_highest(a, b):
+    """Batched `a @ b` (`[..., M, K] @ [..., K, N]`) at full precision (float32: never TF32).
+
+    Eager, in graphs and under XLA, differentiable to any order.
+    """
+    return _dot_nn(a, b)
+
+
+def _bits_product(weighted, bits, highest: bool):
+    """`weighted @ bits` for `[..., 2**k] @ [2**k, k]` (the analytic VJP of `subcode_probs`)."""
+    if not highest:
+        return tf.linalg.matmul(weighted, bits)  # broadcasts the leading axes
+    rows = tf.reshape(weighted, [1, -1, bits.shape[0]])
+    product = _dot_nn(rows, bits[None])
+    return tf.reshape(product, tf.concat([tf.shape(weighted)[:-1], [bits.shape[1]]], axis=0))
+
+
+def subcode_probs(a, highest: bool):
+    """`factorized.subcode_probs(a)` whose gradient is the analytic `factorized.subcode_probs_vjp`.
+
+    Autodiff through the product loop costs one strided pass per bit; the analytic
+    rule is one matrix product. The gradient function uses the forward's tensors,
+    which the tape recorded, so higher-order gradients stay exact.
+    """
+    @tf.custom_gradient
+    def probs_with_vjp(a):
+        probs = factorized.subcode_probs(a, array_namespace)
+
+        def grad(cotangent):
+            bits = tf.constant(factorized.subcode_bits(a.shape[-1]), dtype=probs.dtype)
+            return factorized.subcode_probs_vjp(a, probs, cotangent, bits, array_namespace,
+                                                lambda w, b: _bits_product(w, b, highest))
+        return probs, grad
+
+    return probs_with_vjp(a)
+
+
+_INT_OF_SIZE = {2: tf.int16, 4: tf.int32, 8: tf.int64}
+
+
+def positive(x):
+    """`x > 0` decided on the bit pattern, so that positive subnormals count as positive.
+
+    TensorFlow's CPU kernels run with denormals-are-zero and XLA flushes subnormal
+    inputs, so `x > 0` is False for a positive subnormal, against the spec. As
+    signed integers, exactly the floats in (0, +inf] have a bit pattern in
+    (0, bits(+inf)]: +0.0 is 0, negative values and -0.0 are negative, NaNs lie above +inf.
+    """
+    itype = _INT_OF_SIZE[x.dtype.size]
+    bits = tf.bitcast(x, itype)
+    return (bits > 0) & (bits <= tf.bitcast(tf.constant(np.inf, x.dtype), itype))
+
+
+@tf.custom_gradient
+def pass_gradient(value, carrier):
+    # The value is the codes themselves (no arithmetic, so bitwise exact); the
+    # upstream gradient goes unchanged to the carrier f(x) and none to the codes.
+    def grad(upstream):
+        return tf.zeros_like(value), upstream
+    return tf.identity(value), grad
+
+
+def device_name(device) -> str:
+    """A TensorFlow device name from "cpu", "gpu", "cuda", "cuda:1" or a TensorFlow name.
+
+    Raises:
+        ValueError: a device of a type TensorFlow does not have here (TensorFlow
+            would otherwise place the tensor elsewhere silently).
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"device={device!r} must be a string such as 'cpu', 'cuda:0' or '/GPU:0'")
+    kind, _, index = device.lower().lstrip("/").partition(":")
+    kind = {"cuda": "gpu"}.get(kind, kind)
+    if kind not in ("cpu", "gpu"):
+        return device  # a full TensorFlow device name ("/job:.../device:GPU:0"), used as given
+    found = tf.config.list_logical_devices(kind.upper())
+    if not index.isdigit() and index:
+        raise ValueError(f"device={device!r}: the index after ':' must be an integer")
+    if int(index or 0) >= len(found):
+        raise ValueError(f"device={device!r}: TensorFlow sees {len(found)} {kind.upper()} device(s) "
+                         f"here ({[d.name for d in found]})")
+    return f"/{kind.upper()}:{int(index or 0)}"
