@@ -192,7 +192,9 @@ def test_save_and_load_keras_format(tmp_path):
 
 @pytest.mark.parametrize("kwargs, error, pattern", [
     (dict(), ValueError, "give exactly one"),
-    (dict(codebook_size=16, codebook_dim=4), ValueError, "give exactly one"),
+    (dict(codebook_size=16, codebook_dim=5), ValueError, "pass only one"),
+    (dict(codebook_dim=4, num_codebooks=2, keep_num_codebooks_dim=False), ValueError, "num_codebooks == 1"),
+    (dict(codebook_dim=4, dim=6, has_projections=False), ValueError, "has_projections=False"),
     (dict(codebook_size=12), ValueError, "power of two"),
     (dict(codebook_dim=4, channel_first="yes"), TypeError, "channel_first"),
     (dict(codebook_dim=4, dim=0), ValueError, "dim=0"),

@@ -26,6 +26,7 @@ import lfq
 from lfq import validation
 from lfq.backends.jax_backend.backend import _precision
 from lfq.config import Config
+from lfq.layer_options import LAYER_ARGUMENTS, layer_options
 
 __all__ = ["LFQ", "LFQResult", "LossBreakdown"]
 
@@ -58,28 +59,10 @@ class LFQResult(NamedTuple):
 class LFQ:
     """Lookup-free quantizer with optional input/output projections.
 
+    Its arguments are those of every framework's layer, documented once in
+    `lfq.layer_options.layer_options`.
+
     Args:
-        dim: input feature size; when it differs from C*D (or
-            `has_projections=True`) learned linear projections are used.
-        codebook_size: codes per codebook, a power of two (resolves D).
-        codebook_dim: D, bits per codebook (alternative to `codebook_size`).
-        num_codebooks: C.
-        entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
-        commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
-        diversity_gamma: gamma of H_sample - gamma*H_batch.
-        inv_temperature: tau of the soft assignment.
-        spherical: the BSQ variant.
-        codebook_scale: s, the code magnitude (`Config.scale`).
-        soft_clamp_input_value: v of the soft clamp v*tanh(z/v) (`Config.soft_clamp`).
-        straight_through_activation: f of the straight-through rule, "identity" or "tanh".
-        bit_order: "msb" (default) or "lsb" index bit order.
-        batch_entropy: "exact" or the upper-bound approximation "groups:G".
-        max_exact_bits: largest D of the exact batch entropy.
-        precision: "highest" (full float32 matrix products) or "default".
-        channel_first: features on axis 1 (True), last (False), or auto (None):
-            channel-first for inputs with ndim >= 4 (`b c h w`, `b c t h w`).
-        keep_num_codebooks_dim: keep the codebook axis of the indices; None =
-            only when num_codebooks > 1.
         return_loss_breakdown: default of the `apply` argument of that name.
         has_projections: None = auto (dim given and != C*D).
         projection_has_bias: whether the projections have a bias.
@@ -115,73 +98,31 @@ class LFQ:
     projection_has_bias: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_config", self._build_config())
-        cfg = self._config
-        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1):
-            raise ValueError(f"dim={self.dim!r} must be a positive int (the input feature size) or None")
-        for name in ("channel_first", "keep_num_codebooks_dim", "has_projections"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                raise TypeError(f"{name}={value!r} must be True, False or None (auto)")
-        if self.keep_num_codebooks_dim is False and cfg.num_codebooks > 1:
-            raise ValueError(
-                f"keep_num_codebooks_dim=False with num_codebooks={cfg.num_codebooks}: the indices "
-                "of several codebooks need their own axis; use keep_num_codebooks_dim=None or True"
-            )
-        if self.has_projections is False and self.dim not in (None, cfg.num_features):
-            raise ValueError(
-                f"has_projections=False but dim={self.dim} != C*D = {cfg.num_features}: without "
-                "projections the input must have C*D features; drop has_projections (auto)"
-            )
-
-    def _build_config(self) -> Config:
-        if self.codebook_size is None and self.codebook_dim is None:
-            raise ValueError("pass codebook_size (a power of two, e.g. 2**14) or codebook_dim "
-                             "(bits per codebook, e.g. 14)")
-        if self.codebook_size is not None:
-            d = Config.from_codebook_size(self.codebook_size).codebook_dim
-            if self.codebook_dim is not None and self.codebook_dim != d:
-                raise ValueError(
-                    f"codebook_size={self.codebook_size} means codebook_dim={d}, but "
-                    f"codebook_dim={self.codebook_dim} was given: pass only one of them"
-                )
-        else:
-            d = self.codebook_dim
-        return Config(
-            codebook_dim=d, num_codebooks=self.num_codebooks, scale=self.codebook_scale,
-            spherical=self.spherical, inv_temperature=self.inv_temperature,
-            diversity_gamma=self.diversity_gamma, entropy_weight=self.entropy_loss_weight,
-            commitment_weight=self.commitment_loss_weight, bit_order=self.bit_order,
-            soft_clamp=self.soft_clamp_input_value, activation=self.straight_through_activation,
-            batch_entropy=self.batch_entropy, max_exact_bits=self.max_exact_bits,
-            precision=self.precision)
+        options = layer_options(**{name: getattr(self, name) for name in LAYER_ARGUMENTS})
+        object.__setattr__(self, "_options", options)
 
     # -------------------------------------------------------------- properties
 
     @property
     def config(self) -> Config:
         """The `lfq.Config` the module runs (feature axis last: the module moves axes itself)."""
-        return self._config
+        return self._options.config
 
     @property
     def input_dim(self) -> int:
         """Feature size of the input and of `quantized`: `dim`, or C*D."""
-        return self.config.num_features if self.dim is None else self.dim
+        return self._options.dim
 
     @property
     def uses_projections(self) -> bool:
         """Whether `project_in`/`project_out` exist (has_projections resolved)."""
-        if self.has_projections is not None:
-            return self.has_projections
-        return self.input_dim != self.config.num_features
+        return self._options.has_projections
 
     def _keeps_codebook_axis(self) -> bool:
-        if self.keep_num_codebooks_dim is None:
-            return self.config.num_codebooks > 1
-        return self.keep_num_codebooks_dim
+        return self._options.keep_num_codebooks_dim
 
     def _is_channel_first(self, ndim: int) -> bool:
-        return ndim >= 4 if self.channel_first is None else self.channel_first
+        return self._options.is_channel_first(ndim)
 
     # ----------------------------------------------------------------- methods
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import lfq
 from lfq.config import Config
+from lfq.layer_options import LAYER_ARGUMENTS, layer_options
 
 __all__ = ["LFQLayer", "LFQLayerOutput", "LossBreakdown", "batch_code_usage"]
 
@@ -90,30 +91,10 @@ def batch_code_usage(indices, cfg: Config, mask=None):
 class LFQLayer(keras.layers.Layer):
     """Lookup-free quantization (MAGVIT-v2 LFQ) for Keras 3 on TensorFlow.
 
+    Its arguments are those of every framework's layer, documented once in
+    `lfq.layer_options.layer_options`.
+
     Args:
-        dim: input feature size; when given and != C*D, learned `project_in`
-            (dim -> C*D) and `project_out` (C*D -> dim) Dense layers are created.
-        codebook_size: codes per codebook, a power of two; or
-        codebook_dim: bits per codebook, D. Give exactly one of the two.
-        num_codebooks: C.
-        entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
-        commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
-        diversity_gamma: gamma of H_sample - gamma*H_batch.
-        inv_temperature: tau of the soft assignment.
-        spherical: the BSQ variant.
-        codebook_scale: s, the code magnitude (`Config.scale`).
-        soft_clamp_input_value: v of the soft clamp v*tanh(z/v) (`Config.soft_clamp`).
-        straight_through_activation: f of the straight-through rule, "identity" or "tanh".
-        bit_order: "msb" (default) or "lsb" index bit order.
-        batch_entropy: "exact" or the upper-bound approximation "groups:G".
-        max_exact_bits: largest D of the exact batch entropy.
-        precision: "highest" (full float32 matrix products) or "default".
-        channel_first: None (auto: inputs with ndim >= 4, `b c h w` images and
-            `b c t h w` video, are channel-first; `b n d` sequences
-            channel-last), True or False.
-        keep_num_codebooks_dim: None keeps the codebook axis of the indices only
-            when num_codebooks > 1.
-        has_projections: None (auto: dim != C*D), True or False.
         projection_has_bias: whether the projections have a bias.
         return_loss_breakdown: default of the call argument of the same name.
         sync_replicas: under `tf.distribute` (replica context, more than one
@@ -154,36 +135,7 @@ class LFQLayer(keras.layers.Layer):
                 "backends have their own modules)"
             )
         super().__init__(**kwargs)
-        if (codebook_size is None) == (codebook_dim is None):
-            raise ValueError(
-                f"LFQLayer got codebook_size={codebook_size!r} and codebook_dim={codebook_dim!r}: "
-                "give exactly one (codebook_size=1024 or codebook_dim=10)"
-            )
-        options = dict(num_codebooks=num_codebooks, scale=codebook_scale, spherical=spherical,
-                       inv_temperature=inv_temperature, diversity_gamma=diversity_gamma,
-                       entropy_weight=entropy_loss_weight, commitment_weight=commitment_loss_weight,
-                       bit_order=bit_order, soft_clamp=soft_clamp_input_value,
-                       activation=straight_through_activation, batch_entropy=batch_entropy,
-                       max_exact_bits=max_exact_bits, precision=precision)
-        if codebook_size is not None:
-            self.cfg = Config.from_codebook_size(codebook_size, **options)
-        else:
-            self.cfg = Config(codebook_dim=codebook_dim, **options)
-        for flag, value in (("channel_first", channel_first), ("keep_num_codebooks_dim", keep_num_codebooks_dim),
-                            ("has_projections", has_projections)):
-            if value is not None and not isinstance(value, bool):
-                raise TypeError(f"{flag}={value!r} must be None (auto), True or False")
-        features = self.cfg.num_features
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ValueError(f"dim={dim!r} must be a positive int (the input feature size) or None")
-        self.dim = features if dim is None else dim
-        self.has_projections = self.dim != features if has_projections is None else has_projections
-        self.channel_first = channel_first
-        self.keep_num_codebooks_dim = num_codebooks > 1 if keep_num_codebooks_dim is None \
-            else keep_num_codebooks_dim
-        self.return_loss_breakdown = return_loss_breakdown
-        self.sync_replicas = sync_replicas
-        self.track_code_usage = track_code_usage
+        # get_config's dict: every constructor argument, as given
         self._config = dict(
             dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
             entropy_loss_weight=entropy_loss_weight, commitment_loss_weight=commitment_loss_weight,
@@ -195,6 +147,15 @@ class LFQLayer(keras.layers.Layer):
             has_projections=has_projections, projection_has_bias=projection_has_bias,
             return_loss_breakdown=return_loss_breakdown, sync_replicas=sync_replicas,
             track_code_usage=track_code_usage)
+        self.options = layer_options(**{name: self._config[name] for name in LAYER_ARGUMENTS})
+        self.cfg, self.dim = self.options.config, self.options.dim
+        self.has_projections = self.options.has_projections
+        self.channel_first = channel_first
+        self.keep_num_codebooks_dim = self.options.keep_num_codebooks_dim
+        features = self.cfg.num_features
+        self.return_loss_breakdown = return_loss_breakdown
+        self.sync_replicas = sync_replicas
+        self.track_code_usage = track_code_usage
         self._backend = lfq.get("tensorflow")
         # A Keras mask from upstream layers (Embedding(mask_zero=True), Masking) arrives
         # as `mask` and then excludes padding tokens from the losses; it is passed on.
@@ -211,7 +172,7 @@ class LFQLayer(keras.layers.Layer):
     # ------------------------------------------------------------------ layout
 
     def _is_channel_first(self, rank: int) -> bool:
-        return rank >= 4 if self.channel_first is None else self.channel_first
+        return self.options.is_channel_first(rank)
 
     def _channels_last_shape(self, input_shape) -> tuple:
         shape = tuple(input_shape)

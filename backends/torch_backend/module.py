@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lfq import validation
-from lfq.config import Config
+from lfq.layer_options import layer_options
 
 from . import distributed as _dist
 from .backend import TorchBackend
@@ -62,47 +62,14 @@ def _activation_name(value) -> str:
     return value  # a string; Config validates it
 
 
-def _codebook_dim(codebook_size, codebook_dim) -> int:
-    if codebook_size is None and codebook_dim is None:
-        raise ValueError("pass codebook_size (a power of two, e.g. 1024) or codebook_dim (bits, e.g. 10)")
-    if codebook_size is not None:
-        resolved = Config.from_codebook_size(codebook_size).codebook_dim
-        if codebook_dim is not None and codebook_dim != resolved:
-            raise ValueError(
-                f"codebook_size={codebook_size} means codebook_dim={resolved}, but "
-                f"codebook_dim={codebook_dim} was also given: pass only one of them"
-            )
-        return resolved
-    return codebook_dim
-
-
 class LFQ(nn.Module):
     """Lookup-free quantization layer (MAGVIT-v2), exact entropy, torch backend.
 
+    Its arguments are those of every framework's layer, documented once in
+    `lfq.layer_options.layer_options` (`straight_through_activation` also takes
+    `nn.Identity()` / `nn.Tanh()`).
+
     Args:
-        dim: input feature size; default C*D. When it differs from C*D, learned
-            `project_in` (dim -> C*D) and `project_out` (C*D -> dim) are created.
-        codebook_size: codes per codebook, a power of two; or give
-            `codebook_dim` (bits D) instead.
-        codebook_dim: D, bits per codebook.
-        num_codebooks: C.
-        entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
-        commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
-        diversity_gamma: gamma of H_sample - gamma*H_batch.
-        inv_temperature: tau of the soft assignment.
-        spherical: the BSQ variant.
-        codebook_scale: s, the code magnitude (`Config.scale`).
-        soft_clamp_input_value: v of the soft clamp v*tanh(z/v) (`Config.soft_clamp`).
-        straight_through_activation: f of the straight-through rule, "identity" or "tanh" (nn.Identity() / nn.Tanh() accepted).
-        bit_order: "msb" (default) or "lsb" index bit order.
-        batch_entropy: "exact" or the upper-bound approximation "groups:G".
-        max_exact_bits: largest D of the exact batch entropy.
-        precision: "highest" (full float32 matrix products) or "default".
-        channel_first: None = channel-first for inputs with ndim >= 4 (images,
-            video), channel-last otherwise; True/False forces it.
-        keep_num_codebooks_dim: None = keep the codebook axis of the indices only
-            when num_codebooks > 1.
-        has_projections: None = when dim != C*D.
         projection_has_bias: bias of the projections.
         return_loss_breakdown: default of the call argument of the same name.
         distributed: sum the losses over the data-parallel group (global batch
@@ -127,39 +94,26 @@ class LFQ(nn.Module):
                  projection_has_bias=True, return_loss_breakdown=False, distributed=None,
                  process_group=None):
         super().__init__()
-        self.cfg = Config(
-            codebook_dim=_codebook_dim(codebook_size, codebook_dim), num_codebooks=num_codebooks,
-            scale=codebook_scale, spherical=spherical, inv_temperature=inv_temperature,
-            diversity_gamma=diversity_gamma, entropy_weight=entropy_loss_weight,
-            commitment_weight=commitment_loss_weight, bit_order=bit_order,
-            soft_clamp=soft_clamp_input_value, activation=_activation_name(straight_through_activation),
-            batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision)
+        opts = layer_options(
+            dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
+            entropy_loss_weight=entropy_loss_weight, commitment_loss_weight=commitment_loss_weight,
+            diversity_gamma=diversity_gamma, inv_temperature=inv_temperature, spherical=spherical,
+            codebook_scale=codebook_scale, soft_clamp_input_value=soft_clamp_input_value,
+            straight_through_activation=_activation_name(straight_through_activation), bit_order=bit_order,
+            batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision,
+            channel_first=channel_first, keep_num_codebooks_dim=keep_num_codebooks_dim,
+            has_projections=has_projections)
+        self.cfg, self.dim, self.has_projections = opts.config, opts.dim, opts.has_projections
         features = self.cfg.num_features
-        self.dim = features if dim is None else dim
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim={dim!r} must be a positive int (the input feature size)")
-        self.has_projections = self.dim != features if has_projections is None else bool(has_projections)
         if self.has_projections:
             self.project_in = nn.Linear(self.dim, features, bias=projection_has_bias)
             self.project_out = nn.Linear(features, self.dim, bias=projection_has_bias)
-        elif self.dim != features:
-            raise ValueError(
-                f"dim={self.dim} differs from num_codebooks*codebook_dim = {features} but "
-                "has_projections=False: allow projections or make them equal"
-            )
         else:
             self.project_in = self.project_out = nn.Identity()
-        if keep_num_codebooks_dim is None:
-            keep_num_codebooks_dim = num_codebooks > 1
-        if not keep_num_codebooks_dim and num_codebooks > 1:
-            raise ValueError(
-                f"keep_num_codebooks_dim=False needs num_codebooks == 1 (got {num_codebooks}): "
-                "indices of several codebooks keep their codebook axis"
-            )
-        for name, value in (("channel_first", channel_first), ("distributed", distributed)):
-            if value is not None and not isinstance(value, bool):
-                raise TypeError(f"{name}={value!r} must be None (auto), True or False")
-        self.keep_num_codebooks_dim = bool(keep_num_codebooks_dim)
+        if distributed is not None and not isinstance(distributed, bool):
+            raise TypeError(f"distributed={distributed!r} must be None (auto), True or False")
+        self.options = opts
+        self.keep_num_codebooks_dim = opts.keep_num_codebooks_dim
         self.channel_first = channel_first
         self.return_loss_breakdown = return_loss_breakdown
         self.distributed = distributed
@@ -195,7 +149,7 @@ class LFQ(nn.Module):
         """Quantize `x`; see the class docstring for shapes and the return value."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        channel_first = x.ndim >= 4 if self.channel_first is None else self.channel_first
+        channel_first = self.options.is_channel_first(x.ndim)
         if channel_first:
             if x.ndim < 2:
                 raise ValueError(f"x has shape {tuple(x.shape)}; channel_first=True needs [b, dim, ...]")
@@ -254,5 +208,5 @@ class LFQ(nn.Module):
         codes = self.backend.indices_to_codes(indices, self.cfg, validation.dtype_name(self._codes_like.dtype))
         if project_out and self.has_projections:
             codes = self.project_out(codes)
-        channel_first = codes.ndim >= 4 if self.channel_first is None else self.channel_first
+        channel_first = self.options.is_channel_first(codes.ndim)
         return codes.movedim(-1, 1) if channel_first else codes
