@@ -27,12 +27,9 @@ def python_blocks(page: pathlib.Path) -> list[str]:
     return BLOCK.findall(page.read_text())
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p.exists()], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_code_runs(page, tmp_path):
-    blocks = python_blocks(page)
-    if not blocks:
-        pytest.skip("no python blocks")
-    source = "\n\n".join(blocks)
+    source = "\n\n".join(python_blocks(page))
     for name in FRAMEWORKS:
         if re.search(rf"^\s*(import|from)\s+{name}\b", source, re.M) and importlib.util.find_spec(name) is None:
             pytest.skip(f"{page.name} needs {name}, which is not installed")
