@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lfq import factorized, features, validation
+from lfq import factorized, validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, LOSS_TERMS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import tensorflow as tf
 
@@ -12,6 +12,9 @@ from lfq import validation
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 from lfq.backends.tf_backend.ops import as_tensor
+
+if TYPE_CHECKING:  # the eager backend imports this module
+    from lfq.backends.tf_backend.backend import TensorFlowBackend
 
 __all__ = ["CompiledTensorFlowBackend"]
 
