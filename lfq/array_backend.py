@@ -143,12 +143,15 @@ class ArrayBackend:
             raw = xp.where(weights[:, None, None] > 0, raw, xp.zeros_like(raw))
         return xp, raw, features.transform_groups(raw, cfg, xp), weights
 
-    def _losses(self, z, cfg: Config, mask, options):
-        validation.check_exact_batch_entropy(cfg)
+    def _losses(self, z, cfg: Config, mask, options, batch_entropy: bool = True):
+        """`(xp, x, [per_sample, batch, commitment, aux])` in z's dtype; without
+        `batch_entropy` the batch term (and so aux) is left out, which any D allows."""
+        if batch_entropy:
+            validation.check_exact_batch_entropy(cfg)
         xp, raw, x, weights = self._features(z, cfg, mask)
         codes = features.quantize_groups(raw, cfg, xp, self.positive)
         sums = factorized.loss_sums(x, codes, weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg),
-                                    lambda a: self.subcode_probs(a, cfg))
+                                    lambda a: self.subcode_probs(a, cfg), with_histograms=batch_entropy)
         losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp)
         return xp, x, [xp.astype(v, z.dtype) for v in losses]
 
@@ -168,7 +171,7 @@ class ArrayBackend:
         return per_sample, batch
 
     def commitment_loss(self, z, cfg: Config, mask=None, **options):
-        return self._losses(z, cfg, mask, options)[2][2]
+        return self._losses(z, cfg, mask, options, batch_entropy=False)[2][2]
 
     def lfq(self, z, cfg: Config, mask=None, **options) -> LFQOutput:
         xp, x, (per_sample, batch, commit, aux) = self._losses(z, cfg, mask, options)

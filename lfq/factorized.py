@@ -195,7 +195,7 @@ def distribution_entropy(p, xp):
 
 
 def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None,
-              subcode_probs_fn: Callable | None = None) -> LossSums:
+              subcode_probs_fn: Callable | None = None, with_histograms: bool = True) -> LossSums:
     """Token sums of every loss term, for one replica's tokens.
 
     Args:
@@ -206,6 +206,8 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
         xp: array namespace.
         matmul: matrix product for the code histograms.
         subcode_probs_fn: see `code_histogram`.
+        with_histograms: False skips the code histograms (`histograms == ()`):
+            enough for the per-sample entropy and commitment terms, at any D.
 
     Returns:
         `LossSums`. Masked-out tokens are zeroed before any arithmetic, so a NaN or
@@ -224,7 +226,7 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
         sq_err = sq_err * weights[:, None, None]
         count = xp.sum(weights)
     hists = tuple(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn)
-                  for lo, hi in bit_groups(cfg))
+                  for lo, hi in bit_groups(cfg)) if with_histograms else ()
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), hists)
 
 
@@ -238,7 +240,10 @@ def losses_from_sums(sums: LossSums, cfg: Config, xp):
     c, d = cfg.num_codebooks, cfg.codebook_dim
     per_sample = sums.sample_entropy / (denom * c)
     commitment = sums.commitment / (denom * (c * d))
-    batch = sum(xp.sum(distribution_entropy(h / denom, xp)) for h in sums.histograms) / c
+    batch = xp.zeros_like(per_sample)  # stays 0 without histograms (see `loss_sums`)
+    for hist in sums.histograms:
+        batch = batch + xp.sum(distribution_entropy(hist / denom, xp))
+    batch = batch / c
     aux = (cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch)
            + cfg.commitment_weight * commitment)
     return per_sample, batch, commitment, aux
