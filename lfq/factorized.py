@@ -129,13 +129,15 @@ def subcode_probs(a, xp):
         being the most significant bit of j; "1" means positive.
     """
     log_pos, log_neg = bit_log_probs(a, xp)
-    pos, neg = xp.exp(log_pos), xp.exp(log_neg)
+    # [..., k, 2]: per bit, (p(-), p(+)) = the factor for a 0 bit, then a 1 bit.
+    pairs = xp.exp(xp.stack([log_neg, log_pos], axis=-1))
     # ones of shape [..., 1] on a's device, also when k == 0 (the empty half of D = 1)
     probs = xp.ones_like(xp.sum(a, axis=-1, keepdims=True))
     for i in range(a.shape[-1]):
-        # Each new bit becomes the least significant one: [.., j] -> [.., 2j + b].
-        pair = xp.stack([probs * neg[..., i:i + 1], probs * pos[..., i:i + 1]], axis=-1)
-        probs = xp.reshape(pair, tuple(pair.shape[:-2]) + (2 * probs.shape[-1],))
+        # Each new bit becomes the least significant one: [.., j] -> [.., 2j + b],
+        # one outer product per bit (one kernel where a framework launches kernels).
+        step = probs[..., :, None] * pairs[..., i, None, :]
+        probs = xp.reshape(step, tuple(step.shape[:-2]) + (2 * probs.shape[-1],))
     return probs
 
 

@@ -5,6 +5,7 @@ Array-API namespace); this adapter supplies torch's pieces:
 
 * the namespace (`array_api_compat.torch`) and constants on the input's device;
 * straight-through by a custom autograd function (value bitwise the codes);
+* the sub-code probabilities' analytic gradient (`ops.subcode_probs`);
 * the entropy's matrix products at full float32 precision (`precision="highest"`,
   default) through the `lfq::matmul_highest` custom op, or torch's own settings
   (`precision="default"`: TF32 where the user enabled it);
@@ -34,7 +35,7 @@ from lfq.config import Config
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 
 from . import distributed as _dist
-from .ops import matmul_highest, no_autocast, straight_through
+from .ops import matmul_highest, no_autocast, straight_through, subcode_probs
 
 __all__ = ["TorchBackend"]
 
@@ -95,6 +96,9 @@ class TorchBackend(ArrayBackend):
         if cfg.precision == "highest" and a.dtype == torch.float32:
             return matmul_highest(a, b)
         return torch.matmul(a, b)  # float64 has no reduced mode; "default" obeys torch's settings
+
+    def subcode_probs(self, a, cfg: Config):
+        return subcode_probs(a, cfg.precision == "highest")
 
     def index_dtype(self, xp, cfg: Config):
         return torch.int64

@@ -3,6 +3,9 @@
 * `straight_through(value, carrier)`: a custom `torch.autograd.Function` whose
   forward returns `value` itself (bitwise: no `f(x) + (q - f(x))` arithmetic) and
   whose backward hands the upstream gradient to `carrier` unchanged.
+* `subcode_probs(a, highest)`: `lfq.factorized.subcode_probs` whose backward is
+  the analytic `lfq.factorized.subcode_probs_vjp` (one matrix product) instead of
+  autograd through the per-bit product loop (four or more kernels per bit).
 * `matmul_highest(a, b)`: a batched matrix product at full float32 precision
   whatever the process-wide TF32 / bf16 settings are. It is a
   `torch.library.custom_op`, so the precision switch happens inside the op at run
@@ -13,10 +16,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
-__all__ = ["full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through"]
+import array_api_compat.torch as torch_namespace
+
+from lfq import factorized
+
+__all__ = ["full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through", "subcode_probs"]
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -102,6 +110,44 @@ def _matmul_highest_backward(ctx, grad):
 
 
 matmul_highest.register_autograd(_matmul_highest_backward, setup_context=_matmul_highest_setup)
+
+class _SubcodeProbs(torch.autograd.Function):
+    """Forward: `factorized.subcode_probs(a)`. Backward: `factorized.subcode_probs_vjp`.
+
+    The backward is written in differentiable torch operations on the saved
+    tensors, so second derivatives stay exact.
+    """
+
+    @staticmethod
+    def forward(ctx, a, highest):
+        probs = factorized.subcode_probs(a, torch_namespace)
+        ctx.save_for_backward(a, probs)
+        ctx.highest = highest
+        return probs
+
+    @staticmethod
+    def backward(ctx, cotangent):
+        a, probs = ctx.saved_tensors
+        bits = torch.as_tensor(factorized.subcode_bits(a.shape[-1]), dtype=probs.dtype, device=probs.device)
+        grad = factorized.subcode_probs_vjp(a, probs, cotangent, bits, torch_namespace,
+                                            functools.partial(_bits_product, highest=ctx.highest))
+        return grad, None
+
+
+def _bits_product(weighted, bits, highest: bool):
+    """`weighted @ bits` for `[..., 2**k] @ [2**k, k]`, at full float32 precision if `highest`."""
+    if not (highest and weighted.dtype == torch.float32):
+        return torch.matmul(weighted, bits)
+    rows = weighted.reshape(1, -1, weighted.shape[-1])
+    return matmul_highest(rows, bits[None]).reshape(*weighted.shape[:-1], bits.shape[-1])
+
+
+def subcode_probs(a: torch.Tensor, highest: bool = True) -> torch.Tensor:
+    """`[..., k]` bit logits -> `[..., 2**k]` sub-code probabilities, with the analytic gradient."""
+    if not (torch.is_grad_enabled() and a.requires_grad):
+        return factorized.subcode_probs(a, torch_namespace)
+    return _SubcodeProbs.apply(a, highest)
+
 
 _AUTOCAST_DEVICES = ("cpu", "cuda")
 
