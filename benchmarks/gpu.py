@@ -1,6 +1,6 @@
-"""The GPU check, one command: conformance on CUDA, then the torch and JAX tables.
+"""The GPU check, one command: conformance on CUDA, the torch and JAX tables, a profile.
 
-    python benchmarks/gpu.py [--out DIR] [--dims 10 14 16 18 20] [--tokens 16384]
+    python benchmarks/gpu.py [--out DIR] [--dims 14 16 18] [--tokens 16384]
 
 Made for a short lease on one GPU: every step has its own time limit, a failing
 step is reported and the next one still runs, and each step's output is also
@@ -9,7 +9,8 @@ Prints the device, the conformance verdicts, and the benchmark tables (forward +
 backward of the aux loss, float32; torch eager, compiled, the naive N x 2^D
 baseline and vector-quantize-pytorch when installed; JAX at HIGHEST and DEFAULT
 precision with compile time apart; the quantize+indices inference rows with the
-measured device-to-device copy bandwidth).
+measured device-to-device copy bandwidth), and the torch profile
+(`profile_torch.py`: wall versus kernel time per step, launches, top kernels).
 """
 
 from __future__ import annotations
@@ -45,29 +46,34 @@ def step(title: str, cmd: list[str], out_dir: str, name: str, timeout: float) ->
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-results"))
-    parser.add_argument("--dims", nargs="+", default=["10", "14", "16", "18", "20"])
+    parser.add_argument("--dims", nargs="+", default=["14", "16", "18"])
     parser.add_argument("--tokens", default="16384")
     parser.add_argument("--skip-conformance", action="store_true")
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds for all steps together (each step gets a fixed share)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     py = sys.executable
     info = ("import torch, jax; print('torch', torch.__version__, torch.cuda.get_device_name(0)); "
             "print('jax', jax.__version__, jax.devices())")
     failures = 0
-    failures += step("device", [py, "-c", info], args.out, "device", 120) != 0
+    failures += step("device", [py, "-c", info], args.out, "device", 0.06 * args.budget) != 0
     if not args.skip_conformance:
         failures += step("conformance on CUDA (torch, jax)",
-                         [py, "-m", "lfq.cli", "conformance", "--backend", "torch", "jax", "--device", "cuda",
+                         [py, "-m", "lfq.cli", "conformance", "--backend", "torch", "--backend", "jax", "--device", "cuda",
                           "--json", os.path.join(args.out, "conformance.json")],
-                         args.out, "conformance", 240) != 0
+                         args.out, "conformance", 0.2 * args.budget) != 0
     bench = [py, os.path.join(HERE, "run.py"), "--device", "cuda", "--in-process", "--repeat", "20",
              "--tokens", args.tokens, "--dims", *args.dims]
     failures += step("torch benchmark", bench + ["--backends", "torch", "--json",
                                                  os.path.join(args.out, "bench_torch.json")],
-                     args.out, "bench_torch", 300) != 0
+                     args.out, "bench_torch", 0.3 * args.budget) != 0
     failures += step("jax benchmark", bench + ["--backends", "jax", "--json",
                                                os.path.join(args.out, "bench_jax.json")],
-                     args.out, "bench_jax", 240) != 0
+                     args.out, "bench_jax", 0.2 * args.budget) != 0
+    failures += step("torch profile", [py, os.path.join(HERE, "profile_torch.py"), "--device", "cuda",
+                                       "--tokens", args.tokens, "--dims", *args.dims],
+                     args.out, "profile_torch", 0.24 * args.budget) != 0
     print(f"\n{failures} step(s) failed")
     return 1 if failures else 0
 

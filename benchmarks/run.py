@@ -23,7 +23,7 @@ import harness  # noqa: E402
 BACKEND_MODULES = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=["numpy"], choices=sorted(BACKEND_MODULES))
     parser.add_argument("--dims", nargs="+", type=int, default=[8, 10, 12, 14], help="codebook_dim values")
@@ -36,7 +36,11 @@ def main(argv=None) -> int:
                         help="run every case in this process (faster; on a GPU the peak comes from the "
                              "framework's counters, on the CPU it is then only an upper bound)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args._case:  # child process: one case
         print(json.dumps(harness.run_in_this_process(json.loads(args._case), args.repeat)))

@@ -126,7 +126,7 @@ class ArrayBackend:
         bits = xp.bitwise_and(indices[..., None], weights) != 0
         out = getattr(xp, dtype)
         m = cfg.code_magnitude
-        codes = xp.where(bits, xp.asarray(m, dtype=out), xp.asarray(-m, dtype=out))
+        codes = xp.where(bits, self.constant(m, out, indices), self.constant(-m, out, indices))
         return features.ungroup_features(codes, cfg, xp)
 
     def _features(self, z, cfg: Config, mask):

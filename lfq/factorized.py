@@ -29,6 +29,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from lfq import features
 from lfq.config import Config
 
 __all__ = [
@@ -222,7 +223,7 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
     per_bit = bernoulli_entropy(a, xp)
     sq_err = (x - codes) ** 2
     if weights is None:
-        count = xp.asarray(float(x.shape[0]), dtype=x.dtype)
+        count = _token_count(x, xp)
     else:
         per_bit = per_bit * weights[:, None, None]
         sq_err = sq_err * weights[:, None, None]
@@ -230,6 +231,19 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
     hists = tuple(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn)
                   for lo, hi in bit_groups(cfg)) if with_histograms else ()
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), hists)
+
+
+def _token_count(x, xp):
+    """`x.shape[0]` as a 0-d array of x's dtype on x's device.
+
+    A static size is an exact constant; a size known only at run time (a
+    TensorFlow graph's `None` batch) is counted, which is exact below 2**24
+    tokens in float32.
+    """
+    n = x.shape[0]
+    if isinstance(n, int):
+        return features.scalar(float(n), x, xp)
+    return xp.sum(xp.ones_like(x[:, 0, 0]))
 
 
 def losses_from_sums(sums: LossSums, cfg: Config, xp):

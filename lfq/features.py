@@ -15,6 +15,7 @@ from lfq.config import Config
 
 __all__ = [
     "bit_weights",
+    "scalar",
     "group_features",
     "quantize_groups",
     "transform_groups",
@@ -37,6 +38,21 @@ def ungroup_features(x, cfg: Config, xp):
     return x
 
 
+def scalar(value, like, xp, dtype=None):
+    """`value` as a 0-d array of `dtype` (default `like`'s) on `like`'s device.
+
+    A constant made without a device lands on the host: on a GPU that is a host
+    tensor inside the computation, which CUDA graphs and NCCL refuse. `full`
+    rather than `asarray`: torch's `asarray` of a Python number on a GPU copies
+    it from host memory, which blocks the host until the GPU's queue drains;
+    `full` is a fill on the device. The device is the Array-API attribute
+    `like.device` (a traced JAX array has none: its constants are placed with the
+    computation; the TensorFlow shim ignores it).
+    """
+    return xp.full((), value, dtype=like.dtype if dtype is None else dtype,
+                   device=getattr(like, "device", None))
+
+
 def quantize_groups(z, cfg: Config, xp, positive=None):
     """Codes `+m if z > 0 else -m`, same shape and dtype as `z`.
 
@@ -49,7 +65,7 @@ def quantize_groups(z, cfg: Config, xp, positive=None):
         positive: elementwise `z > 0` test (default the comparison itself); XLA
             backends pass a bit-pattern test because XLA flushes subnormals to 0.
     """
-    m = xp.asarray(cfg.code_magnitude, dtype=z.dtype)
+    m = scalar(cfg.code_magnitude, z, xp)
     return xp.where(z > 0 if positive is None else positive(z), m, -m)
 
 

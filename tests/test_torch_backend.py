@@ -339,13 +339,15 @@ def test_whole_lfq_traces_as_one_graph(masked):
         assert explained.graph_break_count == 0, (fn.__name__, explained.break_reasons)
 
 
+@pytest.mark.parametrize("compile_mode", [None, "reduce-overhead"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-def test_compiled_backend_matches_eager(masked, be):
-    """`compiled()` (inductor, fullgraph) against eager: forward and backward, float32."""
+def test_compiled_backend_matches_eager(masked, compile_mode, be):
+    """`compiled()` (inductor, fullgraph; CUDA graphs on a GPU with "reduce-overhead")
+    against eager: forward and backward, float32."""
     zn, mn = make_input(COMPILE_CFG, np.random.default_rng(9), tokens=(4, 16), spread=0.3, dtype="float32")
     m = be.asarray(mn) if masked else None
     results = []
-    for backend in (BE, be.compiled()):
+    for backend in (BE, be.compiled(compile_mode)):
         z = be.asarray(zn).requires_grad_(True)
         out = backend.lfq(z, COMPILE_CFG, m)
         (out.aux_loss + (out.codes * torch.linspace(-1, 1, 12, device=z.device)).sum()).backward()
@@ -357,6 +359,17 @@ def test_compiled_backend_matches_eager(masked, be):
     assert_close(compiled_grad, be.to_numpy(eager_grad), 2e-6, "grad")
     ref = reference.lfq(zn.astype(np.float64), COMPILE_CFG, mn if masked else None)
     assert_close(compiled.aux_loss, ref.aux_loss, 2e-6, "compiled vs reference")
+
+
+def test_compiled_modes_are_cached_and_checked():
+    assert BE.compiled() is BE.compiled() is BE.compiled().compiled()
+    graphs = BE.compiled("reduce-overhead")
+    assert graphs is BE.compiled("reduce-overhead") and graphs.compile_mode == "reduce-overhead"
+    assert graphs is not BE.compiled() and graphs.compiled() is BE.compiled().compiled() is not graphs
+    with pytest.raises(ValueError, match="compile mode='fast' is not one of"):
+        BE.compiled("fast")
+    with pytest.raises(ValueError, match="needs mode='compiled'"):
+        TorchBackend(compile_mode="reduce-overhead")
 
 
 def test_compiled_index_ops_match_eager(be):
@@ -408,3 +421,47 @@ def test_tf32_error_stays_within_the_documented_bound(monkeypatch):
     monkeypatch.setattr(TorchBackend, "matmul", lambda self, a, b, cfg: torch.matmul(tf32(a), tf32(b)))
     emulated = float(BE.entropy(z, cfg)[1])
     assert 0 < abs(emulated - exact) <= 2.0**-10 * (1 + exact)
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_eager_step_touches_no_host_tensor_and_reads_no_value(spherical, monkeypatch):
+    """A GPU step must not copy host data to the device (pageable copies block the
+    host until the GPU's queue drains) nor read a value back (a sync). Proxy on any
+    machine: on the `meta` device no value can be read; once the cached constants
+    exist, no tensor is made from host data and no operation sees a host tensor. (`indices_to_codes`
+    is left out: its eager index range check reads min and max on purpose.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class HostTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
+                   for t in tree_flatten((args, kwargs, out))[0]):
+                self.ops.append(str(func))
+            return out
+
+    cfg = lfq.Config(codebook_dim=8, num_codebooks=2, spherical=spherical)
+    z = torch.empty(3, 5, 16, device="meta").requires_grad_(True)
+    mask = torch.ones(3, 5, dtype=torch.bool, device="meta")
+
+    def step():
+        for m in (None, mask):
+            out = BE.lfq(z, cfg, m)
+            (out.aux_loss + out.codes.sum()).backward()
+        BE.quantize(z, cfg), BE.codes_to_indices(z, cfg)
+
+    step()  # makes the per-device constants once
+
+    def from_host_data(*args, **kwargs):
+        raise AssertionError("a tensor was made from host data inside the step")
+
+    for name in ("as_tensor", "asarray", "tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, from_host_data)
+    with HostTensors() as seen:
+        step()
+    assert seen.ops == []

@@ -26,6 +26,8 @@ def test_cases_skip_what_does_not_fit_and_add_cuda_inference_rows():
     cuda = bench_torch.cases([14], 4096, "cuda")
     inference = [r for r in cuda if r["algorithm"].startswith("inference")]
     assert len(inference) == 2 and all(r["N"] == bench_torch.INFERENCE_TOKENS for r in inference)
+    assert [r["algorithm"] for r in cuda].count("factorized-cudagraphs") == 1
+    assert not any(r["algorithm"] == "factorized-cudagraphs" for r in rows)
 
 
 def test_naive_baseline_computes_the_same_loss():

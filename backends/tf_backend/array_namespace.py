@@ -21,7 +21,7 @@ import tensorflow.experimental.numpy as tnp
 
 __all__ = [
     "abs", "asarray", "astype", "bitwise_and", "bool", "concat", "exp", "float16", "bfloat16",
-    "float32", "float64", "int32", "int64", "log", "log1p", "matmul", "max", "min", "moveaxis",
+    "float32", "float64", "full", "int32", "int64", "log", "log1p", "matmul", "max", "min", "moveaxis",
     "ones_like", "permute_dims", "reshape", "sqrt", "stack", "sum", "tanh", "where", "zeros_like",
 ]
 
@@ -50,6 +50,12 @@ def asarray(obj, dtype=None, device=None):
     if tf.is_tensor(obj):
         return obj if dtype is None or obj.dtype == dtype else tf.cast(obj, dtype)
     return tf.constant(obj, dtype=dtype)
+
+
+def full(shape, fill_value, dtype=None, device=None):
+    """`tf.constant(fill_value, dtype, shape)`; `device` is ignored as in `asarray`."""
+    del device
+    return tf.constant(fill_value, dtype=dtype, shape=shape)
 
 
 def astype(x, dtype):

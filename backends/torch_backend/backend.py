@@ -35,7 +35,7 @@ from lfq.config import Config
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 
 from . import distributed as _dist
-from .ops import matmul_highest, no_autocast, straight_through, subcode_probs
+from .ops import device_constant, matmul_highest, no_autocast, straight_through, subcode_probs
 
 __all__ = ["TorchBackend"]
 
@@ -62,6 +62,8 @@ class TorchBackend(ArrayBackend):
             device). Operations always run on their inputs' device.
         mode: "eager" (default) or "compiled" (every operation through
             `torch.compile(fullgraph=True)`; get it with `compiled()`).
+        compile_mode: `torch.compile`'s `mode` in compiled mode (None: its
+            default; "reduce-overhead": CUDA graphs; see `compiled`).
 
     Extra keyword arguments of `lfq`, `entropy` and `commitment_loss`:
         distributed: True sums the loss sums over `process_group` (see
@@ -73,16 +75,21 @@ class TorchBackend(ArrayBackend):
     dtypes = validation.FLOAT_DTYPES
     modes = ("eager", "compiled")
 
-    def __init__(self, device=None, mode: str = "eager"):
+    def __init__(self, device=None, mode: str = "eager", compile_mode: str | None = None):
         if mode not in self.modes:
             raise ValueError(f"mode={mode!r} is not one of {list(self.modes)}")
+        _check_compile_mode(compile_mode)
+        if compile_mode is not None and mode != "compiled":
+            raise ValueError(f"compile_mode={compile_mode!r} needs mode='compiled'")
         self.device = torch.device(device) if device is not None else None
         self.mode = mode
-        self._compiled_backend = None
+        self.compile_mode = compile_mode
+        self._compiled_backends: dict = {}
         self._compiled_ops: dict = {}
 
     def __repr__(self) -> str:
-        return f"TorchBackend(device={self.device}, mode={self.mode!r})"
+        extra = "" if self.compile_mode is None else f", compile_mode={self.compile_mode!r}"
+        return f"TorchBackend(device={self.device}, mode={self.mode!r}{extra})"
 
     # ------------------------------------------------------------------ hooks
 
@@ -104,7 +111,8 @@ class TorchBackend(ArrayBackend):
         return torch.int64
 
     def constant(self, values, dtype, like):
-        return torch.as_tensor(values, dtype=dtype, device=like.device)
+        key = tuple(values) if isinstance(values, (list, tuple)) else values
+        return device_constant(("values", key), lambda: values, dtype, like.device)
 
     def concrete_bounds(self, indices):
         if indices.numel() == 0 or torch.compiler.is_compiling():
@@ -125,7 +133,8 @@ class TorchBackend(ArrayBackend):
             self._check_eagerly(op, first, cfg, *args, **kwargs)
             fn = self._compiled_ops.get((op, cfg))
             if fn is None:
-                fn = self._compiled_ops[(op, cfg)] = torch.compile(_eager_op(op, cfg), fullgraph=True)
+                fn = self._compiled_ops[(op, cfg)] = torch.compile(_eager_op(op, cfg), fullgraph=True,
+                                                                   mode=self.compile_mode)
             return fn(first, cfg, *args, **kwargs)
         with no_autocast(first.device.type if isinstance(first, torch.Tensor) else "cpu"):
             # The shared implementation, named explicitly (torch.compile traces it).
@@ -219,19 +228,34 @@ class TorchBackend(ArrayBackend):
         (grad,) = torch.autograd.grad(out, z, cotangent, allow_unused=True)
         return torch.zeros_like(z) if grad is None else grad
 
-    def compiled(self) -> "TorchBackend":
+    def compiled(self, mode: str | None = None) -> "TorchBackend":
         """This backend with every operation run by `torch.compile(fullgraph=True)` (inductor).
 
         Arguments are checked eagerly first, so errors are the same as in eager
         mode. Compiled functions are cached per operation and config; a new shape,
         dtype or mask presence recompiles (torch's guards; shapes turn dynamic
         after the first change).
+
+        Args:
+            mode: `torch.compile`'s mode. None (its default) launches the compiled
+                kernels one by one. "reduce-overhead" replays them as CUDA graphs
+                on a GPU, removing the launch cost that dominates a step of small
+                kernels; the outputs then live in memory that the next call
+                overwrites (torch raises if an overwritten output is read: clone
+                what you keep, and call `torch.compiler.cudagraph_mark_step_begin()`
+                between calls of one step). "max-autotune" and
+                "max-autotune-no-cudagraphs" also search kernel configurations.
+                On a CPU the CUDA-graph modes compile as the default one.
         """
-        if self.mode == "compiled":
+        _check_compile_mode(mode)
+        if self.mode == "compiled" and mode == self.compile_mode:
             return self
-        if self._compiled_backend is None:
-            self._compiled_backend = TorchBackend(self.device, mode="compiled")
-        return self._compiled_backend
+        backend = self._compiled_backends.get(mode)
+        if backend is None:
+            backend = self._compiled_backends[mode] = TorchBackend(self.device, mode="compiled",
+                                                                   compile_mode=mode)
+            backend._compiled_backends = self._compiled_backends  # one family, one instance per mode
+        return backend
 
     # ------------------------------------------------------------ conversions
 
@@ -264,6 +288,16 @@ class TorchBackend(ArrayBackend):
         if array.dtype == torch.bfloat16:
             return array.to(torch.float32).numpy().astype(validation.numpy_dtype("bfloat16"))
         return array.numpy()
+
+
+#: `torch.compile` modes (`torch._inductor.list_mode_options()`), besides None.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _check_compile_mode(mode) -> None:
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode={mode!r} is not one of {[None, *COMPILE_MODES]} "
+                         "(torch.compile's modes)")
 
 
 _EAGER = TorchBackend()

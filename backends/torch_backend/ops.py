@@ -24,7 +24,7 @@ import array_api_compat.torch as torch_namespace
 
 from lfq import factorized
 
-__all__ = ["full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through", "subcode_probs"]
+__all__ = ["device_constant", "full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through", "subcode_probs"]
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -111,6 +111,30 @@ def _matmul_highest_backward(ctx, grad):
 
 matmul_highest.register_autograd(_matmul_highest_backward, setup_context=_matmul_highest_setup)
 
+_DEVICE_CONSTANTS: dict = {}
+
+
+def device_constant(key, make, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`make()` (host data: a list or NumPy array) as a tensor on `device`, copied there once.
+
+    Copying host data to a GPU from pageable memory blocks the host until the
+    GPU's queue has drained; done on every call it would serialise host and
+    device. So eager calls share one copy per `(key, dtype, device)` (never
+    written to). Under `torch.compile` the tensor is made afresh and becomes a
+    constant of the compiled graph.
+    """
+    if torch.compiler.is_compiling():
+        return torch.as_tensor(make(), dtype=dtype, device=device)
+    full_key = (key, dtype, device)
+    tensor = _DEVICE_CONSTANTS.get(full_key)
+    if tensor is None:
+        # A normal tensor even when first made under inference_mode, so that
+        # training code may use it afterwards.
+        with torch.inference_mode(False):
+            tensor = _DEVICE_CONSTANTS[full_key] = torch.as_tensor(make(), dtype=dtype, device=device)
+    return tensor
+
+
 class _SubcodeProbs(torch.autograd.Function):
     """Forward: `factorized.subcode_probs(a)`. Backward: `factorized.subcode_probs_vjp`.
 
@@ -128,7 +152,8 @@ class _SubcodeProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, cotangent):
         a, probs = ctx.saved_tensors
-        bits = torch.as_tensor(factorized.subcode_bits(a.shape[-1]), dtype=probs.dtype, device=probs.device)
+        k = a.shape[-1]
+        bits = device_constant(("subcode_bits", k), lambda: factorized.subcode_bits(k), probs.dtype, probs.device)
         grad = factorized.subcode_probs_vjp(a, probs, cotangent, bits, torch_namespace,
                                             functools.partial(_bits_product, highest=ctx.highest))
         return grad, None
