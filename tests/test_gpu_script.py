@@ -37,7 +37,19 @@ def test_every_step_is_a_valid_command_within_the_budget(monkeypatch, tmp_path):
     for argv in scripts["run.py"]:
         args = bench_run.build_parser().parse_args(argv)
         assert args.device == "cuda" and args.in_process
-    assert len(scripts["profile_torch.py"]) == 1
+    assert len(scripts["profile_torch.py"]) == len(scripts["profile_jax.py"]) == 1
+
+
+def test_jax_profile_runs_on_the_cpu(capsys):
+    pytest.importorskip("jax")
+    import profile_jax
+
+    assert profile_jax.main(["--dims", "6", "--tokens", "256"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[2:]]
+    assert [row[2] for row in rows] == ["highest", "default"]
+    for row in rows:
+        step_ms, gemm_ms, subcode_ms = float(row[3]), float(row[4]), float(row[6])
+        assert step_ms > 0 and gemm_ms > 0 and subcode_ms > 0
 
 
 def test_profile_runs_on_the_cpu(capsys):
