@@ -9,7 +9,8 @@ concatenated batch and compares:
 * functional gradients: rank r's gradient w.r.t. its shard, divided by the world
   size (DDP's averaging), equals the single-process gradient rows of that shard;
 * DDP: after `DistributedDataParallel`'s gradient averaging, the `LFQ` layer's
-  parameter gradients equal the single-process gradients.
+  parameter gradients equal the single-process gradients, eagerly and with the
+  DDP-wrapped layer under `torch.compile`.
 
 Everything is float64, so agreement is to ~1e-12.
 """
@@ -82,8 +83,19 @@ def _worker(rank, port, out_dir):
         x, mask = layer_inputs()
         ret = layer(x[shard], mask=mask[shard])
         layer_loss(ret, x.shape[0] * x.shape[1], WORLD).backward()
-        results["ddp"] = {"aux": float(ret.aux_loss),
+        results["ddp"] = {"aux": float(ret.aux_loss.detach()),
                           "grads": {k: p.grad for k, p in layer.module.named_parameters()}}
+        # The whole DDP-wrapped layer under torch.compile (DDP's optimizer splits the
+        # graph at its gradient buckets; the loss sums' all-reduce is traced).
+        wrapped = make_layer()
+        compiled = torch.compile(torch.nn.parallel.DistributedDataParallel(wrapped))
+        ret = compiled(x[shard], mask=mask[shard])
+        layer_loss(ret, x.shape[0] * x.shape[1], WORLD).backward()
+        from torch._dynamo.utils import counters
+
+        results["ddp_compiled"] = {"aux": float(ret.aux_loss.detach()),
+                                   "graphs": counters["stats"]["unique_graphs"],
+                                   "grads": {k: p.grad for k, p in wrapped.named_parameters()}}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -117,13 +129,15 @@ def test_values_and_gradients_equal_one_process(rank_results, scenario):
         np.testing.assert_allclose(got["grad"].numpy(), want_grad[SHARDS[rank]], rtol=0, atol=1e-11 * scale)
 
 
-def test_ddp_parameter_gradients_equal_one_process(rank_results):
+@pytest.mark.parametrize("run", ["ddp", "ddp_compiled"])
+def test_ddp_parameter_gradients_equal_one_process(rank_results, run):
     layer = make_layer()
     x, mask = layer_inputs()
     ret = layer(x, mask=mask)
     layer_loss(ret, x.shape[0] * x.shape[1], 1).backward()
     for rank, results in enumerate(rank_results):
-        assert abs(results["ddp"]["aux"] - float(ret.aux_loss)) <= 1e-12
+        assert results[run].get("graphs", 1) >= 1  # the compiled run did compile the layer
+        assert abs(results[run]["aux"] - float(ret.aux_loss.detach())) <= 1e-12
         for name, p in layer.named_parameters():
-            got = results["ddp"]["grads"][name]
+            got = results[run]["grads"][name]
             torch.testing.assert_close(got, p.grad, rtol=1e-11, atol=1e-13, msg=f"rank {rank} {name}")

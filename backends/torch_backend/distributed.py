@@ -104,10 +104,8 @@ def all_reduce_sums(sums: LossSums, group=None) -> LossSums:
         module docstring for what the gradient is).
     """
     group = dist.group.WORLD if group is None else group
-    ref = sums.sample_entropy
-    # The token count may be a host constant (no mask); put it beside the others.
-    count = torch.as_tensor(sums.token_count, dtype=ref.dtype, device=ref.device)
-    parts = [sums.sample_entropy, count, sums.commitment, *sums.histograms]
+    # Every field is on the input's device in its compute dtype (the token count too).
+    parts = [sums.sample_entropy, sums.token_count, sums.commitment, *sums.histograms]
     flat = torch.cat([p.reshape(-1) for p in parts])
     total = _AllReduceSum.apply(flat, group)
     out, start = [], 0
