@@ -13,6 +13,8 @@ prints one row per run:
   wall ~ busy means the kernels themselves are the cost;
 * kernels: kernel launches per step (on a CPU run: outermost operator calls,
   forward and backward; inductor's fused C++ kernels are not profiled there);
+* same: whether the variant's loss and gradient equal eager mode's (relative
+  1e-5), so that a fast variant is also a correct one on this device;
 * top kernels: the three largest by time, with their share of busy time.
 
 This is the first thing to run on a GPU when a timing target is missed; the
@@ -78,6 +80,17 @@ def _has_op_ancestor(event) -> bool:
     return False
 
 
+def _matches_eager(be, cfg, z) -> bool:
+    """Loss and gradient of `be` against the eager backend, to float32 accuracy."""
+    eager = lfq.get("torch")
+    got, want = [], []
+    for backend, out in ((be, got), (eager, want)):
+        loss = backend.lfq(z, cfg).aux_loss
+        (grad,) = torch.autograd.grad(loss, z)
+        out.extend([loss.detach().clone(), grad.clone()])  # clone: CUDA graphs reuse outputs
+    return all(torch.allclose(g, w, rtol=1e-5, atol=1e-7) for g, w in zip(got, want))
+
+
 def profile_case(name: str, be, d: int, tokens: int, device: str) -> dict:
     cfg = lfq.Config(codebook_dim=d)
     z = (torch.randn(tokens, d, generator=torch.Generator().manual_seed(0)) * 0.1).to(device)
@@ -86,6 +99,7 @@ def profile_case(name: str, be, d: int, tokens: int, device: str) -> dict:
     for _ in range(4):  # compile, and let CUDA graph trees record
         step()
     _sync(device)
+    same = _matches_eager(be, cfg, z)
     start = time.perf_counter()
     for _ in range(STEPS):
         step()
@@ -103,7 +117,7 @@ def profile_case(name: str, be, d: int, tokens: int, device: str) -> dict:
         by_name[kernel[:48]] += us
     top = ", ".join(f"{kernel} {100 * us / max(busy_us * STEPS, 1e-9):.0f}%" for kernel, us in by_name.most_common(3))
     return {"variant": name, "D": d, "N": tokens, "wall_ms": wall_ms, "busy_ms": busy_us / 1e3,
-            "kernels": len(events) / STEPS, "top": top}
+            "kernels": len(events) / STEPS, "same": "yes" if same else "NO", "top": top}
 
 
 def main(argv=None) -> int:
@@ -112,12 +126,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", nargs="+", type=int, default=[14, 16, 18])
     parser.add_argument("--tokens", type=int, default=16384)
     args = parser.parse_args(argv)
-    print(f"{'variant':>10} {'D':>3} {'N':>6} {'wall ms':>8} {'busy ms':>8} {'kernels':>8}  top kernels")
+    print(f"{'variant':>10} {'D':>3} {'N':>6} {'wall ms':>8} {'busy ms':>8} {'kernels':>8} {'same':>4}  top kernels")
     for d in args.dims:
         for name, be in _variants(args.device):
             row = profile_case(name, be, d, args.tokens, args.device)
             print(f"{row['variant']:>10} {row['D']:>3} {row['N']:>6} {row['wall_ms']:>8.3f} {row['busy_ms']:>8.3f} "
-                  f"{row['kernels']:>8.0f}  {row['top']}", flush=True)
+                  f"{row['kernels']:>8.0f} {row['same']:>4}  {row['top']}", flush=True)
     return 0
 
 

@@ -62,4 +62,4 @@ def test_profile_runs_on_the_cpu(capsys):
     assert set(rows) == {"eager", "compiled"}
     for row in rows.values():
         wall, busy, kernels = map(float, row[3:6])
-        assert wall > 0 and busy > 0 and kernels >= 1
+        assert wall > 0 and busy > 0 and kernels >= 1 and row[6] == "yes"
