@@ -133,7 +133,7 @@ class ArrayBackend:
         """Compute-dtype `[N, C, D]` raw and transformed features and `[N]` weights."""
         xp = self._check(z, cfg)
         work = self.compute_dtype(xp, z.dtype)
-        raw = xp.astype(features.group_features(z, cfg, xp), work)
+        raw = xp.astype(features.group_features(z, cfg, xp), work, copy=False)
         raw = xp.reshape(raw, (-1, cfg.num_codebooks, cfg.codebook_dim))
         weights = None
         if mask is not None:
@@ -153,7 +153,7 @@ class ArrayBackend:
         sums = factorized.loss_sums(x, codes, weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg),
                                     lambda a: self.subcode_probs(a, cfg), with_histograms=batch_entropy)
         losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp)
-        return xp, x, [xp.astype(v, z.dtype) for v in losses]
+        return xp, x, [xp.astype(v, z.dtype, copy=False) for v in losses]
 
     def straight_through(self, z, cfg: Config):
         """Codes of `z` with value exactly `quantize(z)` and gradient `f'(x) * upstream`."""
@@ -164,7 +164,8 @@ class ArrayBackend:
         fx = xp.tanh(x) if cfg.activation == "tanh" else x
         tokens = validation.token_shape(z.shape, cfg)
         carrier = features.ungroup_features(xp.reshape(fx, tokens + tuple(fx.shape[-2:])), cfg, xp)
-        return self.pass_gradient(features.quantize_groups(z, cfg, xp, self.positive), xp.astype(carrier, z.dtype))
+        codes = features.quantize_groups(z, cfg, xp, self.positive)
+        return self.pass_gradient(codes, xp.astype(carrier, z.dtype, copy=False))
 
     def entropy(self, z, cfg: Config, mask=None, **options):
         _, _, (per_sample, batch, _, _) = self._losses(z, cfg, mask, options)

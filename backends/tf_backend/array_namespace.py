@@ -58,8 +58,9 @@ def full(shape, fill_value, dtype=None, device=None):
     return tf.constant(fill_value, dtype=dtype, shape=shape)
 
 
-def astype(x, dtype):
-    """`tf.cast`, skipped when `x` already has `dtype`."""
+def astype(x, dtype, copy=True):
+    """`tf.cast`, skipped when `x` already has `dtype` (tensors are immutable: no copy is needed)."""
+    del copy
     return x if x.dtype == dtype else tf.cast(x, dtype)
 
 
