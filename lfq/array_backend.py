@@ -72,6 +72,12 @@ class ArrayBackend:
         xp = self.namespace(like)
         return xp.asarray(values, dtype=dtype, device=array_api_compat.device(like))
 
+    def device_of(self, x):
+        """Hook: the device to make constants for `x` on (Array-API `x.device`), or None
+        to leave placement to the framework (JAX: a sharded array's device is a sharding,
+        which a 0-d constant cannot take, and XLA places constants itself)."""
+        return getattr(x, "device", None)
+
     def concrete_bounds(self, indices):
         """Hook: `(min, max)` of `indices` as Python ints, or None when they are traced."""
         xp = self.namespace(indices)
@@ -108,7 +114,7 @@ class ArrayBackend:
 
     def quantize(self, z, cfg: Config):
         xp = self._check(z, cfg)
-        return features.quantize_groups(z, cfg, xp, self.positive)
+        return features.quantize_groups(z, cfg, xp, self.positive, self.device_of(z))
 
     def codes_to_indices(self, z, cfg: Config):
         xp = self._check(z, cfg)
@@ -149,9 +155,11 @@ class ArrayBackend:
         if batch_entropy:
             validation.check_exact_batch_entropy(cfg)
         xp, raw, x, weights = self._features(z, cfg, mask)
-        codes = features.quantize_groups(raw, cfg, xp, self.positive)
+        device = self.device_of(z)
+        codes = features.quantize_groups(raw, cfg, xp, self.positive, device)
         sums = factorized.loss_sums(x, codes, weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg),
-                                    lambda a: self.subcode_probs(a, cfg), with_histograms=batch_entropy)
+                                    lambda a: self.subcode_probs(a, cfg), with_histograms=batch_entropy,
+                                    device=device)
         losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp)
         return xp, x, [xp.astype(v, z.dtype, copy=False) for v in losses]
 
@@ -164,7 +172,7 @@ class ArrayBackend:
         fx = xp.tanh(x) if cfg.activation == "tanh" else x
         tokens = validation.token_shape(z.shape, cfg)
         carrier = features.ungroup_features(xp.reshape(fx, tokens + tuple(fx.shape[-2:])), cfg, xp)
-        codes = features.quantize_groups(z, cfg, xp, self.positive)
+        codes = features.quantize_groups(z, cfg, xp, self.positive, self.device_of(z))
         return self.pass_gradient(codes, xp.astype(carrier, z.dtype, copy=False))
 
     def entropy(self, z, cfg: Config, mask=None, **options):

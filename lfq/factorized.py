@@ -198,7 +198,8 @@ def distribution_entropy(p, xp):
 
 
 def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None,
-              subcode_probs_fn: Callable | None = None, with_histograms: bool = True) -> LossSums:
+              subcode_probs_fn: Callable | None = None, with_histograms: bool = True,
+              device=None) -> LossSums:
     """Token sums of every loss term, for one replica's tokens.
 
     Args:
@@ -211,6 +212,7 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
         subcode_probs_fn: see `code_histogram`.
         with_histograms: False skips the code histograms (`histograms == ()`):
             enough for the per-sample entropy and commitment terms, at any D.
+        device: where the token count is made without a mask (`features.scalar`).
 
     Returns:
         `LossSums`. Masked-out tokens are zeroed before any arithmetic, so a NaN or
@@ -223,7 +225,7 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
     per_bit = bernoulli_entropy(a, xp)
     sq_err = (x - codes) ** 2
     if weights is None:
-        count = _token_count(x, xp)
+        count = _token_count(x, xp, device)
     else:
         per_bit = per_bit * weights[:, None, None]
         sq_err = sq_err * weights[:, None, None]
@@ -233,8 +235,8 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), hists)
 
 
-def _token_count(x, xp):
-    """`x.shape[0]` as a 0-d array of x's dtype on x's device.
+def _token_count(x, xp, device):
+    """`x.shape[0]` as a 0-d array of x's dtype on `device`.
 
     A static size is an exact constant; a size known only at run time (a
     TensorFlow graph's `None` batch) is counted, which is exact below 2**24
@@ -242,7 +244,7 @@ def _token_count(x, xp):
     """
     n = x.shape[0]
     if isinstance(n, int):
-        return features.scalar(float(n), x, xp)
+        return features.scalar(float(n), x, xp, device)
     return xp.sum(xp.ones_like(x[:, 0, 0]))
 
 

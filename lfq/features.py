@@ -38,22 +38,20 @@ def ungroup_features(x, cfg: Config, xp):
     return x
 
 
-def scalar(value, like, xp, dtype=None):
-    """`value` as a 0-d array of `dtype` (default `like`'s) on `like`'s device.
+def scalar(value, like, xp, device=None):
+    """`value` as a 0-d array of `like`'s dtype, on `device`.
 
-    A constant made without a device lands on the host: on a GPU that is a host
-    tensor inside the computation, which CUDA graphs and NCCL refuse. `full`
-    rather than `asarray`: torch's `asarray` of a Python number on a GPU copies
-    it from host memory, which blocks the host until the GPU's queue drains;
-    `full` is a fill on the device. The device is the Array-API attribute
-    `like.device` (a traced JAX array has none: its constants are placed with the
-    computation; the TensorFlow shim ignores it).
+    Backends pass the device of their inputs (`ArrayBackend.device_of`): a constant
+    made without one lands on the host, and on a GPU a host tensor inside the
+    computation is what CUDA graphs and NCCL refuse. `full` rather than
+    `asarray`: torch's `asarray` of a Python number on a GPU copies it from host
+    memory, which blocks the host until the GPU's queue drains; `full` is a fill
+    on the device.
     """
-    return xp.full((), value, dtype=like.dtype if dtype is None else dtype,
-                   device=getattr(like, "device", None))
+    return xp.full((), value, dtype=like.dtype, device=device)
 
 
-def quantize_groups(z, cfg: Config, xp, positive=None):
+def quantize_groups(z, cfg: Config, xp, positive=None, device=None):
     """Codes `+m if z > 0 else -m`, same shape and dtype as `z`.
 
     The decision uses the sign of the raw input: the soft clamp (odd, increasing)
@@ -64,8 +62,9 @@ def quantize_groups(z, cfg: Config, xp, positive=None):
     Args:
         positive: elementwise `z > 0` test (default the comparison itself); XLA
             backends pass a bit-pattern test because XLA flushes subnormals to 0.
+        device: where the constants `+-m` are made (see `scalar`).
     """
-    m = scalar(cfg.code_magnitude, z, xp)
+    m = scalar(cfg.code_magnitude, z, xp, device)
     return xp.where(z > 0 if positive is None else positive(z), m, -m)
 
 

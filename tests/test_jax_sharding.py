@@ -1,4 +1,5 @@
-"""Data parallelism: `lfq(z, cfg, mask, axis_name="data")` inside `jax.shard_map`.
+"""Data parallelism: `lfq(z, cfg, mask, axis_name="data")` inside `jax.shard_map`, and
+globally sharded arrays (jit / eager over a mesh, Auto and Explicit axes) without it.
 
 The multi-device checks run once, in a subprocess with 4 CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=4`, 64-bit mode on), and
@@ -127,6 +128,23 @@ SCRIPT = textwrap.dedent(r"""
     errors["module_param_grad"] = max(err(g, np.broadcast_to(r, g.shape)) for g, r in
                                       zip(jax.tree.leaves(grads), jax.tree.leaves(ref_pgrad)))
 
+    # Global arrays sharded over the batch, no axis_name: jit (GSPMD) or eager dispatch
+    # inserts the collectives. With Explicit mesh axes (sharding in types, the default
+    # of jax.make_mesh) the histogram product must name its output sharding.
+    from jax.sharding import AxisType, NamedSharding
+    for kind in ("Auto", "Explicit"):
+        gmesh = jax.make_mesh((4,), ("data",), axis_types=(getattr(AxisType, kind),))
+        zs = jax.device_put(jnp.asarray(z), NamedSharding(gmesh, P("data")))
+        ms = jax.device_put(jnp.asarray(mask), NamedSharding(gmesh, P("data")))
+        with jax.set_mesh(gmesh):
+            out, grad = jax.jit(single)(zs, ms)
+        eager = be.lfq(zs, cfg, ms)
+        expected = np.array([float(getattr(ref, k)) for k in LOSSES])
+        errors[f"gspmd_{kind}_values"] = max(err([getattr(o, k) for k in LOSSES], expected) for o in (out, eager))
+        errors[f"gspmd_{kind}_grad"] = err(grad, ref_grad)
+        errors[f"gspmd_{kind}_indices_equal"] = bool(np.array_equal(np.asarray(out.indices), np.asarray(ref.indices))
+                                                     and np.array_equal(np.asarray(eager.indices), np.asarray(ref.indices)))
+
     # float32 (64-bit mode off inside the context): same contract to float32 rounding.
     with jax.enable_x64(False):
         z32, m32 = jnp.asarray(z, jnp.float32), jnp.asarray(mask)
@@ -176,6 +194,14 @@ def test_all_false_mask_on_every_shard(results):
 def test_module_parameter_gradient_is_global_on_every_shard(results):
     assert results["module_loss"] < 1e-12
     assert results["module_param_grad"] < 1e-11
+
+
+@pytest.mark.parametrize("kind", ["Auto", "Explicit"])
+def test_globally_sharded_arrays_without_axis_name(results, kind):
+    """jit and eager calls on arrays sharded over a mesh (GSPMD), with Auto and Explicit axes."""
+    assert results[f"gspmd_{kind}_values"] < 1e-12
+    assert results[f"gspmd_{kind}_grad"] < 1e-12 * results["grad_scale"]
+    assert results[f"gspmd_{kind}_indices_equal"]
 
 
 def test_float32_sharded(results):

@@ -99,6 +99,33 @@ def positive(x):
     return (bits > 0) & (bits <= inf)
 
 
+def _contracted_out_sharding(a, b):
+    """The output sharding of `a @ b` when the contracted axis is explicitly sharded, else None.
+
+    Under sharding in types (a mesh with `AxisType.Explicit` axes, the default of
+    `jax.make_mesh`), a product that contracts a sharded axis (here: the token axis
+    of the code histograms) must name its output sharding. The histogram is a sum
+    over all tokens, so its token axis is reduced away and the other axes keep the
+    inputs' sharding: `[..., M, K] @ [..., K, P]` -> `a`'s spec on `[..., M]`, `b`'s on P.
+    """
+    (mesh, spec_a), (_, spec_b) = _explicit_spec(a), _explicit_spec(b)
+    if spec_a is None or spec_b is None or (spec_a[-1] is None and spec_b[-2] is None):
+        return None
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec_a[:-1], spec_b[-1]))
+
+
+def _explicit_spec(x):
+    """`(mesh, spec)`: `x`'s PartitionSpec padded to its rank, when its sharding is in its
+    type; else `(None, None)`."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    spec = getattr(sharding, "spec", None)
+    explicit = getattr(jax.sharding.AxisType, "Explicit", None)
+    if spec is None or mesh is None or explicit not in tuple(getattr(mesh, "axis_types", ())):
+        return None, None
+    return mesh, tuple(spec) + (None,) * (x.ndim - len(spec))
+
+
 def _precision(cfg: Config):
     return jax.lax.Precision.HIGHEST if cfg.precision == "highest" else jax.lax.Precision.DEFAULT
 
@@ -146,7 +173,7 @@ class JaxBackend(ArrayBackend):
         return _straight_through(value, carrier)
 
     def matmul(self, a, b, cfg: Config):
-        return jnp.matmul(a, b, precision=_precision(cfg))
+        return jnp.matmul(a, b, precision=_precision(cfg), out_sharding=_contracted_out_sharding(a, b))
 
     def positive(self, x):
         """`x > 0` on the bit pattern: XLA flushes subnormal inputs to zero (see `positive`)."""
@@ -165,6 +192,11 @@ class JaxBackend(ArrayBackend):
     def constant(self, values, dtype, like):
         # No device argument: under jit the constant is placed with the computation.
         return jnp.asarray(values, dtype=dtype)
+
+    def device_of(self, x):
+        # Uncommitted constants: XLA places them with the computation, also next to a
+        # sharded array (whose `.device` is a sharding no 0-d constant could take).
+        return None
 
     def concrete_bounds(self, indices):
         """`(min, max)` of concrete indices; None for tracers (under jit/vmap/grad).

@@ -109,6 +109,9 @@ class TensorFlowBackend(ArrayBackend):
     def constant(self, values, dtype, like):
         return tf.constant(values, dtype=dtype)
 
+    def device_of(self, x):
+        return None  # TensorFlow places constants where the ops that use them run
+
     def concrete_bounds(self, indices):
         """Eager tensors: `(min, max)`. Inside `tf.function` the values are unknown: None (no check)."""
         if not tf.executing_eagerly() or indices.shape.num_elements() == 0:
