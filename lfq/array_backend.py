@@ -66,11 +66,8 @@ class ArrayBackend:
         return xp.int64
 
     def constant(self, values, dtype, like):
-        """Hook: a small constant array on `like`'s device."""
-        import array_api_compat
-
-        xp = self.namespace(like)
-        return xp.asarray(values, dtype=dtype, device=array_api_compat.device(like))
+        """Hook: a small constant array (a number or a list) for use with `like`."""
+        return self.namespace(like).asarray(values, dtype=dtype, device=self.device_of(like))
 
     def device_of(self, x):
         """Hook: the device to make constants for `x` on (Array-API `x.device`), or None

@@ -15,9 +15,9 @@ from lfq.config import Config
 
 __all__ = [
     "bit_weights",
-    "scalar",
     "group_features",
     "quantize_groups",
+    "scalar",
     "transform_groups",
     "ungroup_features",
 ]

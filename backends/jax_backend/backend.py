@@ -189,13 +189,9 @@ class JaxBackend(ArrayBackend):
         validation.check_index_dtype(32, cfg)
         return jnp.int32
 
-    def constant(self, values, dtype, like):
-        # No device argument: under jit the constant is placed with the computation.
-        return jnp.asarray(values, dtype=dtype)
-
     def device_of(self, x):
-        # Uncommitted constants: XLA places them with the computation, also next to a
-        # sharded array (whose `.device` is a sharding no 0-d constant could take).
+        # Uncommitted constants: XLA places them with the computation (under jit, and
+        # next to a sharded array, whose `.device` is a sharding no constant could take).
         return None
 
     def concrete_bounds(self, indices):

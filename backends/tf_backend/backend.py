@@ -106,9 +106,6 @@ class TensorFlowBackend(ArrayBackend):
             return ops.dot_tn(a_t, b)
         return tf.linalg.matmul(a_t, b, transpose_a=True)
 
-    def constant(self, values, dtype, like):
-        return tf.constant(values, dtype=dtype)
-
     def device_of(self, x):
         return None  # TensorFlow places constants where the ops that use them run
 

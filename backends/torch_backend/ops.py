@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import functools
 
-import torch
-
 import array_api_compat.torch as torch_namespace
+import torch
 
 from lfq import factorized
 
-__all__ = ["device_constant", "full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through", "subcode_probs"]
+__all__ = ["device_constant", "full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through",
+           "subcode_probs"]
 
 
 class _StraightThrough(torch.autograd.Function):
