@@ -449,11 +449,18 @@ def test_eager_step_touches_no_host_tensor_and_reads_no_value(spherical, monkeyp
     z = torch.empty(3, 5, 16, device="meta").requires_grad_(True)
     mask = torch.ones(3, 5, dtype=torch.bool, device="meta")
 
+    from lfq.backends.torch_backend import LFQ
+
+    layer = LFQ(dim=16, codebook_size=256, num_codebooks=2, spherical=spherical, channel_first=True).to("meta")
+    images = torch.empty(2, 16, 3, 3, device="meta").requires_grad_(True)
+
     def step():
         for m in (None, mask):
             out = BE.lfq(z, cfg, m)
             (out.aux_loss + out.codes.sum()).backward()
         BE.quantize(z, cfg), BE.codes_to_indices(z, cfg)
+        ret = layer(images)  # the nn.Module, with projections, channel-first
+        (ret.aux_loss + ret.quantized.sum()).backward()
 
     step()  # makes the per-device constants once
 
