@@ -183,8 +183,14 @@ def code_histogram(a, weights, xp, matmul: Callable | None = None, subcode_probs
     matmul = xp.matmul if matmul is None else matmul
     probs_of = (lambda bits: subcode_probs(bits, xp)) if subcode_probs_fn is None else subcode_probs_fn
     split = (a.shape[-1] + 1) // 2
-    probs_a = probs_of(a[..., :split])   # [N, C, 2^|A|]
-    probs_b = probs_of(a[..., split:])   # [N, C, 2^|B|]
+    if 2 * split == a.shape[-1]:
+        # Equal halves (even k): one call on both, [2, N, C, k/2] -> [2, N, C, 2^(k/2)],
+        # the same values with half the operations (and kernel launches).
+        # unstack, not indexing: its gradient is one stack, not a zero-filled copy per half.
+        probs_a, probs_b = xp.unstack(probs_of(xp.stack([a[..., :split], a[..., split:]])))
+    else:
+        probs_a = probs_of(a[..., :split])   # [N, C, 2^|A|]
+        probs_b = probs_of(a[..., split:])   # [N, C, 2^|B|]
     if weights is not None:
         probs_a = probs_a * weights[:, None, None]
     return matmul(xp.permute_dims(probs_a, (1, 2, 0)), xp.permute_dims(probs_b, (1, 0, 2)))

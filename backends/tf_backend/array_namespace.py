@@ -22,7 +22,7 @@ import tensorflow.experimental.numpy as tnp
 __all__ = [
     "abs", "asarray", "astype", "bitwise_and", "bool", "concat", "exp", "float16", "bfloat16",
     "float32", "float64", "full", "int32", "int64", "log", "log1p", "matmul", "max", "min", "moveaxis",
-    "ones_like", "permute_dims", "reshape", "sqrt", "stack", "sum", "tanh", "where", "zeros_like",
+    "ones_like", "permute_dims", "reshape", "sqrt", "stack", "sum", "tanh", "unstack", "where", "zeros_like",
 ]
 
 # dtypes are TensorFlow's, so that `xp.astype(x, xp.float32)` is a tf.cast
@@ -71,6 +71,10 @@ def where(condition, x1, x2):
 
 def stack(arrays, axis=0):
     return tf.stack(list(arrays), axis=axis)
+
+
+def unstack(x, axis=0):
+    return tuple(tf.unstack(x, axis=axis))
 
 
 def concat(arrays, axis=0):
