@@ -21,26 +21,20 @@ numbers go into benchmarks/RESULTS.md with the card's name.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import lfq
+from harness import time_ms
 
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
 
-def _median_ms(fn, *args, repeat: int = 20) -> float:
-    jax.block_until_ready(fn(*args))  # compile outside the timing
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _median_ms(fn, *args) -> float:
+    """Median ms of the jitted `fn(*args)`, synchronised; the first call (compile) untimed."""
+    return time_ms(lambda: jax.block_until_ready(fn(*args)), repeat=20)
 
 
 def profile_case(d: int, tokens: int, precision: str) -> dict:

@@ -7,7 +7,7 @@ For each D and each way of running (eager, `compiled()`, and on a GPU
 backward steps of the aux loss (float32, one codebook) with `torch.profiler` and
 prints one row per run:
 
-* wall ms: the step's wall time (synchronised), as the benchmark measures it;
+* wall ms: the step's median wall time (synchronised), as the benchmark measures it;
 * busy ms: the time the device (the CPU's operators on a CPU run) spent in
   kernels per step; wall >> busy means the step is bound by launches and Python,
   wall ~ busy means the kernels themselves are the cost;
@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import lfq
+from harness import time_ms
 
 STEPS = 5
 
@@ -100,11 +100,7 @@ def profile_case(name: str, be, d: int, tokens: int, device: str) -> dict:
         step()
     _sync(device)
     same = _matches_eager(be, cfg, z)
-    start = time.perf_counter()
-    for _ in range(STEPS):
-        step()
-    _sync(device)
-    wall_ms = (time.perf_counter() - start) * 1e3 / STEPS
+    wall_ms = time_ms(step, STEPS, warmup=0, sync=lambda: _sync(device))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(STEPS):

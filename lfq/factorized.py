@@ -158,11 +158,16 @@ def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = N
         a: `[..., k]` bit logits; probs: `subcode_probs(a)`, `[..., 2**k]`.
         cotangent: `[..., 2**k]` upstream gradient.
         bits: `subcode_bits(k)` as a backend array of probs' dtype.
+        matmul: batched product `[B, M, K] @ [B, K, P]` (a backend's full-precision
+            one, the same kind `code_histogram` takes); default `xp.matmul`.
     """
     matmul = xp.matmul if matmul is None else matmul
     weighted = cotangent * probs
     positive = xp.exp(bit_log_probs(a, xp)[0])
-    return matmul(weighted, bits) - positive * xp.sum(weighted, axis=-1, keepdims=True)
+    # All leading axes as the rows of one batched product, `[1, M, 2**k] @ [1, 2**k, k]`.
+    rows = xp.reshape(weighted, (1, -1, weighted.shape[-1]))
+    on = xp.reshape(matmul(rows, bits[None]), tuple(weighted.shape[:-1]) + (bits.shape[-1],))
+    return on - positive * xp.sum(weighted, axis=-1, keepdims=True)
 
 
 def code_histogram(a, weights, xp, matmul: Callable | None = None, subcode_probs_fn: Callable | None = None):

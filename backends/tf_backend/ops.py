@@ -79,15 +79,6 @@ def matmul_highest(a, b):
     return _dot_nn(a, b)
 
 
-def _bits_product(weighted, bits, highest: bool):
-    """`weighted @ bits` for `[..., 2**k] @ [2**k, k]` (the analytic VJP of `subcode_probs`)."""
-    if not highest:
-        return tf.linalg.matmul(weighted, bits)  # broadcasts the leading axes
-    rows = tf.reshape(weighted, [1, -1, bits.shape[0]])
-    product = _dot_nn(rows, bits[None])
-    return tf.reshape(product, tf.concat([tf.shape(weighted)[:-1], [bits.shape[1]]], axis=0))
-
-
 def subcode_probs(a, highest: bool):
     """`factorized.subcode_probs(a)` whose gradient is the analytic `factorized.subcode_probs_vjp`.
 
@@ -102,7 +93,7 @@ def subcode_probs(a, highest: bool):
         def grad(cotangent):
             bits = tf.constant(factorized.subcode_bits(a.shape[-1]), dtype=probs.dtype)
             return factorized.subcode_probs_vjp(a, probs, cotangent, bits, array_namespace,
-                                                lambda w, b: _bits_product(w, b, highest))
+                                                matmul_highest if highest else tf.linalg.matmul)
         return probs, grad
 
     return probs_with_vjp(a)

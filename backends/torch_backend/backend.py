@@ -35,7 +35,8 @@ from lfq.config import Config
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 
 from . import distributed as _dist
-from .ops import device_constant, matmul_highest, no_autocast, straight_through, subcode_probs
+from . import ops
+from .ops import device_constant, no_autocast, straight_through, subcode_probs
 
 __all__ = ["TorchBackend"]
 
@@ -100,9 +101,7 @@ class TorchBackend(ArrayBackend):
         return straight_through(value, carrier)
 
     def matmul(self, a, b, cfg: Config):
-        if cfg.precision == "highest" and a.dtype == torch.float32:
-            return matmul_highest(a, b)
-        return torch.matmul(a, b)  # float64 has no reduced mode; "default" obeys torch's settings
+        return ops.matmul(a, b, cfg.precision == "highest")  # "default" obeys torch's settings
 
     def subcode_probs(self, a, cfg: Config):
         return subcode_probs(a, cfg.precision == "highest")

@@ -6,6 +6,7 @@
 * `subcode_probs(a, highest)`: `lfq.factorized.subcode_probs` whose backward is
   the analytic `lfq.factorized.subcode_probs_vjp` (one matrix product) instead of
   autograd through the per-bit product loop (four or more kernels per bit).
+* `matmul(a, b, highest)`: `matmul_highest` for float32 when asked, else `torch.matmul`.
 * `matmul_highest(a, b)`: a batched matrix product at full float32 precision
   whatever the process-wide TF32 / bf16 settings are. It is a
   `torch.library.custom_op`, so the precision switch happens inside the op at run
@@ -23,7 +24,7 @@ import torch
 
 from lfq import factorized
 
-__all__ = ["device_constant", "full_float32_matmuls", "matmul_highest", "no_autocast", "straight_through",
+__all__ = ["device_constant", "full_float32_matmuls", "matmul", "matmul_highest", "no_autocast", "straight_through",
            "subcode_probs"]
 
 
@@ -155,16 +156,16 @@ class _SubcodeProbs(torch.autograd.Function):
         k = a.shape[-1]
         bits = device_constant(("subcode_bits", k), lambda: factorized.subcode_bits(k), probs.dtype, probs.device)
         grad = factorized.subcode_probs_vjp(a, probs, cotangent, bits, torch_namespace,
-                                            functools.partial(_bits_product, highest=ctx.highest))
+                                            functools.partial(matmul, highest=ctx.highest))
         return grad, None
 
 
-def _bits_product(weighted, bits, highest: bool):
-    """`weighted @ bits` for `[..., 2**k] @ [2**k, k]`, at full float32 precision if `highest`."""
-    if not (highest and weighted.dtype == torch.float32):
-        return torch.matmul(weighted, bits)
-    rows = weighted.reshape(1, -1, weighted.shape[-1])
-    return matmul_highest(rows, bits[None]).reshape(*weighted.shape[:-1], bits.shape[-1])
+def matmul(a: torch.Tensor, b: torch.Tensor, highest: bool) -> torch.Tensor:
+    """Batched `a @ b`: `matmul_highest` for float32 when `highest`, else torch's own settings
+    (float64 has no reduced mode)."""
+    if highest and a.dtype == torch.float32:
+        return matmul_highest(a, b)
+    return torch.matmul(a, b)
 
 
 def subcode_probs(a: torch.Tensor, highest: bool = True) -> torch.Tensor:
