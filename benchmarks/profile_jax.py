@@ -11,7 +11,9 @@ synchronised, on the default JAX device:
   $P_A^\\top P_B$ (`[2^A, N] @ [N, 2^B]`) and its two gradients
   (`[N, 2^B] @ [2^B, 2^A]`, `[N, 2^A] @ [2^A, 2^B]`), with their rate in TFLOP/s;
 * subcodes: forward + backward of the two halves' sub-code probabilities
-  (`[N, D/2] -> [N, 2^(D/2)]`), the largest non-matrix work;
+  (`[N, D/2] -> [N, 2^(D/2)]`), the largest non-matrix work, one call per half
+  (the step itself makes one call for both when they are equal: close, not
+  identical);
 * rest: step - gemms - subcodes (elementwise work, reductions, launch gaps).
 
 If the step misses its target, this says which part to attack; with a GPU the

@@ -1,7 +1,7 @@
-"""benchmarks/gpu.py and benchmarks/profile_torch.py: the commands a short GPU lease runs.
+"""benchmarks/gpu.py and the profilers it runs: the commands a short GPU lease runs.
 
 A GPU session has minutes, so its script must be right before it gets there: every
-step's command line is checked against the parser it calls, and the profiler runs
+step's command line is checked against the parser it calls, and both profilers run
 here on the CPU.
 """
 
