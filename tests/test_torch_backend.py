@@ -428,8 +428,9 @@ def test_eager_step_touches_no_host_tensor_and_reads_no_value(spherical, monkeyp
     """A GPU step must not copy host data to the device (pageable copies block the
     host until the GPU's queue drains) nor read a value back (a sync). Proxy on any
     machine: on the `meta` device no value can be read; once the cached constants
-    exist, no tensor is made from host data and no operation sees a host tensor. (`indices_to_codes`
-    is left out: its eager index range check reads min and max on purpose.)"""
+    exist, no tensor is made from host data and no operation sees a host tensor.
+    (`indices_to_codes` is left out: its eager index range check reads min and max
+    on purpose.)"""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
