@@ -11,7 +11,7 @@ from typing import final
 
 import numpy as np
 
-from lfq import reference
+from lfq import reference, validation
 from lfq.config import Config
 from lfq.interface import CodeUsage, LFQOutput
 from lfq.validation import FLOAT_DTYPES, numpy_dtype
@@ -19,34 +19,53 @@ from lfq.validation import FLOAT_DTYPES, numpy_dtype
 
 @final
 class NumPyBackend:
-    """LFQ on NumPy arrays, by the reference functions (float64 inside)."""
+    """LFQ on NumPy arrays, by the reference functions (float64 inside).
+
+    Array arguments (z, mask, indices) must be `numpy.ndarray`s: a Python list or
+    another framework's tensor is refused (`lfq.validation.check_array`), like in
+    every backend. `lfq.reference` itself takes anything `np.asarray` takes.
+    """
 
     name = "numpy"
     dtypes = FLOAT_DTYPES
     modes = ("eager",)
 
+    def _arrays(self, cfg, **arrays) -> None:
+        validation.check_config(cfg)
+        for name, array in arrays.items():
+            if array is not None:
+                validation.check_array(array, name, self.name, np.ndarray, "numpy.ndarray", "np.asarray(...)")
+
     def quantize(self, z, cfg: Config):
+        self._arrays(cfg, z=z)
         return reference.quantize(z, cfg)
 
     def codes_to_indices(self, z, cfg: Config):
+        self._arrays(cfg, z=z)
         return reference.codes_to_indices(z, cfg)
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
-        return reference.indices_to_codes(indices, cfg, numpy_dtype(dtype))
+        self._arrays(cfg, indices=indices)
+        return reference.indices_to_codes(indices, cfg, dtype)
 
     def entropy(self, z, cfg: Config, mask=None):
+        self._arrays(cfg, z=z, mask=mask)
         return reference.entropy(z, cfg, mask)
 
     def commitment_loss(self, z, cfg: Config, mask=None):
+        self._arrays(cfg, z=z, mask=mask)
         return reference.commitment_loss(z, cfg, mask)
 
     def lfq(self, z, cfg: Config, mask=None) -> LFQOutput:
+        self._arrays(cfg, z=z, mask=mask)
         return reference.lfq(z, cfg, mask)
 
     def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
+        self._arrays(cfg, indices=indices, mask=mask)
         return reference.code_usage(indices, cfg, mask)
 
     def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None):
+        self._arrays(cfg, z=z, mask=mask)
         return reference.vjp(term, z, cfg, cotangent, mask)
 
     def compiled(self):

@@ -80,6 +80,19 @@ class ReducedPrecisionMatmul(NumPyArrayBackend):
         return np.matmul(a.astype(bf16).astype(a.dtype), b.astype(bf16).astype(b.dtype))
 
 
+class FlushesSubnormals(NumPyArrayBackend):
+    """Broken: the losses read subnormal inputs as 0 (what XLA's arithmetic does unless
+    the backend rescales tiny groups; the codes still see the sign)."""
+
+    name = "broken-flushes-subnormals"
+
+    def _features(self, z, cfg, mask):
+        xp, raw, _, weights = super()._features(z, cfg, mask)
+        normal = np.finfo(raw.dtype).smallest_normal
+        flushed = xp.where(xp.abs(raw) < normal, xp.zeros_like(raw), raw)
+        return xp, raw, features.transform_groups(flushed, cfg, xp), weights
+
+
 class _Wrapped:
     """The reference backend with one rule changed by a subclass."""
 
@@ -149,6 +162,46 @@ class AuxWithoutBatchEntropy(_Wrapped):
             return self._ref.vjp(term, z, cfg, cotangent, mask)
         return (cfg.entropy_weight * self._ref.vjp("per_sample_entropy", z, cfg, cotangent, mask)
                 + cfg.commitment_weight * self._ref.vjp("commitment_loss", z, cfg, cotangent, mask))
+
+
+class ZeroWeightTimesInf(_Wrapped):
+    """Broken: the aux loss multiplies every term by its weight, so a zero weight times an
+    infinite commitment loss (float32 |z| = 1e34) is NaN."""
+
+    name = "broken-zero-weight-times-inf"
+
+    def lfq(self, z, cfg, mask=None):
+        out = super().lfq(z, cfg, mask)
+        with np.errstate(invalid="ignore"):
+            aux = (cfg.entropy_weight * (out.per_sample_entropy - cfg.diversity_gamma * out.batch_entropy)
+                   + out.commitment_loss.dtype.type(cfg.commitment_weight) * out.commitment_loss)
+        return out._replace(aux_loss=np.asarray(aux, dtype=out.aux_loss.dtype))
+
+
+class UnclippedLogits(_Wrapped):
+    """Broken: the per-sample entropy from bit logits 4*tau*m*x formed in float32 without
+    a bound, so that they overflow to inf and the entropy is inf * 0 = NaN."""
+
+    name = "broken-unclipped-logits"
+
+    def _per_sample(self, z, cfg, mask):
+        z = np.asarray(z)
+        work = np.float64 if z.dtype == np.float64 else np.float32
+        x = features.transform_groups(features.group_features(z.astype(work), cfg, np), cfg, np)
+        x = x.reshape(-1, cfg.num_codebooks, cfg.codebook_dim)
+        with np.errstate(all="ignore"):
+            t = np.abs(x * work(4.0 * cfg.inv_temperature * cfg.code_magnitude))
+            soft = np.log1p(np.exp(-t))
+            per_token = np.sum(soft + t * np.exp(-t - soft), axis=(1, 2))
+        w = np.ones(x.shape[0]) if mask is None else np.asarray(mask).reshape(-1).astype(np.float64)
+        total = np.sum(np.where(w > 0, per_token, 0.0))
+        return np.asarray(total / (max(w.sum(), 1.0) * cfg.num_codebooks)).astype(z.dtype)
+
+    def entropy(self, z, cfg, mask=None):
+        return self._per_sample(z, cfg, mask), self._ref.entropy(z, cfg, mask)[1]
+
+    def lfq(self, z, cfg, mask=None):
+        return super().lfq(z, cfg, mask)._replace(per_sample_entropy=self._per_sample(z, cfg, mask))
 
 
 class _LiteralEntropy(_Wrapped):
@@ -231,4 +284,7 @@ BROKEN = {
     MaskedBatchAsPerToken: ("entropy.batch_entropy", "lfq.batch_entropy"),
     StraightThroughArithmetic: ("lfq.codes",),
     ReducedPrecisionMatmul: ("entropy.batch_entropy", "lfq.batch_entropy"),
+    FlushesSubnormals: ("entropy.per_sample_entropy", "commitment_loss"),
+    ZeroWeightTimesInf: ("lfq.aux_loss",),
+    UnclippedLogits: ("entropy.per_sample_entropy", "lfq.per_sample_entropy"),
 }

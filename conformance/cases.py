@@ -69,7 +69,9 @@ DEFAULT_TOLERANCES: Mapping[str, Mapping[str, Tolerance]] = types.MappingProxyTy
                  "usage": Tolerance(1e-6, 0.0)},
 })
 
-_VALUE_KINDS = ("edges", "large", "extremes", "nan_masked")
+_VALUE_KINDS = ("edges", "large", "extremes", "saturating", "nan_masked", "zero_groups", "tiny_groups")
+#: Kinds that replace whole codebook groups of valid tokens rather than single features.
+_GROUP_KINDS = ("zero_groups", "tiny_groups")
 _MASKS = ("none", "all_true", "all_false", "ragged")
 #: Check groups a case may skip (each skip carries its reason).
 SKIPPABLE = ("losses", "grads", "st_grad")
@@ -87,8 +89,12 @@ class Case:
         values: special values mixed into the N(0, sigma**2) data, any of
             "edges" (signed zeros, subnormals, the values 1 ulp from 0, the
             smallest normals), "large" (+-1e8; +-500 in float16), "extremes"
-            (+-max, +-inf, NaN), each twice at seeded places of valid tokens, and
-            "nan_masked" (NaN and inf filling the tokens the mask leaves out).
+            (+-max, +-inf, NaN), "saturating" (bit logits past float32's range at
+            tau = 1e4, e.g. +-1e34 and +-max in float32), each twice at seeded places
+            of valid tokens; "zero_groups" / "tiny_groups" (about a third of the
+            valid tokens' codebook groups all zero / all subnormal: the spherical
+            projection's corners), and "nan_masked" (NaN and inf filling the tokens
+            the mask leaves out).
         sigma: standard deviation of the normal data.
         mask: "none", "all_true", "all_false" or "ragged" (per row of the first
             token axis, the first `length` tokens are valid; rows full, empty, partial).
@@ -172,13 +178,28 @@ class Case:
         valid = np.ones(self.tokens, dtype=bool) if mask is None else mask
         features = np.moveaxis(z, self.cfg.feature_axis, -1)   # a view: edits land in z
         kept = features[valid]                                  # [valid tokens, C*D], a copy
-        special = [edge_values(kind, dtype) for kind in self.values if kind != "nan_masked"]
+        special = [edge_values(kind, dtype) for kind in self.values
+                   if kind != "nan_masked" and kind not in _GROUP_KINDS]
         if special:
             edges = np.concatenate(special)
             # every value twice, at seeded places among the valid tokens' features
             where = rng.permutation(kept.size)[: min(kept.size, 2 * edges.size)]
             kept.reshape(-1)[where] = np.resize(edges, where.size)
             features[valid] = kept
+        for kind in _GROUP_KINDS:
+            if kind in self.values:
+                # about a third of the valid tokens' groups: all zero, or all subnormal
+                cfg = self.cfg
+                kept = features[valid].reshape(-1, cfg.num_codebooks, cfg.codebook_dim)
+                chosen = rng.random(kept.shape[:2]) < 1 / 3
+                if kind == "zero_groups":
+                    values = np.zeros(kept.shape)
+                else:
+                    tiny, normal = (float(v) for v in edge_values("edges", dtype)[[2, 6]])
+                    steps = rng.integers(1, max(2, round(normal / tiny)), size=kept.shape)
+                    values = tiny * steps * np.where(rng.random(kept.shape) < 0.5, -1.0, 1.0)
+                kept[chosen] = values[chosen].astype(z.dtype)
+                features[valid] = kept.reshape(-1, cfg.num_features)
         if "nan_masked" in self.values:
             features[~valid] = np.resize(edge_values("extremes", dtype), features[~valid].shape)
         return z, mask
@@ -230,12 +251,18 @@ def edge_values(kind: str, dtype: str) -> np.ndarray:
         values = [0.0, -0.0, tiny, -tiny, normal - tiny, -(normal - tiny), normal, -normal]
     elif kind == "extremes":
         values = [float(info.max), -float(info.max), np.inf, -np.inf, np.nan, 0.0, -0.0]
+    elif kind == "saturating":
+        # bit logits 4*tau*m*x past float32's range at tau = 1e4 (float16 inputs are
+        # computed in float32, where their largest values do not overflow)
+        top = float(info.max)
+        big = 6e4 if dtype == "float16" else (1e38 if dtype == "bfloat16" else 1e34)
+        values = [big, -big, top, -top]
     elif kind == "large":
         # float16: 500 keeps the commitment loss (a mean of squares) inside float16's range
         big = 500.0 if dtype == "float16" else 1e8
         values = [big, -big, big + 0.5 * big ** 0.5, -big / 3.0]
     else:
-        raise ValueError(f"kind={kind!r} must be 'edges', 'extremes' or 'large'")
+        raise ValueError(f"kind={kind!r} must be 'edges', 'extremes', 'saturating' or 'large'")
     return np.array(values, dtype=np.float64).astype(np_dtype)
 
 
@@ -284,6 +311,19 @@ CASES: tuple[Case, ...] = (
          (4, 16), seed=16, dtypes=("float32",), compiled="full",
          note="spherical after soft clamp, tanh straight-through, scale, gamma and both weights off "
               "their defaults"),
+    Case("saturating-no-commitment", dict(codebook_dim=6, num_codebooks=2, inv_temperature=1e4,
+                                          commitment_weight=0.0), (4, 16), seed=40, sigma=1e-4,
+         values=("saturating",), mask="ragged", dtypes=("float32", "bfloat16"), compiled="full",
+         note="bit logits 4*tau*m*z past float32's range give the saturated limits (entropy 0, not NaN); "
+              "the commitment loss overflows to inf and, its weight being 0, stays out of the aux loss"),
+    Case("spherical-zero-tiny-groups", dict(codebook_dim=3, num_codebooks=3, spherical=True,
+                                            inv_temperature=2.0), (4, 8), seed=41,
+         values=("zero_groups", "tiny_groups"), mask="ragged", dtypes=("float32", "float64"), compiled="full",
+         note="whole groups of zeros (u = 0, gradient 0) and of subnormals (projected exactly, also where "
+              "the arithmetic flushes subnormals; gradients past the dtype's range are inf)"),
+    Case("spherical-d1-subnormal", dict(codebook_dim=1, num_codebooks=4, spherical=True, soft_clamp=0.5),
+         (16,), seed=42, values=("tiny_groups", "zero_groups"), dtypes=("float32", "float64"),
+         note="D = 1 spherical groups, subnormal or zero, under a soft clamp: u = +-s, 0 and gradient 0"),
     # ---- the full run adds these (and runs every case in every declared dtype, with gradients)
     Case("tokens-d4", dict(codebook_dim=4), (32,), seed=2, sigma=0.01, note="[N, C*D], defaults"),
     Case("d13-odd-split", dict(codebook_dim=13), (40,), seed=9, sigma=0.01, note="odd D: halves of 7 and 6 bits"),

@@ -13,7 +13,7 @@ import numpy as np
 
 from lfq.conformance.cases import Tolerance
 
-__all__ = ["Outcome", "bits", "close", "exact_integers"]
+__all__ = ["Outcome", "bits", "close", "exact_integers", "past_range_as_inf"]
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
@@ -96,8 +96,22 @@ def exact_integers(got: np.ndarray, want: np.ndarray, cfg, what: str = "indices"
                    f"got {int(got[first])}, want {int(want[first])}")
 
 
+def past_range_as_inf(want, dtype: str | None) -> np.ndarray:
+    """The float64 oracle with values beyond `dtype`'s range replaced by the infinities
+    that rounding them to `dtype` gives (outputs are float64 results rounded once to
+    the input dtype, so a commitment loss of 1e68 is +inf in float32)."""
+    want = np.asarray(want, dtype=np.float64)
+    if dtype is None or dtype == "float64":
+        return want
+    from lfq.validation import numpy_dtype
+
+    with np.errstate(over="ignore"):
+        rounded = want.astype(numpy_dtype(dtype)).astype(np.float64)
+    return np.where(np.isinf(rounded) & np.isfinite(want), rounded, want)
+
+
 def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: bool = False,
-          z: np.ndarray | None = None, what: str = "value") -> Outcome:
+          scale: float | None = None, z: np.ndarray | None = None, what: str = "value") -> Outcome:
     """`|got - want| <= atol + rtol*|want| + tiny` elementwise in float64; NaN must match NaN.
 
     `tiny` is the smallest subnormal of `dtype`: an output rounded to `dtype` cannot
@@ -109,6 +123,8 @@ def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: boo
         tol: the bound.
         dtype: the dtype name `got` must have (the precision rule), or None.
         normalize: divide both by `max|want|` first (gradients).
+        scale: with `normalize`, divide by this instead of `max|want|`: the size of
+            the terms `want` is a sum of, where they may cancel (to rounding noise).
         z: the input, to show the input value at the worst element.
         what: name of the output, for the message.
     """
@@ -127,13 +143,14 @@ def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: boo
     g, w = np.where(nan_g, 0.0, g), np.where(nan_w, 0.0, want)
     same_inf = np.isinf(g) & (g == w)   # equal infinities are equal
     g, w = np.where(same_inf, 0.0, g), np.where(same_inf, 0.0, w)
-    scale = 1.0
+    unit = 1.0
     if normalize:
         peak = float(np.max(np.abs(w))) if w.size else 0.0
-        scale = peak if peak > 0 else 1.0
+        peak = peak if scale is None else float(scale)
+        unit = peak if peak > 0 else 1.0
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(g - w)
-        allowed = tol.atol * scale + tol.rtol * np.abs(w) + _spacing_at_zero(dtype)
+        allowed = tol.atol * unit + tol.rtol * np.abs(w) + _spacing_at_zero(dtype)
         ratio = np.where(err == 0, 0.0, err / np.where(allowed > 0, allowed, np.inf))
         ratio = np.where((err > 0) & (allowed == 0), np.inf, ratio)
         rel = np.where(w != 0, err / np.abs(np.where(w != 0, w, 1.0)), np.where(err > 0, np.inf, 0.0))

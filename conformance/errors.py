@@ -28,10 +28,14 @@ class ErrorCheck:
         config: `lfq.Config` keyword arguments.
         z: `(shape, numpy dtype name)` of the features given (None: a valid float32 z).
         mask: `(shape, numpy dtype name)` of the mask given, or None.
-        indices: the index values given to `indices_to_codes`, or None.
+        indices: the index values given to `indices_to_codes` and `code_usage`, or None.
         ops: the entry points that must refuse it.
         names: regular expressions, one of which the message must match (the argument's name).
         why: the rule, for the report.
+        cfg_as_dict: give `config` as a plain dict instead of an `lfq.Config`.
+        z_as_list: give z as a nested Python list (a foreign array) instead of a native array.
+        codes_dtype: the dtype name given to `indices_to_codes`.
+        cotangent: shape of the float32 cotangent given to `vjp` ("vjp" and "vjp_codes"), or None.
     """
 
     name: str
@@ -42,6 +46,10 @@ class ErrorCheck:
     z: tuple | None = None
     mask: tuple | None = None
     indices: tuple | None = None
+    cfg_as_dict: bool = False
+    z_as_list: bool = False
+    codes_dtype: str = "float32"
+    cotangent: tuple | None = None
 
 
 _Z_OPS = ("quantize", "codes_to_indices", "entropy", "commitment_loss", "lfq", "vjp")
@@ -65,15 +73,34 @@ ERROR_CHECKS: tuple[ErrorCheck, ...] = (
     ErrorCheck("errors.exact_entropy_bits", dict(codebook_dim=8, max_exact_bits=6), ("entropy", "lfq", "vjp"),
                (r"\bmax_exact_bits\b", r"\bcodebook_dim\b"),
                "D past max_exact_bits for the exact batch entropy is refused, naming the options"),
+    ErrorCheck("errors.config_dict", dict(codebook_dim=2, num_codebooks=2),
+               _Z_OPS + ("indices_to_codes", "code_usage"), (r"\bcfg\b",),
+               "a dict of Config fields as cfg is refused (TypeError naming cfg and lfq.Config)",
+               indices=((0, 3), (2, 1)), cfg_as_dict=True),
+    ErrorCheck("errors.code_usage_range", dict(codebook_dim=4), ("code_usage",), (r"\bindices\b",),
+               "code_usage refuses an index outside [0, 2**D) like indices_to_codes", indices=((99,), (-3,))),
+    ErrorCheck("errors.codes_dtype", dict(codebook_dim=4), ("indices_to_codes",), (r"\bdtype\b",),
+               "indices_to_codes refuses a non-float dtype name (codes are floats +-m)",
+               indices=((0,), (15,)), codes_dtype="int32"),
+    ErrorCheck("errors.foreign_array", dict(codebook_dim=4), _Z_OPS, _Z_NAME,
+               "a Python list as z is refused (TypeError naming z), not converted or failed on",
+               z_as_list=True),
+    ErrorCheck("errors.cotangent_shape", dict(codebook_dim=4), ("vjp", "vjp_codes"), (r"\bcotangent\b",),
+               "a vjp cotangent not of the term's shape (z's for codes, () for a loss) is refused",
+               cotangent=(3,)),
 )
 
 
-def _call(target, op: str, z, cfg, mask, indices):
+def _call(target, op: str, z, cfg, mask, indices, check: ErrorCheck, cotangent=None):
     be = target.backend
     if op == "indices_to_codes":
-        return be.indices_to_codes(indices, cfg, "float32")
+        return be.indices_to_codes(indices, cfg, check.codes_dtype)
+    if op == "code_usage":
+        return be.code_usage(indices, cfg)
     if op == "vjp":
-        return be.vjp("aux_loss", z, cfg, None, mask)
+        return be.vjp("aux_loss", z, cfg, cotangent, mask)
+    if op == "vjp_codes":
+        return be.vjp("codes", z, cfg, cotangent)
     if op in ("quantize", "codes_to_indices"):
         return getattr(be, op)(z, cfg)
     return getattr(be, op)(z, cfg, mask)
@@ -88,16 +115,22 @@ def run_error_check(target, check: ErrorCheck):
         z = target.put(host.astype(dtype))
     except Exception as err:  # the backend cannot even hold such an array: the case does not arise
         return True, f"skipped: asarray of a {dtype} array raised {type(err).__name__}: {err}", True
-    mask = indices = None
+    mask = indices = cotangent = None
     if check.mask is not None:
         mshape, mdtype = check.mask
         mask = target.put(np.ones(mshape, dtype=mdtype))
     if check.indices is not None:
         indices = target.put(np.array(check.indices, dtype=np.int64))
+    if check.cotangent is not None:
+        cotangent = target.put(np.ones(check.cotangent, dtype=np.float32))
+    if check.z_as_list:
+        z = host.astype(dtype).tolist()
+    if check.cfg_as_dict:
+        cfg = dict(check.config)
     problems = []
     for op in check.ops:
         try:
-            _call(target, op, z, cfg, mask, indices)
+            _call(target, op, z, cfg, mask, indices, check, cotangent)
         except (ValueError, TypeError) as err:
             text = str(err)
             if not any(re.search(pattern, text) for pattern in check.names):
@@ -173,8 +206,10 @@ _CALLS = {
     "entropy": "be.entropy(z, cfg, mask)",
     "commitment_loss": "be.commitment_loss(z, cfg, mask)",
     "lfq": "be.lfq(z, cfg, mask)",
-    "vjp": "be.vjp('aux_loss', z, cfg, None, mask)",
-    "indices_to_codes": "be.indices_to_codes(indices, cfg, 'float32')",
+    "vjp": "be.vjp('aux_loss', z, cfg, cotangent, mask)",
+    "vjp_codes": "be.vjp('codes', z, cfg, cotangent)",
+    "indices_to_codes": "be.indices_to_codes(indices, cfg, codes_dtype)",
+    "code_usage": "be.code_usage(indices, cfg)",
 }
 
 
@@ -185,12 +220,16 @@ def reproducer(target, check: ErrorCheck) -> str:
     cfg = Config(**check.config)
     shape, dtype = check.z or ((3, cfg.num_features), "float32")
     lines = ["import numpy as np", "import lfq", *backend_lines(target),
-             f"cfg = lfq.Config(**{check.config!r})", f"z = be.asarray(np.ones({shape!r}, {dtype!r}))",
-             "mask = indices = None"]
+             f"cfg = {check.config!r}" if check.cfg_as_dict else f"cfg = lfq.Config(**{check.config!r})",
+             f"z = np.ones({shape!r}, {dtype!r}).tolist()" if check.z_as_list
+             else f"z = be.asarray(np.ones({shape!r}, {dtype!r}))",
+             f"mask = indices = cotangent = None; codes_dtype = {check.codes_dtype!r}"]
     if check.mask is not None:
         lines.append(f"mask = be.asarray(np.ones({check.mask[0]!r}, {check.mask[1]!r}))")
     if check.indices is not None:
         lines.append(f"indices = be.asarray(np.array({check.indices!r}, dtype=np.int64))")
+    if check.cotangent is not None:
+        lines.append(f"cotangent = be.asarray(np.ones({check.cotangent!r}, 'float32'))")
     calls = ", ".join(f"({op!r}, lambda: {_CALLS[op]})" for op in check.ops)
     lines += [f"for name, call in [{calls}]:",
               "    try:",

@@ -33,6 +33,10 @@ class ArrayBackend:
     name = "array"
     dtypes = validation.FLOAT_DTYPES
     modes = ("eager",)
+    #: Whether the framework's arithmetic reads subnormal inputs as 0 (XLA and
+    #: TensorFlow's CPU kernels do); such backends implement `bitcast`, and the
+    #: spherical projection rescales tiny groups exactly on their bit patterns.
+    flushes_subnormals = False
 
     # ------------------------------------------------------------------ hooks
 
@@ -51,6 +55,15 @@ class ArrayBackend:
         """Hook: elementwise `x > 0`. XLA backends override it with a bit-pattern test,
         because XLA flushes subnormal inputs to zero before comparing."""
         return x > 0
+
+    def stop_gradient(self, x):
+        """Hook: `x` as a constant for autodiff (NumPy has no autodiff: `x` itself)."""
+        return x
+
+    def bitcast(self, x, dtype):
+        """Hook: `x`'s bits reinterpreted as `dtype` (same item size); needed where
+        `flushes_subnormals` is set."""
+        raise NotImplementedError
 
     def subcode_probs(self, a, cfg: Config):
         """Hook: `factorized.subcode_probs(a)`; backends attach the analytic gradient
@@ -74,6 +87,15 @@ class ArrayBackend:
         to leave placement to the framework (JAX: a sharded array's device is a sharding,
         which a 0-d constant cannot take, and XLA places constants itself)."""
         return getattr(x, "device", None)
+
+    def check_array(self, x, name: str) -> None:
+        """Hook: refuse an array argument of a type this backend does not take.
+
+        Default: anything with a `shape` and a `dtype` (so Python lists and scalars
+        are refused); framework backends name their native types. The message is
+        `lfq.validation.foreign_array_error`'s, the rule docs/spec.md's "Bad input".
+        """
+        validation.check_array(x, name, self.name)
 
     def concrete_bounds(self, indices):
         """Hook: `(min, max)` of `indices` as Python ints, or None when they are traced."""
@@ -101,6 +123,8 @@ class ArrayBackend:
     # --------------------------------------------------------------- interface
 
     def _check(self, z, cfg: Config):
+        validation.check_config(cfg)
+        self.check_array(z, "z")
         validation.check_features(z.shape, z.dtype, cfg)
         if validation.dtype_name(z.dtype) not in self.dtypes:
             raise TypeError(
@@ -120,6 +144,9 @@ class ArrayBackend:
         return xp.sum(bits * self.constant(features.bit_weights(cfg), dtype, z), axis=-1, dtype=dtype)
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
+        validation.check_config(cfg)
+        self.check_array(indices, "indices")
+        dtype = validation.check_codes_dtype(dtype)
         validation.check_indices(indices.shape, indices.dtype, cfg)
         bounds = self.concrete_bounds(indices)
         if bounds is not None:
@@ -140,15 +167,21 @@ class ArrayBackend:
         raw = xp.reshape(raw, (-1, cfg.num_codebooks, cfg.codebook_dim))
         weights = None
         if mask is not None:
+            self.check_array(mask, "mask")
             validation.check_mask(mask.shape, mask.dtype, z.shape, cfg)
             weights = xp.astype(xp.reshape(mask, (-1,)), work)
             # Masked-out tokens count nowhere: zero them before any arithmetic.
             raw = xp.where(weights[:, None, None] > 0, raw, xp.zeros_like(raw))
-        return xp, raw, features.transform_groups(raw, cfg, xp), weights
+        rescale = None
+        if self.flushes_subnormals:
+            def rescale(groups):
+                return features.rescale_tiny_groups(groups, xp, self.bitcast, self.pass_gradient)
+        return xp, raw, features.transform_groups(raw, cfg, xp, self.stop_gradient, rescale), weights
 
     def _losses(self, z, cfg: Config, mask, options, batch_entropy: bool = True):
         """`(xp, x, [per_sample, batch, commitment, aux])` in z's dtype; without
         `batch_entropy` the batch term (and so aux) is left out, which any D allows."""
+        validation.check_config(cfg)
         if batch_entropy:
             validation.check_exact_batch_entropy(cfg)
         xp, raw, x, weights = self._features(z, cfg, mask)
@@ -191,6 +224,10 @@ class ArrayBackend:
         """Metrics on the host (a sort of the indices), as NumPy float64 `[C]` arrays."""
         from lfq import reference
 
+        validation.check_config(cfg)
+        self.check_array(indices, "indices")
+        if mask is not None:
+            self.check_array(mask, "mask")
         mask = None if mask is None else self.to_numpy(mask)
         return reference.code_usage(self.to_numpy(indices), cfg, mask)
 

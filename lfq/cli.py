@@ -6,6 +6,7 @@
     lfq conformance --register mine=my_pkg.backend:MyBackend --backend mine
     lfq conformance --cross                    # installed backends pairwise, same inputs
     lfq conformance --write-golden             # regenerate the golden vectors
+    lfq conformance --check-golden             # check that they reproduce (float64 results within a tolerance)
 
 `lfq conformance` exits with status 1 when any check fails (2 on a usage error)
 and prints a reproducer (config, seed, Python snippet) for each failure.
@@ -107,12 +108,12 @@ def cmd_conformance(args) -> int:
         for path in golden.write(args.write_golden or None):
             print(path)
         return 0
-    if args.check_golden:
-        problems = golden.verify()
-        for problem in problems:
+    if args.check_golden is not None:
+        result = golden.check(args.check_golden or None)
+        for problem in result.problems:
             print(problem)
-        print("golden files reproduce bit for bit" if not problems else f"{len(problems)} golden differences")
-        return 1 if problems else 0
+        print(result.summary())
+        return 0 if result.ok else 1
     _register(args.register)
     names = _backends(args)
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.verbose else None
@@ -161,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("-v", "--verbose", action="store_true", help="print each (backend, case, dtype) as it runs")
     conf.add_argument("--write-golden", nargs="?", const="", default=None, metavar="DIR",
                       help="regenerate the golden vectors (into DIR, default the package's) and exit")
-    conf.add_argument("--check-golden", action="store_true",
-                      help="check that the golden vectors regenerate bit for bit and exit")
+    conf.add_argument("--check-golden", nargs="?", const="", default=None, metavar="DIR",
+                      help="check that the golden vectors (in DIR, default the package's) regenerate: integers, "
+                           "inputs and codes bit for bit, float64 results within "
+                           "lfq.conformance.golden.REGENERATION_TOLERANCE; exit 1 on a difference")
     conf.set_defaults(run=cmd_conformance)
     return parser
 

@@ -17,6 +17,7 @@ __all__ = [
     "bit_weights",
     "group_features",
     "quantize_groups",
+    "rescale_tiny_groups",
     "scalar",
     "transform_groups",
     "ungroup_features",
@@ -68,28 +69,89 @@ def quantize_groups(z, cfg: Config, xp, positive=None, device=None):
     return xp.where(z > 0 if positive is None else positive(z), m, -m)
 
 
-def transform_groups(x, cfg: Config, xp):
-    """The features the losses see: soft clamp, then the spherical projection.
+def transform_groups(x, cfg: Config, xp, stop_gradient=None, rescale_tiny=None):
+    r"""The features the losses see: soft clamp, then the spherical projection.
 
     Args:
         x: `[..., C, D]` grouped features in the compute dtype.
+        stop_gradient: the framework's stop-gradient (default: none, for NumPy).
+            The projection is homogeneous of degree 0, $u(c\,x) = u(x)$ for any
+            $c > 0$, so dividing by the group's largest magnitude treated as a
+            constant changes neither the value nor the gradient; differentiating
+            through it would give $0 \cdot \infty$ at zero groups and
+            $x / \mathrm{peak}^2$ overflows for tiny ones.
+        rescale_tiny: for backends whose arithmetic flushes subnormal inputs to
+            zero (XLA, TensorFlow): `rescale_tiny_groups` bound to the
+            framework's bitcast, so that tiny groups are projected exactly.
 
     Returns:
         `[..., C, D]`: `v*tanh(x/v)` when `soft_clamp=v`; then, when spherical,
-        `u = s*x/||x||` per codebook group, with `u = 0` for a zero group. The norm
-        is taken after dividing by the group's largest magnitude so that it
-        neither overflows nor underflows in float16/float32.
+        `u = s*x/||x||` per codebook group, with `u = 0` (and gradient 0) for a
+        zero group. The norm is taken after dividing by the group's largest
+        magnitude so that it neither overflows nor underflows.
     """
+    tiny = None
+    if cfg.spherical and rescale_tiny is not None:
+        # Before the soft clamp, which would flush them too. A tiny group (|x| < 2**-102
+        # in float32) is left unclamped: v*tanh(x/v) = x there to a relative
+        # (x/v)**2/3 < 2**-204/v**2, far below any float's resolution.
+        x, tiny = rescale_tiny(x)
     if cfg.soft_clamp is not None:
-        x = cfg.soft_clamp * xp.tanh(x / cfg.soft_clamp)
+        clamped = cfg.soft_clamp * xp.tanh(x / cfg.soft_clamp)
+        x = clamped if tiny is None else xp.where(tiny, x, clamped)
     if cfg.spherical:
         peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
         nonzero = peak > 0
-        y = x / xp.where(nonzero, peak, xp.ones_like(peak))
-        norm = xp.sqrt(xp.sum(y * y, axis=-1, keepdims=True))
-        x = xp.where(nonzero, y * (cfg.scale / xp.where(nonzero, norm, xp.ones_like(norm))),
-                     xp.zeros_like(y))
+        divisor = xp.where(nonzero, peak, xp.ones_like(peak))
+        y = x / (divisor if stop_gradient is None else stop_gradient(divisor))
+        # A zero group's squared norm is replaced by 1 before the square root, whose
+        # derivative at 0 is infinite: so its gradient is 0, not 0 * inf = NaN.
+        square = xp.sum(y * y, axis=-1, keepdims=True)
+        norm = xp.sqrt(xp.where(nonzero, square, xp.ones_like(square)))
+        x = xp.where(nonzero, y * (cfg.scale / norm), xp.zeros_like(y))
     return x
+
+
+#: (mantissa bits, exponent bias) of the compute dtypes, by item size.
+_FLOAT_LAYOUT = {4: (23, 127), 8: (52, 1023)}
+
+
+def rescale_tiny_groups(x, xp, bitcast, carry):
+    r"""Groups whose every feature is tiny, times $2^{S}$ exactly, decided on bit patterns.
+
+    XLA and TensorFlow's CPU kernels read subnormal inputs as 0 (denormals are
+    zero), so a group of subnormal features would project to 0 instead of onto
+    the sphere. A group is *tiny* when every feature has a biased exponent of at
+    most $S$ (the mantissa bits + 1: 24 in float32, 53 in float64, i.e.
+    $|x| < 2^{-102}$ resp. $2^{-969}$); its features are multiplied by $2^S$ by
+    integer arithmetic on their bit patterns (exponent + S for normal numbers,
+    the mantissa as an integer times $2^{2-\mathrm{bias}}$ for subnormal ones),
+    which is exact and leaves no subnormal in the group. Other groups pass
+    unchanged. The spherical projection is scale invariant, so the result is
+    the projection of the unscaled group, and the gradient is carried by
+    `x * 2**S` (a normal factor, so no flushing there either).
+
+    Args:
+        x: `[..., D]` float32 or float64 groups.
+        bitcast: `bitcast(array, dtype)` reinterpreting bits (same item size).
+        carry: `carry(value, carrier)`: `value` with the gradient of `carrier`
+            (the backend's straight-through primitive).
+
+    Returns:
+        `(groups, tiny)`: the rescaled groups `[..., D]` and which were tiny, `[..., 1]`.
+    """
+    itemsize = 4 if x.dtype == xp.float32 else 8
+    mantissa, bias = _FLOAT_LAYOUT[itemsize]
+    shift = mantissa + 1
+    itype = xp.int32 if itemsize == 4 else xp.int64
+    bits = bitcast(x, itype)
+    magnitude = xp.bitwise_and(bits, xp.asarray(2 ** (8 * itemsize - 1) - 1, dtype=itype))
+    tiny = xp.max(magnitude, axis=-1, keepdims=True) < (shift + 1) * 2 ** mantissa
+    normal_up = bitcast(bits + shift * 2 ** mantissa, x.dtype)
+    sub_up = xp.astype(magnitude, x.dtype) * float(2.0 ** (2 - bias))
+    sub_up = xp.where(bits < 0, -sub_up, sub_up)
+    value = xp.where(magnitude < 2 ** mantissa, sub_up, normal_up)
+    return carry(xp.where(tiny, value, x), xp.where(tiny, x * float(2.0 ** shift), x)), tiny
 
 
 def bit_weights(cfg: Config) -> list[int]:

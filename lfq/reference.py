@@ -49,6 +49,7 @@ _LITERAL_MAX_BITS = 20
 # --------------------------------------------------------------------------- helpers
 
 def _check_z(z, cfg: Config) -> np.ndarray:
+    validation.check_config(cfg)
     z = np.asarray(z)
     validation.check_features(z.shape, z.dtype, cfg)
     return z
@@ -70,8 +71,9 @@ def _grouped64(z: np.ndarray, cfg: Config) -> np.ndarray:
 
 
 def _out(value, like: np.ndarray) -> np.ndarray:
-    """A float64 result in the input's dtype (the precision rule)."""
-    return np.asarray(value, dtype=np.float64).astype(like.dtype)
+    """A float64 result in the input's dtype (the precision rule): +-inf past its range."""
+    with np.errstate(over="ignore"):
+        return np.asarray(value, dtype=np.float64).astype(like.dtype)
 
 
 def _transform_vjp(raw: np.ndarray, grad_x: np.ndarray, cfg: Config) -> np.ndarray:
@@ -82,10 +84,18 @@ def _transform_vjp(raw: np.ndarray, grad_x: np.ndarray, cfg: Config) -> np.ndarr
         clamped = cfg.soft_clamp * t
     g = grad_x
     if cfg.spherical:
-        norm = np.sqrt(np.sum(clamped * clamped, axis=-1, keepdims=True))
-        safe = np.where(norm > 0, norm, 1.0)
-        n = clamped / safe
-        g = np.where(norm > 0, cfg.scale / safe * (g - n * np.sum(n * g, axis=-1, keepdims=True)), 0.0)
+        # The forward's max-scaled norm, ||x|| = peak * ||x / peak||: the plain sum of
+        # squares underflows for tiny groups (D = 2, x = [3e-170, 4e-170]). Dividing by
+        # the peak last keeps 0 for D = 1, where the projected gradient is exactly 0
+        # and 1 / peak may overflow. A zero group's gradient is 0 (u = 0 there).
+        peak = np.max(np.abs(clamped), axis=-1, keepdims=True)
+        nonzero = peak > 0
+        y = clamped / np.where(nonzero, peak, 1.0)
+        norm = np.sqrt(np.sum(y * y, axis=-1, keepdims=True))
+        n = y / np.where(nonzero, norm, 1.0)
+        projected = cfg.scale / np.where(nonzero, norm, 1.0) * (g - n * np.sum(n * g, axis=-1, keepdims=True))
+        with np.errstate(over="ignore"):  # a gradient past float64 is +-inf, its rounding
+            g = np.where(nonzero, projected / np.where(nonzero, peak, 1.0), 0.0)
     if cfg.soft_clamp is not None:
         g = g * (1.0 - t * t)
     return g
@@ -140,15 +150,18 @@ def indices_to_codes(indices, cfg: Config, dtype: str = "float32") -> np.ndarray
     Exact inverse of `codes_to_indices` composed with `quantize`.
 
     Raises:
-        ValueError: an index outside `[0, 2**D)`.
+        ValueError: an index outside `[0, 2**D)`; a `dtype` that is not one of
+            `validation.FLOAT_DTYPES` (by name, or a NumPy dtype of that name).
     """
+    validation.check_config(cfg)
+    out_dtype = validation.numpy_dtype(validation.check_codes_dtype(dtype))
     indices = np.asarray(indices)
     validation.check_indices(indices.shape, indices.dtype, cfg)
     if indices.size:
         validation.check_index_range(int(indices.min()), int(indices.max()), cfg)
     weights = np.array(features.bit_weights(cfg), dtype=np.uint64)
     bits = (indices.astype(np.uint64)[..., None] & weights) != 0
-    m = np.dtype(dtype).type(cfg.code_magnitude)
+    m = out_dtype.type(cfg.code_magnitude)
     return features.ungroup_features(np.where(bits, m, -m), cfg, np)
 
 
@@ -297,9 +310,16 @@ def code_usage(indices, cfg: Config, mask=None) -> CodeUsage:
     Returns:
         `CodeUsage` of float64 `[C]` arrays. With no counted token: 0 used and
         perplexity 1. Uses a sort, not a 2**D histogram, so any D works.
+
+    Raises:
+        ValueError: an index outside `[0, 2**D)` (masked-out tokens included:
+            an out-of-range index is a bug upstream wherever it sits).
     """
+    validation.check_config(cfg)
     indices = np.asarray(indices)
     validation.check_indices(indices.shape, indices.dtype, cfg)
+    if indices.size:
+        validation.check_index_range(int(indices.min()), int(indices.max()), cfg)
     flat = indices.reshape(-1, cfg.num_codebooks)
     if mask is not None:
         mask = np.asarray(mask)
@@ -335,7 +355,7 @@ def per_sample_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
     """
     z = _check_z(z, cfg)
     raw, x, _, w, sums = _loss_sums(z, cfg, mask)
-    a = 4.0 * cfg.inv_temperature * cfg.code_magnitude * x
+    a = factorized.bit_logits(x, cfg, np)
     log_pos, log_neg = factorized.bit_log_probs(a, np)
     grad_a = -a * np.exp(log_pos + log_neg) * _per_token_scale(w, x.shape[0], cfg, float(sums.token_count))
     return _ungroup_grad(_transform_vjp(raw, grad_a * 4.0 * cfg.inv_temperature * cfg.code_magnitude, cfg), z, cfg)
@@ -353,7 +373,7 @@ def batch_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
     z = _check_z(z, cfg)
     raw, x, _, w, sums = _loss_sums(z, cfg, mask)
     count = float(sums.token_count)
-    a = 4.0 * cfg.inv_temperature * cfg.code_magnitude * x
+    a = factorized.bit_logits(x, cfg, np)
     grad_a = np.zeros_like(a)
     with np.errstate(over="ignore", under="ignore"):
         for (lo, hi), hist in zip(factorized.bit_groups(cfg), sums.histograms):
@@ -398,15 +418,20 @@ def straight_through_vjp(z, cfg: Config, cotangent) -> np.ndarray:
 def vjp(term: str, z, cfg: Config, cotangent=None, mask=None) -> np.ndarray:
     """Analytic gradient of `term` (one of `lfq.interface.GRAD_TERMS`) w.r.t. z.
 
-    A scalar term's gradient is multiplied by `cotangent` (default 1);
-    "codes" needs a cotangent of z's shape.
+    A scalar term's gradient is multiplied by `cotangent` (default 1: a number
+    or a 0-d array); "codes" needs a cotangent of z's shape. Another shape is a
+    ValueError naming the expected one.
     """
+    if term not in GRAD_TERMS:
+        raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
+    z = _check_z(z, cfg)
     if term == "codes":
         if cotangent is None:
             raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
+        validation.check_cotangent(np.shape(cotangent), z.shape, term)
         return straight_through_vjp(z, cfg, cotangent)
-    if term not in GRAD_TERMS:
-        raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
+    if cotangent is not None:
+        validation.check_cotangent(np.shape(cotangent), (), term)
     scale = 1.0 if cotangent is None else float(np.asarray(cotangent, dtype=np.float64))
     if term == "per_sample_entropy":
         g = per_sample_entropy_vjp(z, cfg, mask).astype(np.float64)
@@ -415,7 +440,11 @@ def vjp(term: str, z, cfg: Config, cotangent=None, mask=None) -> np.ndarray:
     elif term == "commitment_loss":
         g = commitment_vjp(z, cfg, mask).astype(np.float64)
     else:
-        g = (cfg.entropy_weight * (per_sample_entropy_vjp(z, cfg, mask).astype(np.float64)
-                                   - cfg.diversity_gamma * batch_entropy_vjp(z, cfg, mask).astype(np.float64))
-             + cfg.commitment_weight * commitment_vjp(z, cfg, mask).astype(np.float64))
+        # The aux loss is linear in its terms: the same rule, zero-weight terms left out.
+        def term_vjp(vjp_fn, needed):
+            return vjp_fn(z, cfg, mask).astype(np.float64) if needed else np.zeros(z.shape)
+
+        g = factorized.aux_loss(term_vjp(per_sample_entropy_vjp, cfg.entropy_weight != 0),
+                                term_vjp(batch_entropy_vjp, cfg.entropy_weight * cfg.diversity_gamma != 0),
+                                term_vjp(commitment_vjp, cfg.commitment_weight != 0), cfg, np)
     return _out(scale * g, np.asarray(z))

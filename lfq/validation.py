@@ -2,10 +2,15 @@
 
 Backends call these with their native array's `shape` and dtype before any
 framework arithmetic, so misuse is refused with a message that names the
-argument, the value and the fix, identically in every framework.
+argument, the value and the fix, identically in every framework. Every check
+that takes a `cfg` first refuses one that is not an `lfq.Config` (`check_config`);
+`check_array` and `foreign_array_error` state the foreign-array rule of
+docs/spec.md ("Bad input") once for every backend.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -13,6 +18,10 @@ from lfq.config import Config
 
 __all__ = [
     "FLOAT_DTYPES",
+    "check_array",
+    "check_codes_dtype",
+    "check_config",
+    "check_cotangent",
     "check_exact_batch_entropy",
     "check_features",
     "check_index_dtype",
@@ -20,6 +29,7 @@ __all__ = [
     "check_indices",
     "check_mask",
     "dtype_name",
+    "foreign_array_error",
     "numpy_dtype",
     "token_shape",
 ]
@@ -47,7 +57,85 @@ def numpy_dtype(name: str):
     return np.dtype(name)
 
 
+def check_config(cfg) -> None:
+    """Refuse a `cfg` that is not an `lfq.Config` (for example the dict of its fields)."""
+    if not isinstance(cfg, Config):
+        fix = "lfq.Config(**your_dict)" if isinstance(cfg, Mapping) else "lfq.Config(codebook_dim=..., ...)"
+        raise TypeError(f"cfg must be an lfq.Config, got {type(cfg).__name__}: build one with {fix}")
+
+
+def _type_name(x) -> str:
+    kind = type(x)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def foreign_array_error(x, name: str, backend: str, accepts: str, convert: str | None = None) -> TypeError:
+    """The TypeError for an array argument `x` that backend `backend` does not take.
+
+    The rule (docs/spec.md, "Bad input"): a backend takes its framework's arrays
+    (and NumPy arrays where its framework's own operations do: numpy, jax,
+    tensorflow); Python lists, tuples and scalars and other frameworks' tensors are
+    refused, never converted behind the caller's back.
+
+    Args:
+        accepts: what the backend takes, e.g. "torch.Tensor".
+        convert: the framework's own conversion, e.g. "torch.as_tensor(...)".
+    """
+    fix = "backend.asarray(...)" + (f" or {convert}" if convert else "")
+    return TypeError(f"{name} of type {_type_name(x)} is not an array the {backend} backend takes "
+                     f"({accepts}): convert it with {fix}")
+
+
+def check_array(x, name: str, backend: str, native=None, accepts: str | None = None,
+                convert: str | None = None) -> None:
+    """Refuse an array argument of a type the backend does not take (see `foreign_array_error`).
+
+    Args:
+        native: the accepted types (an `isinstance` tuple). None: anything with a
+            `shape` and a `dtype` (what a generic backend can tell), which still
+            refuses Python lists, tuples and scalars.
+    """
+    if native is None:
+        ok = hasattr(x, "shape") and hasattr(x, "dtype")
+        accepts = accepts or "arrays with a shape and a dtype"
+    else:
+        ok = isinstance(x, native)
+    if not ok:
+        raise foreign_array_error(x, name, backend, accepts or "its native arrays", convert)
+
+
+def check_codes_dtype(dtype) -> str:
+    """The float dtype name asked of `indices_to_codes`; any other dtype is refused.
+
+    Codes are the floats +-m, so an integer or boolean dtype (which would silently
+    give 0/1 or truncated codes) is a ValueError listing the float dtypes. Dtype
+    objects are accepted by name (`np.float32`, `np.dtype("float64")`).
+    """
+    name = dtype
+    if dtype is None:  # np.dtype(None) would be float64
+        name = None
+    elif not isinstance(dtype, str):
+        try:
+            name = dtype_name(np.dtype(dtype))
+        except TypeError:
+            name = None
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not a float dtype name: the codes are floats +-m, "
+                         f"use one of {', '.join(FLOAT_DTYPES)}")
+    return name
+
+
+def check_cotangent(shape, expected, term: str) -> None:
+    """Refuse a `vjp` cotangent whose shape is not the shape of `term`'s value."""
+    shape, expected = tuple(shape), tuple(expected)
+    if shape != expected:
+        what = (", which is z's shape)" if term == "codes" else
+                "): the cotangent of a loss term must be a scalar, a number or a 0-d array")
+        raise ValueError(f"cotangent has shape {shape}, expected {expected} (the shape of {term}{what}")
+
+
 def _axis(cfg: Config, ndim: int) -> int:
+    check_config(cfg)
     if not -ndim <= cfg.feature_axis < ndim:
         raise ValueError(
             f"feature_axis={cfg.feature_axis} is out of range for z with {ndim} dimensions: "
@@ -65,6 +153,7 @@ def token_shape(shape, cfg: Config) -> tuple[int, ...]:
 
 def check_features(shape, dtype, cfg: Config, name: str = "z") -> None:
     """Refuse features that are not real floating point or whose feature axis is not C*D."""
+    check_config(cfg)
     kind = dtype_name(dtype)
     if kind not in FLOAT_DTYPES:
         if kind.startswith("complex"):
@@ -93,6 +182,7 @@ def check_features(shape, dtype, cfg: Config, name: str = "z") -> None:
 
 def check_mask(mask_shape, mask_dtype, z_shape, cfg: Config) -> None:
     """Refuse a mask that is not boolean or not of shape `z.shape` minus the feature axis."""
+    check_config(cfg)
     kind = dtype_name(mask_dtype)
     if kind != "bool":
         raise TypeError(
@@ -109,6 +199,7 @@ def check_mask(mask_shape, mask_dtype, z_shape, cfg: Config) -> None:
 
 def check_indices(shape, dtype, cfg: Config) -> None:
     """Refuse indices that are not integers or whose last axis is not the C codebooks."""
+    check_config(cfg)
     kind = dtype_name(dtype)
     if not (kind.startswith("int") or kind.startswith("uint")):
         raise TypeError(
@@ -125,6 +216,7 @@ def check_indices(shape, dtype, cfg: Config) -> None:
 
 def check_index_range(low: int, high: int, cfg: Config) -> None:
     """Refuse index values outside `[0, 2**D)` (eager code only: needs concrete values)."""
+    check_config(cfg)
     size = cfg.codebook_size
     if low < 0 or high >= size:
         bad = low if low < 0 else high
@@ -136,6 +228,7 @@ def check_index_range(low: int, high: int, cfg: Config) -> None:
 
 def check_index_dtype(bits: int, cfg: Config) -> None:
     """Refuse a codebook_dim whose indices do not fit the backend's signed index type."""
+    check_config(cfg)
     if cfg.codebook_dim > bits - 1:
         hint = " or enable 64-bit indices (jax: jax.config.update('jax_enable_x64', True))" \
             if bits == 32 else ""
@@ -147,6 +240,7 @@ def check_index_dtype(bits: int, cfg: Config) -> None:
 
 def check_exact_batch_entropy(cfg: Config) -> None:
     """Refuse an exact batch entropy past `max_exact_bits` bits in one group."""
+    check_config(cfg)
     widest = -(-cfg.codebook_dim // cfg.entropy_groups)
     if widest > cfg.max_exact_bits:
         groups_needed = -(-cfg.codebook_dim // cfg.max_exact_bits)

@@ -139,8 +139,34 @@ def test_write_and_check_golden(tmp_path):
     proc = lfq_cli("conformance", "--write-golden", str(tmp_path))
     assert proc.returncode == 0, explain(proc)
     assert (tmp_path / "manifest.json").exists() and len(list(tmp_path.glob("*.npz"))) >= 5
-    proc = run([sys.executable, "-m", "lfq.conformance.golden", "--check"])
-    assert proc.returncode == 0 and "bit for bit" in proc.stdout, explain(proc)
+    proc = lfq_cli("conformance", "--check-golden", str(tmp_path))
+    assert proc.returncode == 0 and "golden files reproduce" in proc.stdout, explain(proc)
+    # the package's files were written on another machine: float64 results within the tolerance
+    for proc in (lfq_cli("conformance", "--check-golden"),
+                 run([sys.executable, "-m", "lfq.conformance.golden", "--check"])):
+        assert proc.returncode == 0, explain(proc)
+        assert re.search(r"golden files reproduce \(\d+ arrays\): integer arrays, inputs and codes bit for bit; "
+                         r"float64 results within rtol 1e-12", proc.stdout), explain(proc)
+
+
+def test_check_golden_reports_a_gradient_beyond_the_tolerance(tmp_path):
+    import numpy as np
+
+    from lfq.conformance import golden
+
+    golden.write(str(tmp_path))
+    path = tmp_path / "ragged-d8-c2.float32.npz"
+    with np.load(path) as data:
+        arrays = {key: data[key].copy() for key in data.files}
+    arrays["grad_aux_loss"].flat[0] += 1e-9 * np.abs(arrays["grad_aux_loss"]).max()
+    path.write_bytes(golden._npz_bytes(arrays))
+    for proc in (lfq_cli("conformance", "--check-golden", str(tmp_path)),
+                 run([sys.executable, "-m", "lfq.conformance.golden", "--check", "--dir", str(tmp_path)])):
+        assert proc.returncode == 1, explain(proc)
+        assert re.search(r"^ragged-d8-c2\.float32\.npz:grad_aux_loss: 1 of 1024 outside .*"
+                         r"\(\d+ x the allowed error\); max difference 1e-09 of max\|stored\|$", proc.stdout, re.M), \
+            explain(proc)
+        assert "1 golden differences" in proc.stdout, explain(proc)
 
 
 def test_pytest_entry_from_outside_the_repository(tmp_path):

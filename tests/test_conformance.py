@@ -33,7 +33,8 @@ def test_table_covers_the_required_configs_shapes_and_dtypes():
     ranks = {len(c.tokens) for c in cases.CASES}
     assert {0, 1, 3, 4} <= ranks                                  # [C*D], [N, C*D], image, video
     assert any(c.cfg.feature_axis == 1 for c in cases.CASES)       # channel-first
-    assert {v for c in cases.CASES for v in c.values} == {"edges", "large", "extremes", "nan_masked"}
+    assert {v for c in cases.CASES for v in c.values} == {"edges", "large", "extremes", "saturating", "nan_masked",
+                                                           "zero_groups", "tiny_groups"}
     default = [c for c in cases.CASES if c.dtypes]
     assert {d for c in default for d in c.dtypes} == set(FLOAT_DTYPES)
 

@@ -17,6 +17,11 @@ module supplies only the JAX hooks:
 
 Config objects are frozen dataclasses, hence hashable: pass them to `jax.jit`
 as static arguments (`static_argnames="cfg"`) or close over them.
+
+Array arguments (z, mask, indices) are `jax.Array`s (tracers included) or NumPy
+arrays, as for `jax.numpy`; Python lists and other frameworks' tensors are
+refused with the shared message of `lfq.validation.foreign_array_error`. Every
+check, `cfg` included, runs before `jax.jit` in compiled mode.
 """
 
 from __future__ import annotations
@@ -169,8 +174,16 @@ class JaxBackend(ArrayBackend):
     def namespace(self, x):
         return jnp
 
+    flushes_subnormals = True  # XLA: denormals-are-zero on CPU, flush-to-zero on GPU
+
     def pass_gradient(self, value, carrier):
         return _straight_through(value, carrier)
+
+    def stop_gradient(self, x):
+        return jax.lax.stop_gradient(x)
+
+    def bitcast(self, x, dtype):
+        return jax.lax.bitcast_convert_type(x, dtype)
 
     def matmul(self, a, b, cfg: Config):
         return jnp.matmul(a, b, precision=_precision(cfg), out_sharding=_contracted_out_sharding(a, b))
@@ -193,6 +206,19 @@ class JaxBackend(ArrayBackend):
         # Uncommitted constants: XLA places them with the computation (under jit, and
         # next to a sharded array, whose `.device` is a sharding no constant could take).
         return None
+
+    def check_array(self, x, name: str) -> None:
+        """`jax.Array` (tracers included) or `numpy.ndarray`; anything else is refused."""
+        validation.check_array(x, name, self.name, (jax.Array, np.ndarray), "jax.Array or numpy.ndarray",
+                               "jnp.asarray(...)")
+
+    def _entry(self, cfg, **arrays) -> None:
+        """The checks every public operation makes first, before any jit (whose static
+        arguments must be hashable: a dict cfg would fail there, unclearly)."""
+        validation.check_config(cfg)
+        for name, x in arrays.items():
+            if x is not None:
+                self.check_array(x, name)
 
     def concrete_bounds(self, indices):
         """`(min, max)` of concrete indices; None for tracers (under jit/vmap/grad).
@@ -231,11 +257,13 @@ class JaxBackend(ArrayBackend):
     # ------------------------------------------------- interface (jit-aware)
 
     def quantize(self, z, cfg: Config):
+        self._entry(cfg, z=z)
         if self.jit:
             return _jitted("quantize")(z, cfg=cfg)
         return super().quantize(z, cfg)
 
     def codes_to_indices(self, z, cfg: Config):
+        self._entry(cfg, z=z)
         if self.jit:
             return _jitted("codes_to_indices")(z, cfg=cfg)
         return super().codes_to_indices(z, cfg)
@@ -247,8 +275,8 @@ class JaxBackend(ArrayBackend):
         vmap/grad tracing) it cannot: the bits above D are ignored, i.e. the index
         is taken modulo 2**D (two's complement for negative values).
         """
-        if dtype not in validation.FLOAT_DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {list(validation.FLOAT_DTYPES)}")
+        self._entry(cfg, indices=indices)
+        dtype = validation.check_codes_dtype(dtype)
         if dtype == "float64" and not x64_enabled():
             raise TypeError(f"indices_to_codes(dtype='float64') needs 64-bit mode: {_X64_FIX}")
         # Checked before any conversion or tracing, where the values are still concrete
@@ -264,17 +292,20 @@ class JaxBackend(ArrayBackend):
         return super().indices_to_codes(indices, cfg, dtype)
 
     def straight_through(self, z, cfg: Config):
+        self._entry(cfg, z=z)
         if self.jit:
             return _jitted("straight_through")(z, cfg=cfg)
         return super().straight_through(z, cfg)
 
     def entropy(self, z, cfg: Config, mask=None, **options):
+        self._entry(cfg, z=z, mask=mask)
         _check_options(options)
         if self.jit:
             return _jitted("entropy")(z, mask, cfg=cfg, options=_freeze(options))
         return super().entropy(z, cfg, mask, **options)
 
     def commitment_loss(self, z, cfg: Config, mask=None, **options):
+        self._entry(cfg, z=z, mask=mask)
         _check_options(options)
         if self.jit:
             return _jitted("commitment_loss")(z, mask, cfg=cfg, options=_freeze(options))
@@ -282,6 +313,7 @@ class JaxBackend(ArrayBackend):
 
     def lfq(self, z, cfg: Config, mask=None, **options):
         """Codes, indices and every loss; `axis_name=` makes the losses global (see module doc)."""
+        self._entry(cfg, z=z, mask=mask)
         _check_options(options)
         if self.jit:
             return _jitted("lfq")(z, mask, cfg=cfg, options=_freeze(options))
@@ -299,16 +331,14 @@ class JaxBackend(ArrayBackend):
         """
         if term not in GRAD_TERMS:
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
+        self._entry(cfg, z=z, mask=mask)
         _check_options(options)
         if term == "codes":
             if cotangent is None:
                 raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
-            if tuple(cotangent.shape) != tuple(z.shape):
-                raise ValueError(f"cotangent has shape {tuple(cotangent.shape)}; vjp('codes', ...) "
-                                 f"needs z's shape {tuple(z.shape)}")
-        elif cotangent is not None and tuple(np.shape(cotangent)) != ():
-            raise ValueError(f"cotangent of the scalar term {term!r} must be a scalar, "
-                             f"got shape {tuple(np.shape(cotangent))}")
+            validation.check_cotangent(np.shape(cotangent), z.shape, term)
+        elif cotangent is not None:
+            validation.check_cotangent(np.shape(cotangent), (), term)
         if self.jit:
             return _jitted("vjp")(z, cotangent, mask, term=term, cfg=cfg, options=_freeze(options))
         return self._vjp(z, cotangent, mask, term, cfg, options)

@@ -177,6 +177,10 @@ class LFQ:
             `LFQResult(quantized, indices, aux_loss)`, or `(LFQResult, LossBreakdown)`
             when `return_loss_breakdown`.
         """
+        backend = lfq.get("jax")
+        backend.check_array(x, "x")  # jax.Array or NumPy, like the backend (docs/spec.md, "Bad input")
+        if mask is not None:
+            backend.check_array(mask, "mask")
         x = x if isinstance(x, jax.Array) else jnp.asarray(x)
         channel_first = self._is_channel_first(x.ndim)
         if x.ndim < (2 if channel_first else 1):
@@ -195,7 +199,6 @@ class LFQ:
         cfg = self.config
         z = self._dense(params, "project_in", x) if self.uses_projections else x
         compute = train if compute_loss is None else compute_loss
-        backend = lfq.get("jax")
         if compute:
             options = {} if axis_name is None else {"axis_name": axis_name}
             out = backend.lfq(z, cfg, mask, **options)
@@ -230,9 +233,11 @@ class LFQ:
             `[b, ..., dim]` (or C*D without projection), channel-first `[b, dim, ...]`
             when the module is channel-first (auto: when the result has ndim >= 4).
         """
+        backend = lfq.get("jax")
+        backend.check_array(indices, "indices")
         if not self._keeps_codebook_axis():
             indices = indices[..., None]
-        codes = lfq.get("jax").indices_to_codes(indices, self.config, dtype)
+        codes = backend.indices_to_codes(indices, self.config, dtype)
         if project_out and self.uses_projections:
             codes = self._dense(params, "project_out", codes)
         if self._is_channel_first(codes.ndim):

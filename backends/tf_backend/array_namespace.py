@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 __all__ = [
-    "abs", "asarray", "astype", "bitwise_and", "bool", "concat", "exp", "float16", "bfloat16",
+    "abs", "asarray", "astype", "bitwise_and", "bool", "clip", "concat", "exp", "float16", "bfloat16",
     "float32", "float64", "full", "int32", "int64", "log", "log1p", "matmul", "max", "min", "moveaxis",
     "ones_like", "permute_dims", "reshape", "sqrt", "stack", "sum", "tanh", "unstack", "where", "zeros_like",
 ]
@@ -37,6 +37,7 @@ abs = tf.math.abs  # noqa: A001 - Array-API name
 exp, log, log1p, sqrt, tanh = tf.math.exp, tf.math.log, tf.math.log1p, tf.math.sqrt, tf.math.tanh
 ones_like, zeros_like = tf.ones_like, tf.zeros_like
 bitwise_and = tf.bitwise.bitwise_and
+clip = tf.clip_by_value
 moveaxis = tnp.moveaxis
 
 

@@ -81,8 +81,16 @@ class TensorFlowBackend(ArrayBackend):
     def namespace(self, x):
         return array_namespace
 
+    flushes_subnormals = True  # CPU kernels run denormals-are-zero, XLA flushes
+
     def pass_gradient(self, value, carrier):
         return ops.pass_gradient(value, carrier)
+
+    def stop_gradient(self, x):
+        return tf.stop_gradient(x)
+
+    def bitcast(self, x, dtype):
+        return tf.bitcast(x, dtype)
 
     def positive(self, x):
         return ops.positive(x)
@@ -108,6 +116,10 @@ class TensorFlowBackend(ArrayBackend):
 
     def device_of(self, x):
         return None  # TensorFlow places constants where the ops that use them run
+
+    def check_array(self, x, name: str) -> None:
+        """tf.Tensor, tf.Variable or numpy.ndarray; anything else is refused (`ops.as_tensor`)."""
+        ops.as_tensor(x, name)
 
     def concrete_bounds(self, indices):
         """Eager tensors: `(min, max)`. Inside `tf.function` the values are unknown: None (no check)."""
@@ -149,9 +161,7 @@ class TensorFlowBackend(ArrayBackend):
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
         indices = ops.as_tensor(indices, "indices")
         validation.check_indices(indices.shape, indices.dtype, cfg)
-        if dtype not in validation.FLOAT_DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not a float dtype name: use one of "
-                             f"{', '.join(validation.FLOAT_DTYPES)}")
+        dtype = validation.check_codes_dtype(dtype)
         # int64 bit weights fit every D <= 63, whatever integer type the indices come in.
         return super().indices_to_codes(tf.cast(indices, tf.int64), cfg, dtype)
 
@@ -228,10 +238,9 @@ class TensorFlowBackend(ArrayBackend):
             else:
                 value = getattr(self.lfq(z, cfg, mask, **options), term)
         if cotangent is not None:
-            cotangent = ops.as_tensor(cotangent, "cotangent")
+            cotangent = ops.as_tensor(cotangent, "cotangent", numbers=True)
             if not cotangent.shape.is_compatible_with(value.shape):
-                raise ValueError(f"cotangent has shape {tuple(cotangent.shape)}, expected "
-                                 f"{tuple(value.shape)} (the shape of {term})")
+                validation.check_cotangent(cotangent.shape, value.shape, term)  # raises
             cotangent = tf.cast(cotangent, value.dtype)
         grad = tape.gradient(value, z, output_gradients=cotangent)
         return tf.zeros_like(z) if grad is None else grad

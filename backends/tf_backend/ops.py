@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla as tf2xla
 from tensorflow.compiler.xla import xla_data_pb2
 
-from lfq import factorized
+from lfq import factorized, validation
 from lfq.backends.tf_backend import array_namespace
 
 __all__ = ["as_tensor", "device_name", "dot_tn", "matmul_highest", "pass_gradient", "positive", "subcode_probs"]
@@ -23,18 +23,26 @@ __all__ = ["as_tensor", "device_name", "dot_tn", "matmul_highest", "pass_gradien
 _HIGHEST = xla_data_pb2.PrecisionConfig(operand_precision=[xla_data_pb2.PrecisionConfig.HIGHEST] * 2)
 
 
-def as_tensor(x, name: str):
-    """`x` as a `tf.Tensor` (variables are read, NumPy arrays and lists converted)."""
+#: What the TensorFlow backend takes as an array argument (the rule of docs/spec.md, "Bad input").
+ACCEPTS = "tf.Tensor, tf.Variable or numpy.ndarray"
+
+
+def as_tensor(x, name: str, numbers: bool = False):
+    """`x` as a `tf.Tensor`: tensors as they are, variables read, NumPy arrays converted.
+
+    Anything else (a Python list or tuple, another framework's tensor) is refused
+    with `lfq.validation.foreign_array_error`'s message, as in every backend;
+    `numbers=True` also takes a Python number (a scalar `vjp` cotangent).
+    """
     if isinstance(x, tf.Tensor):
         return x
     if tf.is_tensor(x):  # a variable: its value, through which gradients reach it
         return tf.convert_to_tensor(x)
-    try:
+    if isinstance(x, np.ndarray) or (numbers and isinstance(x, (int, float, np.number))
+                                     and not isinstance(x, bool)):
         # Through NumPy, so that Python floats become float64 like NumPy's, not float32.
         return tf.convert_to_tensor(np.asarray(x))
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} of type {type(x).__name__} is not a tensor and cannot be converted "
-                        f"to one ({err}): pass a tf.Tensor or a NumPy array") from None
+    raise validation.foreign_array_error(x, name, "tensorflow", ACCEPTS, "tf.convert_to_tensor(...)")
 
 
 def _xla_dot(a, b, lhs_contracting: int, rhs_contracting: int):

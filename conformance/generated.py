@@ -1,0 +1,184 @@
+"""Generated differential checks: random inputs of the hard classes, any backend against the reference.
+
+The table in `lfq.conformance.cases` holds fixed inputs; this module draws new
+ones. A `Draw` names a configuration, a token shape, a dtype, a mask kind, the
+classes of special values mixed in, and a seed; `inputs` turns it into arrays
+(NumPy's PCG64, the same on every platform) and `check` runs one backend on them
+and compares with `lfq.reference` on the same, exactly representable, input:
+
+* codes bitwise and indices exactly, as everywhere in the suite;
+* every loss of `lfq` within the dtype's default tolerance
+  (`cases.DEFAULT_TOLERANCES`);
+* the gradient of the aux loss (`vjp`), normalized by its largest entry.
+
+The value classes are those where an implementation in float32 goes wrong
+without failing loudly: saturating bit logits ($4\\tau m x$ past float32's range),
+subnormal features (which XLA reads as 0), whole groups of zeros or of subnormals
+(spherical projection and its gradient), huge features with a zero loss weight
+(0 * inf), NaN and inf in masked-out tokens (which must reach nothing), empty
+batches, and all-false masks. Cold temperatures (tau << 1, where float32
+gradients cancel to 1e-3 of their size) are left to the table, whose cases carry
+measured tolerance overrides.
+
+`tests/test_differential.py` draws `Draw`s with hypothesis for every installed
+backend and mode; any backend can be checked the same way:
+
+    from lfq.conformance import generated
+    problems = generated.check(Target(my_backend), generated.Draw(...))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from lfq import reference
+from lfq.config import Config
+from lfq.conformance import compare
+from lfq.conformance.cases import DEFAULT_TOLERANCES, edge_values, smallest_subnormal
+from lfq.interface import LOSS_TERMS
+from lfq.validation import numpy_dtype
+
+__all__ = ["CLASSES", "COMPILED_CONFIGS", "Draw", "MASKS", "check", "inputs"]
+
+#: Classes of special values a draw may mix into its normal data.
+CLASSES = ("zeros", "subnormal", "saturating", "huge", "zero_groups", "tiny_groups", "nan_masked")
+MASKS = ("none", "all_true", "all_false", "random")
+
+#: A few configurations for compiled modes, which compile once per configuration:
+#: together they cover spherical + soft clamp + tanh, zero loss weights, lsb order
+#: and a hot temperature.
+COMPILED_CONFIGS = (
+    dict(codebook_dim=6, num_codebooks=2),
+    dict(codebook_dim=4, num_codebooks=2, spherical=True, soft_clamp=2.0, activation="tanh",
+         inv_temperature=10.0),
+    dict(codebook_dim=5, commitment_weight=0.0, inv_temperature=1e4, bit_order="lsb"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One generated input.
+
+    Attributes:
+        config: keyword arguments of `lfq.Config`.
+        tokens: token axes (z is `tokens + (C*D,)`, feature axis last).
+        dtype: input dtype name.
+        mask: one of `MASKS` ("random": each token valid with probability 1/2).
+        classes: subset of `CLASSES` mixed into N(0, sigma^2) data, sigma = 1/(tau m)
+            so that the bit logits are of order 1.
+        seed: seed of the arrays.
+    """
+
+    config: dict
+    tokens: tuple
+    dtype: str
+    mask: str
+    classes: tuple
+    seed: int
+
+    @property
+    def cfg(self) -> Config:
+        return Config(**self.config)
+
+
+def _special(kind: str, dtype: str, cfg: Config, rng, size: int) -> np.ndarray:
+    """`size` float64 values of class `kind`, exactly representable in `dtype`, random signs."""
+    tiny = smallest_subnormal(dtype)
+    normal = float(edge_values("edges", dtype)[6])          # the smallest normal number
+    if kind == "zeros":
+        values = np.zeros(size)
+    elif kind in ("subnormal", "tiny_groups"):
+        # subnormal multiples of the spacing at 0, from the smallest to the largest
+        values = tiny * rng.integers(1, max(2, round(normal / tiny)), size=size).astype(np.float64)
+    elif kind == "saturating":
+        # bit logits 4 tau m x of 1e2 .. past float32's range (|x| up to 1e34)
+        scale = 4.0 * cfg.inv_temperature * cfg.code_magnitude
+        big = min(float(np.finfo(np.float32).max) / 8, float(_finfo_max(dtype)) / 8)
+        values = np.exp(rng.uniform(np.log(100.0 / scale), np.log(big), size=size))
+    elif kind == "huge":
+        values = np.full(size, min(1e30, float(_finfo_max(dtype)) / 4))
+    else:
+        raise ValueError(kind)
+    signs = np.where(rng.random(size) < 0.5, -1.0, 1.0)
+    return (signs * values).astype(numpy_dtype(dtype)).astype(np.float64)
+
+
+def _finfo_max(dtype: str) -> float:
+    return float(edge_values("extremes", dtype)[0])
+
+
+def inputs(draw: Draw):
+    """`(z, mask)` of a draw: z float64 values exactly representable in `draw.dtype`."""
+    cfg = draw.cfg
+    rng = np.random.default_rng(draw.seed)
+    c, d = cfg.num_codebooks, cfg.codebook_dim
+    sigma = 1.0 / (cfg.inv_temperature * cfg.code_magnitude)
+    z = rng.standard_normal(tuple(draw.tokens) + (c, d)) * sigma
+    flat = z.reshape(-1, c, d)                               # a view
+    n = flat.shape[0]
+    for kind in draw.classes:
+        if kind == "nan_masked" or n == 0:
+            continue
+        if kind in ("zero_groups", "tiny_groups"):
+            groups = rng.random((n, c)) < 0.3
+            values = np.zeros((n, c, d)) if kind == "zero_groups" else \
+                _special(kind, draw.dtype, cfg, rng, n * c * d).reshape(n, c, d)
+            flat[groups] = values[groups]
+        else:
+            where = rng.random(flat.shape) < 0.15
+            flat[where] = _special(kind, draw.dtype, cfg, rng, int(where.sum()))
+    if draw.mask == "none":
+        mask = None
+    elif draw.mask == "random":
+        mask = rng.random(tuple(draw.tokens)) < 0.5
+    else:
+        mask = np.full(tuple(draw.tokens), draw.mask == "all_true")
+    if "nan_masked" in draw.classes and mask is not None:
+        out = ~mask.reshape(-1)
+        flat[out] = np.resize(np.array([np.nan, np.inf, -np.inf]), flat[out].shape)
+    z = z.reshape(tuple(draw.tokens) + (c * d,)).astype(numpy_dtype(draw.dtype)).astype(np.float64)
+    return z, mask
+
+
+def check(target, draw: Draw, grads: bool = True) -> list[str]:
+    """Run `target` (a `lfq.conformance.target.Target`) on `draw`; the problems found (none: conforms)."""
+    cfg, dtype = draw.cfg, draw.dtype
+    z, mask = inputs(draw)
+    with np.errstate(all="ignore"):
+        want = reference.lfq(z, cfg, mask)
+        want_grad = reference.vjp("aux_loss", z, cfg, mask=mask) if grads else None
+        # The aux gradient is a weighted sum of three terms' gradients, which can cancel
+        # exactly (one token: H_sample = H_batch): its error is relative to the terms.
+        grad_scale = max(float(np.max(np.abs(g), initial=0.0)) for g in (
+            cfg.entropy_weight * reference.vjp("per_sample_entropy", z, cfg, mask=mask),
+            cfg.entropy_weight * cfg.diversity_gamma * reference.vjp("batch_entropy", z, cfg, mask=mask),
+            cfg.commitment_weight * reference.vjp("commitment_loss", z, cfg, mask=mask),
+            want_grad)) if grads else None
+        # Outputs are float64 results rounded once to the input dtype: past its range, +-inf.
+        want = want._replace(**{t: compare.past_range_as_inf(getattr(want, t), dtype) for t in LOSS_TERMS})
+        want_grad = None if want_grad is None else compare.past_range_as_inf(want_grad, dtype)
+    zz = target.put(z, dtype)
+    mm = None if mask is None else target.put(mask)
+    problems = []
+    try:
+        got = target.backend.lfq(zz, cfg, mm)
+    except Exception as err:  # a crash is a finding, reported like a wrong number
+        return [f"lfq raised {type(err).__name__}: {err}"]
+    outcomes = [compare.bits(target.get(got.codes), want.codes, dtype, z=z, what="codes"),
+                compare.exact_integers(target.get(got.indices), want.indices, cfg)]
+    tolerances = DEFAULT_TOLERANCES[dtype]
+    for term in LOSS_TERMS:
+        outcomes.append(compare.close(target.get(getattr(got, term)), getattr(want, term), tolerances["loss"],
+                                      dtype=dtype, what=term))
+    if grads:
+        try:
+            grad = target.get(target.backend.vjp("aux_loss", zz, cfg, None, mm))
+        except Exception as err:
+            return [f"vjp raised {type(err).__name__}: {err}"]
+        outcomes.append(compare.close(grad, want_grad, tolerances["grad"], dtype=dtype, normalize=True,
+                                      scale=grad_scale if np.isfinite(grad_scale) else None, z=z,
+                                      what="vjp.aux_loss"))
+    problems += [o.message for o in outcomes if not o.passed]
+    return problems

@@ -1,0 +1,122 @@
+"""The spec's corners (docs/spec.md, "The corners") in every backend, eager mode.
+
+Generated inputs of these classes run in tests/test_differential.py; here each
+rule is pinned with the example that showed it broken (issue 14), including what a
+tolerance-based comparison cannot see: the sign of a zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+
+import lfq
+from lfq import reference
+
+BACKENDS = [name for name in lfq.list_backends() if lfq.is_available(name)]
+TERMS = ("per_sample_entropy", "batch_entropy", "commitment_loss", "aux_loss")
+
+
+def _x64(name, dtype):
+    if name != "jax":
+        return contextlib.nullcontext()
+    import jax
+
+    return jax.enable_x64(dtype == "float64")
+
+
+def _losses(name, z, cfg, dtype, mask=None):
+    be = lfq.get(name)
+    with _x64(name, dtype):
+        out = be.lfq(be.asarray(z, dtype), cfg, None if mask is None else be.asarray(mask))
+        grad = be.vjp("aux_loss", be.asarray(z, dtype), cfg, None, None if mask is None else be.asarray(mask))
+        return ([float(np.asarray(be.to_numpy(getattr(out, t)), dtype=np.float64)) for t in TERMS],
+                np.asarray(be.to_numpy(grad), dtype=np.float64))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_no_tokens_give_positive_zero_losses(name, dtype):
+    cfg = lfq.Config(codebook_dim=4, num_codebooks=2)
+    for mask in (None, np.zeros((0,), bool)):
+        values, grad = _losses(name, np.zeros((0, 8)), cfg, dtype, mask)
+        assert values == [0.0] * 4 and all(math.copysign(1.0, v) == 1.0 for v in values), values
+        assert grad.shape == (0, 8)
+    values, grad = _losses(name, np.ones((3, 8)), cfg, dtype, np.zeros(3, bool))
+    assert all(v == 0.0 and math.copysign(1.0, v) == 1.0 for v in values), values
+    assert np.array_equal(grad, np.zeros((3, 8)))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("z, tau, dtype", [(1e34, 1e4, "float32"), (1e38, 1.0, "bfloat16"), (3e38, 1.0, "float32")])
+def test_saturated_bits_give_their_limits(name, z, tau, dtype):
+    cfg = lfq.Config(codebook_dim=4, inv_temperature=tau, commitment_weight=0.0)
+    x = np.array([[z, -z, 0.0, z], [-z, -z, z, 0.0]])
+    values, grad = _losses(name, x, cfg, dtype)
+    # three bits of each token are saturated (entropy 0), the zero bit is uniform (ln 2)
+    want = reference.lfq(x.astype(lfq.validation.numpy_dtype(dtype)).astype(np.float64), cfg)
+    assert values[0] == pytest.approx(math.log(2), rel=1e-2)   # a sum over bits, mean over tokens
+    assert values[0] == pytest.approx(float(want.per_sample_entropy), rel=1e-2)
+    assert values[1] == pytest.approx(float(want.batch_entropy), rel=1e-2)
+    assert values[2] == math.inf                 # the commitment loss overflows honestly ...
+    assert np.isfinite(values[3])                # ... and with weight 0 stays out of the aux loss
+    assert np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_nan_propagates_and_inf_saturates(name):
+    cfg = lfq.Config(codebook_dim=4, num_codebooks=2)
+    tail = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    values, _ = _losses(name, np.array([[np.inf, -np.inf] + tail, [0.1] * 8]), cfg, "float32")
+    want = reference.lfq(np.array([[np.inf, -np.inf] + tail, [0.1] * 8]), cfg)
+    assert values[0] == pytest.approx(float(want.per_sample_entropy), rel=1e-5, abs=1e-7)
+    assert values[1] == pytest.approx(float(want.batch_entropy), rel=1e-5)
+    assert values[2] == values[3] == math.inf
+    values, _ = _losses(name, np.array([[np.nan, -np.inf] + tail, [0.1] * 8]), cfg, "float32")
+    assert all(math.isnan(v) for v in values), values
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_spherical_subnormal_and_zero_groups(name, dtype):
+    """Issue 14, items 5 and 6: H_s 0.090 and commitment 0 for a subnormal D = 1 group
+    (XLA used to flush it: 0.693 and 1.0), and gradient 0 at a zero group (NaN before)."""
+    tiny = 1e-40 if dtype == "float32" else 5e-324
+    cfg = lfq.Config(codebook_dim=1, spherical=True, inv_temperature=1.0)
+    values, grad = _losses(name, np.array([[tiny]]), cfg, dtype)
+    assert values[0] == pytest.approx(0.0900948, rel=1e-5) and values[2] == 0.0, values
+    assert np.array_equal(grad, np.zeros((1, 1)))
+    cfg = lfq.Config(codebook_dim=2, num_codebooks=2, spherical=True)
+    z = np.array([[0.0, 0.0, 1.0, 2.0], [0.0, -0.0, 0.0, 0.0]])
+    values, grad = _losses(name, z, cfg, dtype)
+    want = reference.vjp("aux_loss", z, cfg)
+    assert np.array_equal(grad[:, :2], np.zeros((2, 2))) and np.array_equal(grad[1], np.zeros(4))
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-7)
+
+
+def test_reference_spherical_gradient_of_tiny_groups():
+    """Issue 14, item 7: the gradient scales as 1/|z| (homogeneity of degree -1), down to
+    groups whose squares underflow float64."""
+    cfg = lfq.Config(codebook_dim=2, spherical=True)
+    z = np.array([[0.3, 0.4]])
+    for term in ("per_sample_entropy", "commitment_loss", "aux_loss"):
+        base = reference.vjp(term, z, cfg)
+        np.testing.assert_allclose(reference.vjp(term, z * 1e-170, cfg), base * 1e170, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_zero_weights_switch_their_terms_off(name):
+    """Issue 14, item 4: commitment_weight=0 with float32 z = 1e30 gave aux NaN."""
+    cfg = lfq.Config(codebook_dim=4, commitment_weight=0.0)
+    z = np.array([[1e30, -1e30, 1.0, 0.0]])
+    values, grad = _losses(name, z, cfg, "float32")
+    assert values[2] == math.inf
+    assert values[3] == pytest.approx(float(reference.lfq(z, cfg).aux_loss), abs=1e-6)
+    assert np.isfinite(grad).all()
+    values, grad = _losses(name, z, lfq.Config(codebook_dim=4, commitment_weight=0.0, entropy_weight=0.0),
+                           "float32")
+    assert values[3] == 0.0 and math.copysign(1.0, values[3]) == 1.0
+    assert np.array_equal(grad, np.zeros_like(grad))
