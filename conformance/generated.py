@@ -142,6 +142,34 @@ def inputs(draw: Draw):
     return z, mask
 
 
+def _gradient_scale(z, cfg: Config, mask) -> float:
+    r"""The size against which the aux gradient's rounding error is measured.
+
+    The aux gradient is a weighted sum of three terms' gradients, which can cancel
+    exactly (one token: $H_\text{sample} = H_\text{batch}$), and the batch-entropy
+    gradient is itself a difference of two sums of size $\frac{4\tau m}{WC} G$ with
+    $G = -\log \bar p \le \log(W 2^D)$, which cancel for saturated bits. A float32
+    backend errs by its rounding of those building blocks, so the scale is the
+    largest of the terms' gradients and of that entropy unit, times the spherical
+    projection's chain factor $s / \lVert z \rVert$ at the smallest nonzero group.
+    """
+    terms = [cfg.entropy_weight * reference.vjp("per_sample_entropy", z, cfg, mask=mask),
+             cfg.entropy_weight * cfg.diversity_gamma * reference.vjp("batch_entropy", z, cfg, mask=mask),
+             cfg.commitment_weight * reference.vjp("commitment_loss", z, cfg, mask=mask)]
+    scale = max(float(np.max(np.abs(g), initial=0.0)) for g in terms)
+    groups = z.reshape(-1, cfg.num_codebooks, cfg.codebook_dim)
+    if mask is not None:
+        groups = groups[np.asarray(mask).reshape(-1)]
+    valid = max(groups.shape[0], 1)
+    unit = cfg.entropy_weight * max(1.0, cfg.diversity_gamma) * 4.0 * cfg.inv_temperature * cfg.code_magnitude \
+        * (np.log(valid) + cfg.codebook_dim * np.log(2.0) + 1.0) / (valid * cfg.num_codebooks)
+    if cfg.spherical:
+        peak = np.max(np.abs(groups), axis=-1, initial=0.0)
+        norms = peak * np.sqrt(np.sum((groups / np.where(peak > 0, peak, 1.0)[..., None]) ** 2, axis=-1))
+        unit *= cfg.scale / float(np.min(norms[norms > 0])) if np.any(norms > 0) else 1.0
+    return max(scale, unit)
+
+
 def check(target, draw: Draw, grads: bool = True) -> list[str]:
     """Run `target` (a `lfq.conformance.target.Target`) on `draw`; the problems found (none: conforms)."""
     cfg, dtype = draw.cfg, draw.dtype
@@ -149,13 +177,7 @@ def check(target, draw: Draw, grads: bool = True) -> list[str]:
     with np.errstate(all="ignore"):
         want = reference.lfq(z, cfg, mask)
         want_grad = reference.vjp("aux_loss", z, cfg, mask=mask) if grads else None
-        # The aux gradient is a weighted sum of three terms' gradients, which can cancel
-        # exactly (one token: H_sample = H_batch): its error is relative to the terms.
-        grad_scale = max(float(np.max(np.abs(g), initial=0.0)) for g in (
-            cfg.entropy_weight * reference.vjp("per_sample_entropy", z, cfg, mask=mask),
-            cfg.entropy_weight * cfg.diversity_gamma * reference.vjp("batch_entropy", z, cfg, mask=mask),
-            cfg.commitment_weight * reference.vjp("commitment_loss", z, cfg, mask=mask),
-            want_grad)) if grads else None
+        grad_scale = _gradient_scale(z, cfg, mask) if grads else None
         # Outputs are float64 results rounded once to the input dtype: past its range, +-inf.
         want = want._replace(**{t: compare.past_range_as_inf(getattr(want, t), dtype) for t in LOSS_TERMS})
         want_grad = None if want_grad is None else compare.past_range_as_inf(want_grad, dtype)

@@ -30,7 +30,7 @@ def pytest_addoption(parser):
                     help="the full run: every case in every dtype, all gradients, more compiled checks")
     group.addoption("--lfq-examples", type=int, default=None, metavar="N",
                     help="examples per backend and mode of the generated differential test "
-                         "(tests/test_differential.py; default 60 eager, 25 compiled; a release check: 2000)")
+                         "(tests/test_differential.py; default 200; a release check: 2000)")
 
 
 def pytest_configure(config):

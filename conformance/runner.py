@@ -15,7 +15,7 @@ import numpy as np
 
 import lfq
 from lfq.conformance import cases as case_table
-from lfq.conformance import checks, compare, errors
+from lfq.conformance import checks, compare, errors, shapes
 from lfq.conformance.report import Report, Result, reproducer
 from lfq.conformance.target import DeviceUnsupported, Target
 from lfq.validation import FLOAT_DTYPES
@@ -140,7 +140,7 @@ def _run_case(target, o, case, dtype, full, compiled):
 
 
 def run_contract(target: Target) -> list[Result]:
-    """The checks without a case: bad-input errors and declared dtypes."""
+    """The checks without a case: bad-input errors, declared dtypes, compiled mode across shapes."""
     with np.errstate(all="ignore"):
         return _run_contract(target)
 
@@ -155,6 +155,12 @@ def _run_contract(target: Target) -> list[Result]:
     for check, dtype, passed, message in errors.run_dtype_checks(target):
         results.append(Result(target.name, check, "-", dtype, "pass" if passed else "fail", None, None, None,
                               message, "", None))
+    # One compiled backend across many shapes, ranks and empty batches (lfq.conformance.shapes):
+    # one row "compiled.shapes", the shape as its case.
+    for label, dtype, passed, message in shapes.run_shape_checks(target):
+        check, _, shape = label.partition("[")
+        results.append(Result(target.name, check, shape.rstrip("]") or "-", dtype, "pass" if passed else "fail",
+                              None, None, None, message, "", None))
     return results
 
 

@@ -219,9 +219,14 @@ def _entropy_literal(x: np.ndarray, w: np.ndarray | None, cfg: Config, wide=np.l
     return np.float64(per_sample), np.float64(batch)
 
 
-def _loss_sums(z: np.ndarray, cfg: Config, mask):
-    """Transformed features, weights and the factorized `LossSums`, all float64."""
-    validation.check_exact_batch_entropy(cfg)
+def _loss_sums(z: np.ndarray, cfg: Config, mask, with_histograms: bool = True):
+    """Transformed features, weights and the factorized `LossSums`, all float64.
+
+    Without `with_histograms` (the commitment loss) there is no batch entropy, so
+    `max_exact_bits` does not apply: any D <= 63.
+    """
+    if with_histograms:
+        validation.check_exact_batch_entropy(cfg)
     raw = _grouped64(z, cfg)
     w = _weights(z, cfg, mask)
     if w is not None:
@@ -230,7 +235,7 @@ def _loss_sums(z: np.ndarray, cfg: Config, mask):
     x = features.transform_groups(raw, cfg, np)
     codes = np.where(raw > 0, cfg.code_magnitude, -cfg.code_magnitude)
     with np.errstate(over="ignore", under="ignore"):
-        sums = factorized.loss_sums(x, codes, w, cfg, np)
+        sums = factorized.loss_sums(x, codes, w, cfg, np, with_histograms=with_histograms)
     return raw, x, codes, w, sums
 
 
@@ -396,7 +401,7 @@ def batch_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
 def commitment_vjp(z, cfg: Config, mask=None) -> np.ndarray:
     """Gradient of the commitment loss w.r.t. z: `2 (x - q) / (W C D)` per valid element."""
     z = _check_z(z, cfg)
-    raw, x, codes, w, sums = _loss_sums(z, cfg, mask)
+    raw, x, codes, w, sums = _loss_sums(z, cfg, mask, with_histograms=False)
     grad_x = 2.0 * (x - codes) * _per_token_scale(w, x.shape[0], cfg, float(sums.token_count)) / cfg.codebook_dim
     return _ungroup_grad(_transform_vjp(raw, grad_x, cfg), z, cfg)
 
@@ -433,18 +438,19 @@ def vjp(term: str, z, cfg: Config, cotangent=None, mask=None) -> np.ndarray:
     if cotangent is not None:
         validation.check_cotangent(np.shape(cotangent), (), term)
     scale = 1.0 if cotangent is None else float(np.asarray(cotangent, dtype=np.float64))
+    z_in, z = z, z.astype(np.float64)  # every term in float64, rounded once at the end
     if term == "per_sample_entropy":
-        g = per_sample_entropy_vjp(z, cfg, mask).astype(np.float64)
+        g = per_sample_entropy_vjp(z, cfg, mask)
     elif term == "batch_entropy":
-        g = batch_entropy_vjp(z, cfg, mask).astype(np.float64)
+        g = batch_entropy_vjp(z, cfg, mask)
     elif term == "commitment_loss":
-        g = commitment_vjp(z, cfg, mask).astype(np.float64)
+        g = commitment_vjp(z, cfg, mask)
     else:
         # The aux loss is linear in its terms: the same rule, zero-weight terms left out.
         def term_vjp(vjp_fn, needed):
-            return vjp_fn(z, cfg, mask).astype(np.float64) if needed else np.zeros(z.shape)
+            return vjp_fn(z, cfg, mask) if needed else np.zeros(z.shape)
 
         g = factorized.aux_loss(term_vjp(per_sample_entropy_vjp, cfg.entropy_weight != 0),
                                 term_vjp(batch_entropy_vjp, cfg.entropy_weight * cfg.diversity_gamma != 0),
                                 term_vjp(commitment_vjp, cfg.commitment_weight != 0), cfg, np)
-    return _out(scale * g, np.asarray(z))
+    return _out(scale * g, z_in)

@@ -95,8 +95,18 @@ def _axes(axis):
 
 
 def sum(x, axis=None, dtype=None, keepdims=False):  # noqa: A001 - Array-API name
-    """Array-API `sum`: `dtype` casts before summing (tf.reduce_sum has no dtype argument)."""
-    return tf.reduce_sum(astype(x, dtype) if dtype is not None else x, axis=_axes(axis), keepdims=keepdims)
+    """Array-API `sum`: `dtype` casts before summing (tf.reduce_sum has no dtype argument).
+
+    Inside a graph, float32 sums accumulate in float64. TensorFlow's XLA emits a
+    float32 reduction as one sequential loop (reshaping into stages does not help:
+    it merges them back), which summed the 2**16 equal terms of a uniform code
+    histogram's entropy 1e-5 off; the eager kernels sum in a tree (1e-7). The cast
+    fuses into the reduction, so the cost is the wider accumulator only.
+    """
+    x = astype(x, dtype) if dtype is not None else x
+    if x.dtype == tf.float32 and not tf.executing_eagerly():
+        return tf.cast(tf.reduce_sum(tf.cast(x, tf.float64), axis=_axes(axis), keepdims=keepdims), tf.float32)
+    return tf.reduce_sum(x, axis=_axes(axis), keepdims=keepdims)
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001 - Array-API name

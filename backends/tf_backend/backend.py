@@ -235,6 +235,8 @@ class TensorFlowBackend(ArrayBackend):
             tape.watch(z)
             if term == "codes":
                 value = self.straight_through(z, cfg)
+            elif term == "commitment_loss":  # without the batch entropy: any D, and less work
+                value = self.commitment_loss(z, cfg, mask, **options)
             else:
                 value = getattr(self.lfq(z, cfg, mask, **options), term)
         if cotangent is not None:

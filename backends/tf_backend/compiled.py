@@ -51,6 +51,7 @@ class CompiledTensorFlowBackend:
         return function(*arrays)
 
     def _z(self, z, cfg: Config, mask=None):
+        validation.check_config(cfg)  # before cfg keys a traced function
         z = as_tensor(z, "z")
         validation.check_features(z.shape, z.dtype, cfg)  # every float dtype is supported
         if mask is not None:
@@ -76,14 +77,13 @@ class CompiledTensorFlowBackend:
         return self._run(("codes_to_indices", cfg), lambda z: self._eager.codes_to_indices(z, cfg), z)
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
+        validation.check_config(cfg)
         indices = as_tensor(indices, "indices")
         validation.check_indices(indices.shape, indices.dtype, cfg)
         bounds = self._eager.concrete_bounds(indices)
         if bounds is not None:
             validation.check_index_range(*bounds, cfg)
-        if dtype not in validation.FLOAT_DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not a float dtype name: use one of "
-                             f"{', '.join(validation.FLOAT_DTYPES)}")
+        dtype = validation.check_codes_dtype(dtype)
         return self._run(("indices_to_codes", cfg, dtype),
                          lambda i: self._eager.indices_to_codes(i, cfg, dtype), indices)
 
@@ -93,7 +93,8 @@ class CompiledTensorFlowBackend:
 
     def _losses(self, op, z, cfg, mask, options):
         self._no_options(options)
-        validation.check_exact_batch_entropy(cfg)
+        if op != "commitment_loss":  # the commitment loss needs no batch entropy: any D
+            validation.check_exact_batch_entropy(cfg)
         z, mask = self._z(z, cfg, mask)
         method = getattr(self._eager, op)
         if mask is None:
@@ -115,16 +116,14 @@ class CompiledTensorFlowBackend:
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
         if term == "codes" and cotangent is None:
             raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
-        if term != "codes":
+        if term not in ("codes", "commitment_loss"):  # those two need no batch entropy: any D
             validation.check_exact_batch_entropy(cfg)
         z, mask = self._z(z, cfg, mask)
         arrays = [z]
         if cotangent is not None:
-            cotangent = as_tensor(cotangent, "cotangent")
+            cotangent = as_tensor(cotangent, "cotangent", numbers=True)
             expected = z.shape if term == "codes" else ()
-            if tuple(cotangent.shape) != tuple(expected):
-                raise ValueError(f"cotangent has shape {tuple(cotangent.shape)}, expected "
-                                 f"{tuple(expected)} (the shape of {term})")
+            validation.check_cotangent(cotangent.shape, expected, term)
             arrays.append(cotangent)
         if mask is not None:
             arrays.append(mask)
@@ -133,6 +132,8 @@ class CompiledTensorFlowBackend:
         def body(z, *rest):
             cot = rest[0] if has_cot else None
             m = rest[-1] if has_mask else None
+            if term == "commitment_loss":
+                return _commitment_vjp(self._eager, z, cfg, cot, m)
             return self._eager.vjp(term, z, cfg, cot, m)
 
         return self._run(("vjp", cfg, term, has_cot, has_mask), body, *arrays)
@@ -148,3 +149,14 @@ class CompiledTensorFlowBackend:
 
     def to_numpy(self, array):
         return self._eager.to_numpy(array)
+
+
+def _commitment_vjp(eager, z, cfg: Config, cotangent, mask):
+    """Gradient of the commitment loss alone (traced): no batch entropy, so any D."""
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        value = eager.commitment_loss(z, cfg, mask)
+    if cotangent is not None:
+        cotangent = tf.cast(cotangent, value.dtype)
+    grad = tape.gradient(value, z, output_gradients=cotangent)
+    return tf.zeros_like(z) if grad is None else grad

@@ -22,6 +22,7 @@ read) is skipped; `compiled()` keeps it, running the checks eagerly first.
 from __future__ import annotations
 
 import hashlib
+import math
 import types
 from typing import final
 
@@ -42,11 +43,7 @@ __all__ = ["TorchBackend"]
 
 
 def _require_tensor(x, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{name} is a {type(x).__module__}.{type(x).__qualname__}; the torch backend takes "
-            "torch.Tensor inputs: convert with backend.asarray(...) or torch.as_tensor(...)"
-        )
+    validation.check_array(x, name, "torch", torch.Tensor, "torch.Tensor", "torch.as_tensor(...)")
 
 
 def _require_same_device(x, z, name: str) -> None:
@@ -100,6 +97,9 @@ class TorchBackend(ArrayBackend):
     def pass_gradient(self, value, carrier):
         return straight_through(value, carrier)
 
+    def stop_gradient(self, x):
+        return x.detach()
+
     def matmul(self, a, b, cfg: Config):
         return ops.matmul(a, b, cfg.precision == "highest")  # "default" obeys torch's settings
 
@@ -114,7 +114,7 @@ class TorchBackend(ArrayBackend):
         return device_constant(("values", key), lambda: values, dtype, like.device)
 
     def concrete_bounds(self, indices):
-        if indices.numel() == 0 or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or indices.numel() == 0:
             return None  # a traced graph cannot read values; compiled() checks before tracing
         return int(indices.min()), int(indices.max())
 
@@ -126,18 +126,71 @@ class TorchBackend(ArrayBackend):
 
     def _run(self, op: str, first, cfg: Config, *args, **kwargs):
         """Check the arguments eagerly, then run `op` in this backend's mode."""
-        if not isinstance(cfg, Config):
-            raise TypeError(f"cfg must be an lfq.Config, got {type(cfg).__name__}")
+        validation.check_config(cfg)
         if self.mode == "compiled":
             self._check_eagerly(op, first, cfg, *args, **kwargs)
-            fn = self._compiled_ops.get((op, cfg))
-            if fn is None:
-                fn = self._compiled_ops[(op, cfg)] = torch.compile(_eager_op(op, cfg), fullgraph=True,
-                                                                   mode=self.compile_mode)
-            return fn(first, cfg, *args, **kwargs)
+            return self._run_compiled(op, first, cfg, *args, **kwargs)
         with no_autocast(first.device.type if isinstance(first, torch.Tensor) else "cpu"):
             # The shared implementation, named explicitly (torch.compile traces it).
             return getattr(ArrayBackend, op)(self, first, cfg, *args, **kwargs)
+
+    def _run_compiled(self, op: str, first, cfg: Config, *args, **options):
+        """`op` through the compiled programs, on tokens flattened outside the graph.
+
+        Every input is brought to `[N, C*D]` (feature axis last, token axes
+        flattened; a mask to `[N]`) before the compiled call and the outputs are
+        reshaped back after it, so one compiled program per (program, config,
+        dtype, mask presence, device, gradient) serves every shape and rank, with
+        N dynamic from its first trace. A batch of N < 2 tokens (which torch would
+        specialize) is padded to 2 with masked-out zero tokens and sliced back.
+        `lfq` runs two programs: the losses (with the indices) and the
+        straight-through codes, so the codes' backward runs only when the codes
+        receive a gradient (a masked-out NaN never meets the loss gradient).
+        """
+        if op == "indices_to_codes":
+            (dtype,) = args
+            flat, tokens = _flatten(first, -1)
+            codes = self._call("indices_to_codes", cfg, _pad(flat, None)[0], extra=(dtype,))[: flat.shape[0]]
+            return _unflatten(codes, tokens, cfg)
+        z, tokens = _flatten(first, cfg.feature_axis)
+        n = z.shape[0]
+        if op in ("quantize", "straight_through", "codes_to_indices"):
+            out = self._call(op, cfg, _pad(z, None)[0])[:n]
+            if op == "codes_to_indices":
+                return out.reshape(tokens + (cfg.num_codebooks,))
+            return _unflatten(out, tokens, cfg)
+        mask = args[0] if args else None
+        if mask is not None:
+            mask = mask.reshape(n)
+        z_in, mask_in = _pad(z, mask)
+        if op == "commitment_loss":
+            return self._call("commitment_loss", cfg, z_in, mask_in, options)
+        per_sample, batch, commit, aux, indices = values = self._call("losses", cfg, z_in, mask_in, options)
+        if op == "losses":
+            return values
+        if op == "entropy":
+            return per_sample, batch
+        codes = _unflatten(self._call("straight_through", cfg, _pad(z, None)[0])[:n], tokens, cfg)
+        return LFQOutput(codes, indices[:n].reshape(tokens + (cfg.num_codebooks,)), aux, per_sample, batch, commit)
+
+    def _call(self, program: str, cfg: Config, z, mask=None, options=None, extra=()):
+        """Run compiled `program` on `[N, F]` input `z` (and `[N]` mask): get or compile it."""
+        options = options or {}
+        if cfg.feature_axis != -1:  # the programs see features last: configs that differ only here share them
+            cfg = cfg.replace(feature_axis=-1)
+        grad = torch.is_grad_enabled() and z.requires_grad
+        signature = (program, cfg, extra, str(z.dtype), mask is not None, z.device.type, grad,
+                     tuple(sorted(options)), bool(options.get("distributed", False)))
+        key = (signature, z.device)
+        fn = self._compiled_ops.get(key)
+        if fn is None:
+            fn = self._compiled_ops[key] = torch.compile(_program(program, cfg, extra, signature),
+                                                         fullgraph=True, mode=self.compile_mode)
+        torch._dynamo.mark_dynamic(z, 0)  # any N >= 2 reuses this trace
+        if mask is None:
+            return fn(z, **options)
+        torch._dynamo.mark_dynamic(mask, 0)
+        return fn(z, mask, **options)
 
     def _check_eagerly(self, op, first, cfg, *args, **kwargs):
         """The checks that would raise inside the compiled graph, made before it is traced."""
@@ -154,7 +207,8 @@ class TorchBackend(ArrayBackend):
             _require_same_device(mask, first, "mask")
             validation.check_mask(mask.shape, mask.dtype, first.shape, cfg)
         if op in ("entropy", "commitment_loss", "lfq"):
-            validation.check_exact_batch_entropy(cfg)
+            if op != "commitment_loss":  # the commitment loss needs no batch entropy: any D
+                validation.check_exact_batch_entropy(cfg)
             _dist.parse_options({k: v for k, v in kwargs.items() if k != "mask"})
 
     def _check(self, z, cfg: Config):
@@ -195,7 +249,10 @@ class TorchBackend(ArrayBackend):
         return self._run("straight_through", z, cfg)
 
     def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
+        validation.check_config(cfg)
         _require_tensor(indices, "indices")
+        if mask is not None:
+            _require_tensor(mask, "mask")
         return super().code_usage(indices, cfg, mask)
 
     def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
@@ -211,10 +268,7 @@ class TorchBackend(ArrayBackend):
             raise ValueError("vjp('codes', ...) needs a cotangent of z's shape (the upstream gradient)")
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
-            if term == "codes":
-                out = self.straight_through(z, cfg)
-            else:
-                out = getattr(self.lfq(z, cfg, mask, **options), term)
+            out = self._term(term, z, cfg, mask, options)
         if cotangent is None:
             cotangent = torch.ones_like(out)
         else:
@@ -227,13 +281,26 @@ class TorchBackend(ArrayBackend):
         (grad,) = torch.autograd.grad(out, z, cotangent, allow_unused=True)
         return torch.zeros_like(z) if grad is None else grad
 
+    def _term(self, term: str, z, cfg: Config, mask, options):
+        """The value of `term` computed with only what it needs (so only its gradient runs)."""
+        if term == "codes":
+            return self.straight_through(z, cfg)
+        if term == "commitment_loss":  # no batch entropy: any D
+            return self.commitment_loss(z, cfg, mask, **options)
+        if self.mode == "compiled":  # the loss program alone, without the codes' program
+            self._check_eagerly("lfq", z, cfg, mask, **options)
+            values = self._run_compiled("losses", z, cfg, mask, **options)
+            return values[("per_sample_entropy", "batch_entropy", "commitment_loss", "aux_loss").index(term)]
+        return getattr(self.lfq(z, cfg, mask, **options), term)
+
     def compiled(self, mode: str | None = None) -> "TorchBackend":
         """This backend with every operation run by `torch.compile(fullgraph=True)` (inductor).
 
         Arguments are checked eagerly first, so errors are the same as in eager
-        mode. Compiled functions are cached per operation and config; a new shape,
-        dtype or mask presence recompiles (torch's guards; shapes turn dynamic
-        after the first change).
+        mode. Inputs are flattened to `[tokens, C*D]` outside the compiled graph
+        and the token count is dynamic, so one compiled program per (operation,
+        config, dtype, mask presence, device, gradient) serves every shape, rank
+        and batch size, empty batches included (see `_run_compiled`).
 
         Args:
             mode: `torch.compile`'s mode. None (its default) launches the compiled
@@ -274,7 +341,8 @@ class TorchBackend(ArrayBackend):
         if validation.dtype_name(array.dtype) == "bfloat16":
             tensor = torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
         else:
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            # reshape: np.ascontiguousarray turns a 0-d array into shape (1,)
+            tensor = torch.from_numpy(np.ascontiguousarray(array).reshape(array.shape))
         if device is None:
             device = self.device if self.device is not None else torch.get_default_device()
         return tensor.to(device)
@@ -302,19 +370,77 @@ def _check_compile_mode(mode) -> None:
 _EAGER = TorchBackend()
 
 
-def _eager_op(op: str, cfg: Config):
-    """A new function that runs the eager backend's `op`, for `torch.compile` to own.
+def _flatten(x, axis: int):
+    """`x` with `axis` moved last and the other axes flattened: `([N, F], token shape)`.
+
+    A fresh contiguous tensor object (never the caller's own, which `mark_dynamic`
+    would mark), differentiable through the reshape.
+    """
+    axis %= x.ndim
+    if axis != x.ndim - 1:
+        x = torch.movedim(x, axis, -1)
+    tokens = tuple(x.shape[:-1])
+    flat = x.reshape(math.prod(tokens), x.shape[-1]).contiguous()
+    return (flat.view(flat.shape) if flat is x else flat), tokens
+
+
+def _unflatten(flat, tokens: tuple, cfg: Config):
+    """Inverse of `_flatten` for `[N, C*D]` features: back to `tokens` with the feature axis in place."""
+    x = flat.reshape(tokens + (flat.shape[-1],))
+    axis = cfg.feature_axis % x.ndim
+    return x if axis == x.ndim - 1 else torch.movedim(x, -1, axis)
+
+
+_MIN_TOKENS = 2  # torch specializes sizes 0 and 1; below 2 tokens, pad
+
+
+def _pad(z, mask):
+    """`(z, mask)` with at least 2 rows: pad rows are zeros and masked out.
+
+    Without padding `mask` stays as given (None for no mask); a padded batch
+    always gets a mask, so the pad rows count in no loss.
+    """
+    n = z.shape[0]
+    if n >= _MIN_TOKENS:
+        return z, mask
+    extra = _MIN_TOKENS - n
+    padded = torch.cat([z, z.new_zeros((extra,) + tuple(z.shape[1:]))])
+    valid = torch.ones(n, dtype=torch.bool, device=z.device) if mask is None else mask
+    return padded, torch.cat([valid, torch.zeros(extra, dtype=torch.bool, device=z.device)])
+
+
+def _loss_program(z, cfg, mask, options):
+    with no_autocast(z.device.type):
+        losses = ArrayBackend._losses(_EAGER, z, cfg, mask, options)[2]
+        return (*losses, ArrayBackend.codes_to_indices(_EAGER, z, cfg))
+
+
+_PROGRAMS = {
+    "quantize": lambda z, cfg, extra, **options: _EAGER.quantize(z, cfg),
+    "codes_to_indices": lambda z, cfg, extra, **options: _EAGER.codes_to_indices(z, cfg),
+    "straight_through": lambda z, cfg, extra, **options: _EAGER.straight_through(z, cfg),
+    "indices_to_codes": lambda i, cfg, extra, **options: _EAGER.indices_to_codes(i, cfg, *extra),
+    "commitment_loss": lambda z, cfg, extra, mask=None, **options: _EAGER.commitment_loss(z, cfg, mask, **options),
+    # (per_sample, batch, commitment, aux, indices): lfq without its codes
+    "losses": lambda z, cfg, extra, mask=None, **options: _loss_program(z, cfg, mask, options),
+}
+
+
+def _program(program: str, cfg: Config, extra: tuple, signature: tuple):
+    """A new function running `program` on `[N, F]` inputs, for `torch.compile` to own.
 
     `torch.compile` keeps its cache and recompile budget (8 by default, a hard
     error under fullgraph=True) per code object, and its automatic-dynamic-shape
-    profile per (file, line, function name). A code object of its own, named
-    after (op, cfg) stably across processes, keeps configs apart on both counts:
-    a process may use any number of configs, and a second config's other feature
-    size is never mistaken for a shape that varies.
+    profile per (file, line, function name). A code object of its own per
+    `signature` (program, config, dtype, mask presence, ...), named after it
+    stably across processes, keeps every variant apart on both counts: each one
+    compiles once (its N is marked dynamic), and no variant spends another's budget.
     """
-    def run(*args, **kwargs):
-        return getattr(_EAGER, op)(*args, **kwargs)
+    body = _PROGRAMS[program]
 
-    tag = hashlib.sha1(repr(cfg).encode()).hexdigest()[:12]
-    code = run.__code__.replace(co_name=f"{op}_{tag}")
+    def run(z, *args, **kwargs):
+        return body(z, cfg, extra, *args, **kwargs)
+
+    tag = hashlib.sha1(repr(signature).encode()).hexdigest()[:12]
+    code = run.__code__.replace(co_name=f"{program}_{tag}")
     return types.FunctionType(code, run.__globals__, code.co_name, run.__defaults__, run.__closure__)
