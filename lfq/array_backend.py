@@ -181,7 +181,6 @@ class ArrayBackend:
     def _losses(self, z, cfg: Config, mask, options, batch_entropy: bool = True):
         """`(xp, x, [per_sample, batch, commitment, aux])` in z's dtype; without
         `batch_entropy` the batch term (and so aux) is left out, which any D allows."""
-        validation.check_config(cfg)
         if batch_entropy:
             validation.check_exact_batch_entropy(cfg)
         xp, raw, x, weights = self._features(z, cfg, mask)

@@ -120,3 +120,22 @@ def test_zero_weights_switch_their_terms_off(name):
                            "float32")
     assert values[3] == 0.0 and math.copysign(1.0, values[3]) == 1.0
     assert np.array_equal(grad, np.zeros_like(grad))
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_commitment_loss_and_its_gradient_at_any_d(name, mode):
+    """Issue 14, item 9: `max_exact_bits` bounds the batch entropy only; the commitment
+    loss and its gradient work at D = 63 in every backend and mode (and the reference)."""
+    be = lfq.get(name)
+    if mode not in tuple(be.modes):
+        pytest.skip(f"{name} has no {mode} mode")
+    be = be if mode == "eager" else be.compiled()
+    cfg = lfq.Config(codebook_dim=63)
+    z = np.random.default_rng(63).standard_normal((3, 63)).astype(np.float32).astype(np.float64)
+    value = float(np.asarray(be.to_numpy(be.commitment_loss(be.asarray(z, "float32"), cfg)), np.float64))
+    assert value == pytest.approx(float(reference.commitment_loss(z, cfg)), rel=1e-6)
+    grad = np.asarray(be.to_numpy(be.vjp("commitment_loss", be.asarray(z, "float32"), cfg)), np.float64)
+    np.testing.assert_allclose(grad, reference.vjp("commitment_loss", z, cfg), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="max_exact_bits"):
+        be.vjp("aux_loss", be.asarray(z, "float32"), cfg)

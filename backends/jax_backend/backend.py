@@ -348,7 +348,9 @@ class JaxBackend(ArrayBackend):
             fn = functools.partial(self.straight_through, cfg=cfg)
         else:
             position = LOSS_TERMS.index(term)
-            fn = lambda z_: self._losses(z_, cfg, mask, options)[2][position]  # noqa: E731
+            # the commitment loss alone needs no batch entropy: any D, and no histogram work
+            batch_entropy = term != "commitment_loss"
+            fn = lambda z_: self._losses(z_, cfg, mask, options, batch_entropy)[2][position]  # noqa: E731
         out, pullback = jax.vjp(fn, z)
         cot = jnp.ones_like(out) if cotangent is None else jnp.asarray(cotangent, dtype=out.dtype)
         return pullback(cot)[0]
