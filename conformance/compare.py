@@ -12,8 +12,9 @@ import dataclasses
 import numpy as np
 
 from lfq.conformance.cases import Tolerance
+from lfq.interface import LOSS_TERMS
 
-__all__ = ["Outcome", "bits", "close", "exact_integers", "past_range_as_inf"]
+__all__ = ["Outcome", "bits", "close", "exact_integers", "lfq_output", "past_range_as_inf"]
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
@@ -169,3 +170,18 @@ def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: boo
         if z is not None and np.shape(z) == got.shape and err.ndim:
             outcome.message += f" (input z = {float(np.asarray(z)[worst])!r})"
     return outcome
+
+
+def lfq_output(got, want, cfg, dtype: str, tol: Tolerance, z: np.ndarray | None = None) -> list[Outcome]:
+    """Every field of an `LFQOutput` against the oracle's: codes bitwise, indices exactly,
+    the loss terms within `tol` (the oracle past the dtype's range as +-inf).
+
+    Args:
+        got: the backend's `LFQOutput`, its fields as NumPy arrays.
+        want: the reference's `LFQOutput` on the same input, float64.
+        z: the input, shown at the first differing code.
+    """
+    outcomes = [bits(got.codes, np.asarray(want.codes, np.float64), dtype, z=z, what="lfq.codes"),
+                exact_integers(got.indices, np.asarray(want.indices), cfg, what="lfq.indices")]
+    return outcomes + [close(getattr(got, term), past_range_as_inf(getattr(want, term), dtype), tol,
+                             dtype=dtype, what=f"lfq.{term}") for term in LOSS_TERMS]

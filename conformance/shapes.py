@@ -23,7 +23,6 @@ from lfq import reference
 from lfq.config import Config
 from lfq.conformance import compare
 from lfq.conformance.cases import DEFAULT_TOLERANCES
-from lfq.interface import LOSS_TERMS
 from lfq.validation import numpy_dtype
 
 __all__ = ["DEFAULT_CONFIG", "SHAPES", "run_shape_checks"]
@@ -92,12 +91,8 @@ def run_shape_checks(target, cfg: Config | None = None, dtype: str = "float32", 
         want = reference.lfq(z64, cfg, mask)
         try:
             out = compiled.backend.lfq(compiled.put(z, dtype), cfg, None if mask is None else compiled.put(mask))
-            outcomes = [compare.bits(compiled.get(out.codes), np.asarray(want.codes, np.float64), dtype, z,
-                                     what="lfq.codes"),
-                        compare.exact_integers(compiled.get(out.indices), np.asarray(want.indices), cfg,
-                                               what="lfq.indices")]
-            outcomes += [compare.close(compiled.get(getattr(out, term)), getattr(want, term), tol, dtype=dtype,
-                                       what=f"lfq.{term}") for term in LOSS_TERMS]
+            outcomes = compare.lfq_output(out._replace(**{f: compiled.get(v) for f, v in out._asdict().items()}),
+                                          want, cfg, dtype, tol, z)
         except Exception as err:  # the failure under test: a backend that stops after some shapes
             results.append((name, dtype, False, f"lfq on z of shape {z.shape} raised {type(err).__name__}: {err}"))
             continue

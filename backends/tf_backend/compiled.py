@@ -132,9 +132,7 @@ class CompiledTensorFlowBackend:
         def body(z, *rest):
             cot = rest[0] if has_cot else None
             m = rest[-1] if has_mask else None
-            if term == "commitment_loss":
-                return _commitment_vjp(self._eager, z, cfg, cot, m)
-            return self._eager.vjp(term, z, cfg, cot, m)
+            return self._eager.vjp(term, z, cfg, cot, m)  # the commitment alone for its term: any D
 
         return self._run(("vjp", cfg, term, has_cot, has_mask), body, *arrays)
 
@@ -149,14 +147,3 @@ class CompiledTensorFlowBackend:
 
     def to_numpy(self, array):
         return self._eager.to_numpy(array)
-
-
-def _commitment_vjp(eager, z, cfg: Config, cotangent, mask):
-    """Gradient of the commitment loss alone (traced): no batch entropy, so any D."""
-    with tf.GradientTape() as tape:
-        tape.watch(z)
-        value = eager.commitment_loss(z, cfg, mask)
-    if cotangent is not None:
-        cotangent = tf.cast(cotangent, value.dtype)
-    grad = tape.gradient(value, z, output_gradients=cotangent)
-    return tf.zeros_like(z) if grad is None else grad
