@@ -183,13 +183,14 @@ class ArrayBackend:
         `batch_entropy` the batch term (and so aux) is left out, which any D allows."""
         if batch_entropy:
             validation.check_exact_batch_entropy(cfg)
+        schedule, options = validation.split_schedule(options)
         xp, raw, x, weights = self._features(z, cfg, mask)
         device = self.device_of(z)
         codes = features.quantize_groups(raw, cfg, xp, self.positive, device)
         sums = factorized.loss_sums(x, codes, weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg),
                                     lambda a: self.subcode_probs(a, cfg), with_histograms=batch_entropy,
-                                    device=device)
-        losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp)
+                                    device=device, schedule=schedule)
+        losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp, schedule)
         return xp, x, [xp.astype(v, z.dtype, copy=False) for v in losses]
 
     def straight_through(self, z, cfg: Config):

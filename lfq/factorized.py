@@ -25,6 +25,8 @@ over the concatenated global batch.
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -34,6 +36,8 @@ from lfq.config import Config
 
 __all__ = [
     "LossSums",
+    "SCHEDULE_FIELDS",
+    "Schedule",
     "aux_loss",
     "bernoulli_entropy",
     "bit_groups",
@@ -73,6 +77,53 @@ class LossSums(NamedTuple):
                         tuple(fn(h) for h in self.histograms))
 
 
+#: Config fields that a training schedule may change per call (see `Schedule`).
+SCHEDULE_FIELDS = ("inv_temperature", "diversity_gamma", "entropy_weight", "commitment_weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Per-call values of `SCHEDULE_FIELDS`, overriding the config's; None keeps the config's.
+
+    A value is a Python number or a 0-d array of the backend (a traced value
+    under a compiler, so that an annealed temperature does not recompile). A
+    weight given as an array counts as zero exactly when the config's weight is
+    zero: whether a term enters the aux loss is decided when the program is
+    built (see `aux_loss`), only its weight is a run-time value.
+    """
+
+    inv_temperature: object = None
+    diversity_gamma: object = None
+    entropy_weight: object = None
+    commitment_weight: object = None
+
+    def value(self, name: str, cfg: Config):
+        """The value of field `name`: this schedule's, else the config's."""
+        value = getattr(self, name)
+        return getattr(cfg, name) if value is None else value
+
+    def is_zero(self, name: str, cfg: Config) -> bool:
+        """Whether `name` is zero, known without reading a run-time array."""
+        value = self.value(name, cfg)
+        return value == 0 if _is_number(value) else getattr(cfg, name) == 0
+
+    @property
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in SCHEDULE_FIELDS)
+
+
+_NO_SCHEDULE = Schedule()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real)
+
+
+def _like(value, like, xp):
+    """A Python number unchanged; an array cast to `like`'s dtype (no promotion of `like`)."""
+    return value if _is_number(value) else xp.astype(value, like.dtype)
+
+
 def sum_replicas(parts) -> LossSums:
     """Field-wise sum of several replicas' `LossSums`: what an all-reduce(SUM) computes."""
     first, *rest = parts
@@ -104,7 +155,7 @@ def bit_groups(cfg: Config) -> list[tuple[int, int]]:
 LOGIT_LIMIT = 2.0 ** 64
 
 
-def bit_logits(x, cfg: Config, xp):
+def bit_logits(x, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE):
     r"""Bit logits $a = 4\tau m x$ of transformed features `x`, clipped to $\pm 2^{64}$.
 
     Clipping first, at $\pm 2^{64} / (4\tau m)$, keeps the product finite where it
@@ -112,11 +163,17 @@ def bit_logits(x, cfg: Config, xp):
     give their limits (entropy 0, probabilities 0 and 1, gradient 0) instead of
     $\infty - \infty$. It changes no value: every loss is constant in $a$ beyond
     $|a| \approx 750$. Infinite features are clipped alike (the entropies' limits).
+
+    $\tau$ is `schedule`'s when it gives one (a number or a 0-d array).
     """
-    scale = 4.0 * cfg.inv_temperature * cfg.code_magnitude
+    scale = 4.0 * schedule.value("inv_temperature", cfg) * cfg.code_magnitude
     # At most 2**127, which float32 holds: a bound past float32's range would not be
     # representable in a float32 clip (past it everything is saturated anyway).
-    bound = min(LOGIT_LIMIT / scale, 2.0 ** 127)
+    if _is_number(scale):
+        bound = min(LOGIT_LIMIT / scale, 2.0 ** 127)
+    else:  # a run-time tau: the same numbers, computed in its dtype, then cast to x's
+        bound = _like(xp.clip(LOGIT_LIMIT / scale, max=2.0 ** 127), x, xp)
+        scale = _like(scale, x, xp)
     return xp.clip(x, -bound, bound) * scale
 
 
@@ -248,7 +305,7 @@ def distribution_entropy(p, xp):
 
 def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None,
               subcode_probs_fn: Callable | None = None, with_histograms: bool = True,
-              device=None) -> LossSums:
+              device=None, schedule: Schedule = _NO_SCHEDULE) -> LossSums:
     """Token sums of every loss term, for one replica's tokens.
 
     Args:
@@ -262,6 +319,7 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
         with_histograms: False skips the code histograms (`histograms == ()`):
             enough for the per-sample entropy and commitment terms, at any D.
         device: where the token count is made without a mask (`features.scalar`).
+        schedule: per-call values of the config's schedule fields (`Schedule`).
 
     Returns:
         `LossSums`. Masked-out tokens are zeroed before any arithmetic, so a NaN or
@@ -270,7 +328,7 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
     if weights is not None:
         valid = weights[:, None, None] > 0
         x = xp.where(valid, x, xp.zeros_like(x))
-    a = bit_logits(x, cfg, xp)
+    a = bit_logits(x, cfg, xp, schedule)
     per_bit = bernoulli_entropy(a, xp)
     # d * d, not d ** 2: autodiff then forms upstream * d (finite) rather than 2 * d,
     # which overflows for |x| near the dtype's largest value.
@@ -300,7 +358,7 @@ def _token_count(x, xp, device):
     return xp.sum(xp.ones_like(x[:, 0, 0]))
 
 
-def losses_from_sums(sums: LossSums, cfg: Config, xp):
+def losses_from_sums(sums: LossSums, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE):
     """`(per_sample_entropy, batch_entropy, commitment_loss, aux_loss)` from token sums.
 
     Means are over valid tokens; with no valid token every loss is 0 (not NaN).
@@ -314,21 +372,34 @@ def losses_from_sums(sums: LossSums, cfg: Config, xp):
     for hist in sums.histograms:
         batch = batch + xp.sum(distribution_entropy(hist / denom, xp))
     batch = batch / c
-    return per_sample, batch, commitment, aux_loss(per_sample, batch, commitment, cfg, xp)
+    return per_sample, batch, commitment, aux_loss(per_sample, batch, commitment, cfg, xp, schedule)
 
 
-def aux_loss(per_sample, batch, commitment, cfg: Config, xp):
+def aux_loss(per_sample, batch, commitment, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE,
+             softplus_offset: float | None = None):
     r"""$w_e (H_s - \gamma H_b) + w_c L_c$, leaving out every term whose weight is 0.
 
     A zero weight switches its term off: $0 \cdot \infty$ would be NaN (float32
     commitment of $|z| = 10^{30}$), and autodiff would still reach the term.
+    Weights and $\gamma$ are `schedule`'s where it gives them.
+
+    Args:
+        softplus_offset: when set, the entropy term is
+            $\mathrm{softplus}(H_s - \gamma H_b + \text{offset})$ (positive), the
+            experimental variant of vector-quantize-pytorch
+            (`experimental_softplus_entropy_loss`, `entropy_loss_offset`).
     """
     terms = []
-    if cfg.entropy_weight != 0:
-        entropy = per_sample if cfg.diversity_gamma == 0 else per_sample - cfg.diversity_gamma * batch
-        terms.append(cfg.entropy_weight * entropy)
-    if cfg.commitment_weight != 0:
-        terms.append(cfg.commitment_weight * commitment)
+    if not schedule.is_zero("entropy_weight", cfg):
+        entropy = per_sample
+        if not schedule.is_zero("diversity_gamma", cfg):
+            entropy = per_sample - _like(schedule.value("diversity_gamma", cfg), per_sample, xp) * batch
+        if softplus_offset is not None:
+            t = entropy + softplus_offset  # softplus(t) = max(t, 0) + log1p(exp(-|t|)), no overflow
+            entropy = (t + xp.abs(t)) * 0.5 + xp.log1p(xp.exp(-xp.abs(t)))
+        terms.append(_like(schedule.value("entropy_weight", cfg), per_sample, xp) * entropy)
+    if not schedule.is_zero("commitment_weight", cfg):
+        terms.append(_like(schedule.value("commitment_weight", cfg), commitment, xp) * commitment)
     if not terms:
         # 0 * the bounded entropy (finite for every non-NaN input): a 0 that stays
         # connected to z, so that autodiff of aux gives zeros rather than an error.

@@ -19,6 +19,7 @@ __all__ = [
     "quantize_groups",
     "rescale_tiny_groups",
     "scalar",
+    "soft_clamp",
     "transform_groups",
     "ungroup_features",
 ]
@@ -69,6 +70,11 @@ def quantize_groups(z, cfg: Config, xp, positive=None, device=None):
     return xp.where(z > 0 if positive is None else positive(z), m, -m)
 
 
+def soft_clamp(x, value: float, xp):
+    """The soft clamp $v \tanh(x / v)$ of `Config.soft_clamp` (elementwise, any shape)."""
+    return value * xp.tanh(x / value)
+
+
 def transform_groups(x, cfg: Config, xp, stop_gradient=None, rescale_tiny=None):
     r"""The features the losses see: soft clamp, then the spherical projection.
 
@@ -97,7 +103,7 @@ def transform_groups(x, cfg: Config, xp, stop_gradient=None, rescale_tiny=None):
         # (x/v)**2/3 < 2**-204/v**2, far below any float's resolution.
         x, tiny = rescale_tiny(x)
     if cfg.soft_clamp is not None:
-        clamped = cfg.soft_clamp * xp.tanh(x / cfg.soft_clamp)
+        clamped = soft_clamp(x, cfg.soft_clamp, xp)
         x = clamped if tiny is None else xp.where(tiny, x, clamped)
     if cfg.spherical:
         peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
@@ -157,7 +163,7 @@ def rescale_tiny_groups(x, xp, bitcast, carry):
 def bit_weights(cfg: Config) -> list[int]:
     """Value of each feature's bit in a codebook index, as Python ints.
 
-    MSB order: feature i is worth 2**(D-1-i); LSB order: 2**i.
+    MSB order: feature i is worth `2**(D-1-i)`; LSB order: `2**i`.
     """
     d = cfg.codebook_dim
     if cfg.bit_order == "msb":

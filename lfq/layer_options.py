@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 
 from lfq.config import Config
 
-__all__ = ["LAYER_ARGUMENTS", "LayerOptions", "layer_options"]
+__all__ = ["LAYER_ARGUMENTS", "LayerOptions", "layer_options", "mask_layout"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,13 @@ def _flag(name: str, value) -> None:
         raise TypeError(f"{name}={value!r} must be None (auto), True or False")
 
 
-def _codebook_dim(codebook_size, codebook_dim) -> int:
+def _codebook_dim(codebook_size, codebook_dim, dim) -> int:
     if codebook_size is None and codebook_dim is None:
+        if dim is not None and not isinstance(dim, bool) and isinstance(dim, int) and dim >= 1:
+            return dim  # as in vector-quantize-pytorch: dim alone means codebook_size = 2**dim
         raise ValueError("pass codebook_size (a power of two, e.g. 1024) or codebook_dim (bits per "
-                         "codebook, e.g. 10): give exactly one")
+                         "codebook, e.g. 10), or dim alone (codebook_size = 2**dim): give exactly one "
+                         "of codebook_size and codebook_dim")
     if codebook_size is None:
         return codebook_dim
     resolved = Config.from_codebook_size(codebook_size).codebook_dim
@@ -74,7 +78,9 @@ def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebo
 
     Args:
         dim: input feature size; default C*D. When it differs from C*D, learned
-            projections are created (see `has_projections`).
+            projections are created (see `has_projections`). Given alone (no
+            codebook_size or codebook_dim) it also sets D = dim, as in
+            vector-quantize-pytorch (`codebook_size = 2**dim`).
         codebook_size: codes per codebook, a power of two; or give `codebook_dim`.
         codebook_dim: D, bits per codebook (both may be given if they agree).
         num_codebooks: C.
@@ -102,7 +108,7 @@ def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebo
                         ("has_projections", has_projections)):
         _flag(name, value)
     config = Config(
-        codebook_dim=_codebook_dim(codebook_size, codebook_dim), num_codebooks=num_codebooks,
+        codebook_dim=_codebook_dim(codebook_size, codebook_dim, dim), num_codebooks=num_codebooks,
         scale=codebook_scale, spherical=spherical, inv_temperature=inv_temperature,
         diversity_gamma=diversity_gamma, entropy_weight=entropy_loss_weight,
         commitment_weight=commitment_loss_weight, bit_order=bit_order, soft_clamp=soft_clamp_input_value,
@@ -133,3 +139,45 @@ def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebo
 
 #: Names of the arguments `layer_options` takes, in order.
 LAYER_ARGUMENTS = tuple(inspect.signature(layer_options).parameters)
+
+
+def mask_layout(mask_shape, tokens) -> tuple[int, ...]:
+    """The shape to view a layer's mask as, so that it broadcasts to the `tokens` shape.
+
+    A layer's token shape is its input's shape without the feature axis:
+    `[b, n]` for sequences, `[b, h, w]` for images, `[b, t, h, w]` for video.
+    Accepted masks (vector-quantize-pytorch takes the first and the last two):
+
+    * per token, in the input's own layout: `tokens` itself (`[b, h, w]`);
+    * per sample: `[b]` (every token of a sample shares its flag);
+    * per token, flattened after the batch axis: `[b, h*w]`, `[b, t*h*w]`.
+
+    Args:
+        mask_shape: the mask's shape.
+        tokens: the layer's token shape.
+
+    Returns:
+        The shape to reshape the mask to before broadcasting it to `tokens`
+        (`[b, 1, ..., 1]` for a per-sample mask, `tokens` otherwise).
+
+    No shape is ambiguous: the three layouts differ in rank, and where two
+    have the same shape (sequences: `[b, n]` is both the input's layout and
+    the flattened one) they mean the same tokens.
+
+    Raises:
+        ValueError: a shape that is none of these (the message lists them).
+    """
+    mask_shape, tokens = tuple(mask_shape), tuple(tokens)
+    layouts = {"per token, the input's layout": (tokens, tokens)}
+    if len(tokens) >= 2:
+        layouts["per sample"] = (tokens[:1], tokens[:1] + (1,) * (len(tokens) - 1))
+    if len(tokens) >= 3:
+        layouts["per token, flattened after the batch axis"] = (
+            (tokens[0], math.prod(tokens[1:])), tokens)
+    matches = [view for shape, view in layouts.values() if shape == mask_shape]
+    if not matches:
+        accepted = ", ".join(f"{shape} ({name})" for name, (shape, _) in layouts.items())
+        raise ValueError(
+            f"mask has shape {mask_shape}; for input tokens {tokens} it must be one of: {accepted}"
+        )
+    return matches[0]

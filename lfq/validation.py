@@ -31,6 +31,7 @@ __all__ = [
     "dtype_name",
     "foreign_array_error",
     "numpy_dtype",
+    "split_schedule",
     "token_shape",
 ]
 
@@ -152,7 +153,7 @@ def token_shape(shape, cfg: Config) -> tuple[int, ...]:
 
 
 def check_features(shape, dtype, cfg: Config, name: str = "z") -> None:
-    """Refuse features that are not real floating point or whose feature axis is not C*D."""
+    """Refuse features that are not real floating point or whose feature axis is not `C*D`."""
     check_config(cfg)
     kind = dtype_name(dtype)
     if kind not in FLOAT_DTYPES:
@@ -251,3 +252,47 @@ def check_exact_batch_entropy(cfg: Config) -> None:
             f"(num_codebooks) with fewer bits each, raise max_exact_bits if memory allows, "
             f"or choose the upper-bound approximation batch_entropy='groups:{groups_needed}'"
         )
+
+
+def split_schedule(options: Mapping):
+    """`(Schedule, other options)`: the per-call schedule values taken out of keyword options.
+
+    `inv_temperature`, `diversity_gamma`, `entropy_weight` and `commitment_weight`
+    may be passed per call to `entropy` / `commitment_loss` / `lfq` (and `vjp`) of
+    the array backends, overriding the config's for that call. A Python number is
+    checked like the config field; a 0-d floating array (a framework's scalar
+    tensor, traced under a compiler) is taken as given.
+
+    Raises:
+        ValueError, TypeError: a value that is not a finite number (positive for
+            `inv_temperature`) or a 0-d floating array.
+    """
+    from lfq.factorized import SCHEDULE_FIELDS, Schedule
+
+    values = {}
+    rest = {}
+    for key, value in options.items():
+        if key not in SCHEDULE_FIELDS:
+            rest[key] = value
+        elif value is not None:
+            values[key] = _schedule_value(key, value)
+    return Schedule(**values), rest
+
+
+def _schedule_value(name: str, value):
+    if isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} must be a number or a 0-d floating array, not a bool")
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        value = float(value)
+        if not np.isfinite(value) or (name == "inv_temperature" and value <= 0):
+            need = "a finite number > 0" if name == "inv_temperature" else "a finite number"
+            raise ValueError(f"{name}={value!r} must be {need}")
+        return value
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or tuple(shape) != () or not dtype_name(dtype).startswith(("float", "bfloat")):
+        raise TypeError(
+            f"{name} must be a Python number or a 0-d floating array (a scalar tensor), got "
+            f"{_type_name(value)} of shape {None if shape is None else tuple(shape)}: pass float(value) "
+            "or a 0-d tensor"
+        )
+    return value

@@ -21,6 +21,7 @@ read) is skipped; `compiled()` keeps it, running the checks eagerly first.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 import types
@@ -33,6 +34,7 @@ import torch
 from lfq import validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
+from lfq.factorized import SCHEDULE_FIELDS
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 
 from . import distributed as _dist
@@ -63,10 +65,16 @@ class TorchBackend(ArrayBackend):
         compile_mode: `torch.compile`'s `mode` in compiled mode (None: its
             default; "reduce-overhead": CUDA graphs; see `compiled`).
 
-    Extra keyword arguments of `lfq`, `entropy` and `commitment_loss`:
+    Extra keyword arguments of `lfq`, `entropy`, `commitment_loss` and `vjp`:
         distributed: True sums the loss sums over `process_group` (see
             `lfq.backends.torch_backend.distributed`); default False.
         process_group: the `torch.distributed` group; default the world.
+        inv_temperature, diversity_gamma, entropy_weight, commitment_weight:
+            per-call values overriding the config's (a float or a 0-d tensor),
+            for annealing schedules. In compiled mode they are inputs of the
+            compiled program, not constants: changing them never recompiles
+            (only a weight that becomes 0, or stops being 0, selects another
+            program; see `lfq.factorized.Schedule`).
     """
 
     name = "torch"
@@ -175,9 +183,12 @@ class TorchBackend(ArrayBackend):
 
     def _call(self, program: str, cfg: Config, z, mask=None, options=None, extra=()):
         """Run compiled `program` on `[N, F]` input `z` (and `[N]` mask): get or compile it."""
-        options = options or {}
         if cfg.feature_axis != -1:  # the programs see features last: configs that differ only here share them
             cfg = cfg.replace(feature_axis=-1)
+        # The schedule fields are run-time inputs (the losses program) or unused (the others):
+        # configs that differ only in their values share one program.
+        cfg, scalars, options = _runtime_schedule(cfg, options or {}, z.device)
+        inputs = (scalars,) if program == "losses" else ()
         grad = torch.is_grad_enabled() and z.requires_grad
         signature = (program, cfg, extra, str(z.dtype), mask is not None, z.device.type, grad,
                      tuple(sorted(options)), bool(options.get("distributed", False)))
@@ -188,9 +199,9 @@ class TorchBackend(ArrayBackend):
                                                          fullgraph=True, mode=self.compile_mode)
         torch._dynamo.mark_dynamic(z, 0)  # any N >= 2 reuses this trace
         if mask is None:
-            return fn(z, **options)
+            return fn(z, *inputs, **options)
         torch._dynamo.mark_dynamic(mask, 0)
-        return fn(z, mask, **options)
+        return fn(z, *inputs, mask, **options)
 
     def _check_eagerly(self, op, first, cfg, *args, **kwargs):
         """The checks that would raise inside the compiled graph, made before it is traced."""
@@ -209,7 +220,8 @@ class TorchBackend(ArrayBackend):
         if op in ("entropy", "commitment_loss", "lfq"):
             if op != "commitment_loss":  # the commitment loss needs no batch entropy: any D
                 validation.check_exact_batch_entropy(cfg)
-            _dist.parse_options({k: v for k, v in kwargs.items() if k != "mask"})
+            _, options = validation.split_schedule({k: v for k, v in kwargs.items() if k != "mask"})
+            _dist.parse_options(options)
 
     def _check(self, z, cfg: Config):
         _require_tensor(z, "z")
@@ -409,9 +421,44 @@ def _pad(z, mask):
     return padded, torch.cat([valid, torch.zeros(extra, dtype=torch.bool, device=z.device)])
 
 
-def _loss_program(z, cfg, mask, options):
+_SCHEDULE_PLACEHOLDERS = 64  # per-device scalars tensors kept for repeated schedule values
+_schedule_tensors: collections.OrderedDict = collections.OrderedDict()
+
+
+def _runtime_schedule(cfg: Config, options: dict, device):
+    """`(program config, [4] float64 schedule tensor, other options)` for a compiled call.
+
+    The program config has the schedule fields replaced by placeholders that keep
+    only what changes the program: which weights (and gamma) are zero. The
+    values (the call's, else the config's) travel in the tensor, so the compiled
+    program reads them at run time. Repeated float values reuse one tensor on
+    the device (no host-to-device copy per call).
+    """
+    schedule, options = validation.split_schedule(options)
+    values = [schedule.value(name, cfg) for name in SCHEDULE_FIELDS]
+    values = [float(v) if isinstance(v, (int, float)) else v for v in values]
+    placeholders = {name: 0.0 if schedule.is_zero(name, cfg) else 1.0 for name in SCHEDULE_FIELDS[1:]}
+    program_cfg = cfg.replace(inv_temperature=1.0, **placeholders)
+    if all(isinstance(v, float) for v in values):
+        key = (tuple(values), device)
+        scalars = _schedule_tensors.get(key)
+        if scalars is None:
+            with torch.inference_mode(False):
+                scalars = torch.tensor(values, dtype=torch.float64, device=device)
+            _schedule_tensors[key] = scalars
+            if len(_schedule_tensors) > _SCHEDULE_PLACEHOLDERS:
+                _schedule_tensors.popitem(last=False)
+        else:
+            _schedule_tensors.move_to_end(key)
+    else:
+        scalars = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    return program_cfg, scalars, options
+
+
+def _loss_program(z, scalars, cfg, mask, options):
+    schedule = dict(zip(SCHEDULE_FIELDS, torch.unbind(scalars)))
     with no_autocast(z.device.type):
-        losses = ArrayBackend._losses(_EAGER, z, cfg, mask, options)[2]
+        losses = ArrayBackend._losses(_EAGER, z, cfg, mask, {**options, **schedule})[2]
         return (*losses, ArrayBackend.codes_to_indices(_EAGER, z, cfg))
 
 
@@ -422,7 +469,7 @@ _PROGRAMS = {
     "indices_to_codes": lambda i, cfg, extra, **options: _EAGER.indices_to_codes(i, cfg, *extra),
     "commitment_loss": lambda z, cfg, extra, mask=None, **options: _EAGER.commitment_loss(z, cfg, mask, **options),
     # (per_sample, batch, commitment, aux, indices): lfq without its codes
-    "losses": lambda z, cfg, extra, mask=None, **options: _loss_program(z, cfg, mask, options),
+    "losses": lambda z, cfg, extra, scalars, mask=None, **options: _loss_program(z, scalars, cfg, mask, options),
 }
 
 

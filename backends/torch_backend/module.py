@@ -1,8 +1,11 @@
-"""`LFQ`: the lookup-free quantization layer as a `torch.nn.Module`.
+"""`LFQ`: the lookup-free quantization layer as a `torch.nn.Module`, a drop-in for
+vector-quantize-pytorch's `LFQ`.
 
-Argument names follow vector-quantize-pytorch's `LFQ` where they mean the same
-(docs/torch.md has the migration table). The layer builds one `lfq.Config` and
-calls the torch backend's functional `lfq(...)`: no math is re-implemented here.
+It takes every constructor argument, call argument, mask shape, return field,
+attribute and checkpoint of vector-quantize-pytorch's `LFQ` (docs/migration.md
+has the table), and computes the spec: exact entropies, a correct mask,
+straight-through values exactly on the codes. The layer builds one `lfq.Config`
+and calls the torch backend's functional `lfq(...)`: no LFQ math is written here.
 
 Layouts: sequences `[b, n, dim]` are channel-last; images `[b, dim, h, w]` and
 video `[b, dim, t, h, w]` (ndim >= 4) are channel-first unless `channel_first`
@@ -13,18 +16,22 @@ trailing codebook axis `[..., C]` when num_codebooks > 1 (or
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
+import array_api_compat.torch as torch_namespace
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lfq import validation
-from lfq.layer_options import layer_options
+from lfq import factorized, features, validation
+from lfq.layer_options import layer_options, mask_layout
 
 from . import distributed as _dist
 from .backend import TorchBackend
+from .ops import straight_through
 
-__all__ = ["LFQ", "LossBreakdown", "Return"]
+__all__ = ["CosineSimLinear", "LFQ", "LossBreakdown", "Return"]
 
 
 class Return(NamedTuple):
@@ -36,12 +43,18 @@ class Return(NamedTuple):
         indices: `[...tokens]` or `[...tokens, C]` int64.
         aux_loss: scalar, entropy_loss_weight * (H_sample - gamma H_batch)
             + commitment_loss_weight * commitment; 0 in eval mode unless
-            `compute_loss=True`.
+            `compute_loss=True`. Also readable as `entropy_aux_loss`, its name
+            in vector-quantize-pytorch.
     """
 
     quantized: torch.Tensor
     indices: torch.Tensor
     aux_loss: torch.Tensor
+
+    @property
+    def entropy_aux_loss(self) -> torch.Tensor:
+        """`aux_loss` under vector-quantize-pytorch's name."""
+        return self.aux_loss
 
 
 class LossBreakdown(NamedTuple):
@@ -52,25 +65,71 @@ class LossBreakdown(NamedTuple):
     commitment: torch.Tensor
 
 
-_ACTIVATION_MODULES = {nn.Identity: "identity", nn.Tanh: "tanh"}
+class CosineSimLinear(nn.Module):
+    r"""`project_in` of `cosine_sim_project_in=True`: $s\,\hat x \hat W$, unit rows of x, unit columns of W.
+
+    Its parameter is `weight` of shape `[dim_in, dim_out]`, as in
+    vector-quantize-pytorch, so that its checkpoints load.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+        self.weight = nn.Parameter(torch.randn(dim_in, dim_out))
+
+    def forward(self, x):
+        return (F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=0)) * self.scale
 
 
-def _activation_name(value) -> str:
-    for cls, name in _ACTIVATION_MODULES.items():
-        if type(value) is cls:  # vector-quantize-pytorch passes modules
-            return name
-    return value  # a string; Config validates it
+_BUILTIN_ACTIVATIONS = {nn.Identity: "identity", nn.Tanh: "tanh"}
+_ACTIVATION_FUNCTIONS = {torch.tanh: "tanh", F.tanh: "tanh"}
+_ACTIVATION_MODULES = {"identity": nn.Identity, "tanh": nn.Tanh}
+
+
+def _activation(value):
+    """`(Config.activation, custom callable or None, module to keep as .activation)`."""
+    if isinstance(value, str):
+        return value, None, _ACTIVATION_MODULES.get(value, nn.Identity)()
+    for cls, name in _BUILTIN_ACTIVATIONS.items():
+        if type(value) is cls:
+            return name, None, value
+    if value in _ACTIVATION_FUNCTIONS:
+        return _ACTIVATION_FUNCTIONS[value], None, value
+    if callable(value):  # any module or function: its gradient through a custom path
+        return "identity", value, value
+    raise TypeError(f"straight_through_activation={value!r} must be a module, a callable, "
+                    "'identity' or 'tanh'")
+
+
+#: Per-call schedule arguments of `forward`: the layer's name -> the backend option.
+_SCHEDULE_ARGUMENTS = {"inv_temperature": "inv_temperature", "entropy_loss_weight": "entropy_weight",
+                       "commitment_loss_weight": "commitment_weight", "diversity_gamma": "diversity_gamma"}
 
 
 class LFQ(nn.Module):
     """Lookup-free quantization layer (MAGVIT-v2), exact entropy, torch backend.
 
-    Its arguments are those of every framework's layer, documented once in
-    `lfq.layer_options.layer_options` (`straight_through_activation` also takes
-    `nn.Identity()` / `nn.Tanh()`).
+    The arguments shared by every framework's layer are documented once in
+    `lfq.layer_options.layer_options`. The rest are vector-quantize-pytorch's
+    (docs/migration.md says what each does here):
 
     Args:
+        straight_through_activation: `f` of the straight-through rule: "identity"
+            (default), "tanh", or any module or callable (`nn.Identity()`,
+            `nn.Tanh()`, `nn.SiLU()`, a function): the codes' value is exactly the
+            code, their gradient is f'(x) * upstream.
+        frac_per_sample_entropy: accepted for compatibility (0 < value <= 1); the
+            exact entropy needs no sampled subset of tokens, so it changes nothing.
         projection_has_bias: bias of the projections.
+        cosine_sim_project_in: `project_in` is a `CosineSimLinear`, scaled by
+            `cosine_sim_project_in_scale` (default `codebook_scale`).
+        experimental_softplus_entropy_loss: the entropy term of the aux loss is
+            softplus(H_sample - gamma H_batch + entropy_loss_offset).
+        entropy_loss_offset: the offset of the softplus variant (default 5).
+        force_quantization_f32: accepted; half inputs are always computed in float32.
+        orthogonal_rotation: a fixed random orthogonal `[D, D]` matrix (buffer
+            `orthogonal_rot`) rotates each codebook's features before quantizing
+            and the codes back after.
         return_loss_breakdown: default of the call argument of the same name.
         distributed: sum the losses over the data-parallel group (global batch
             entropy, DDP-exact gradients). None (default) = on when
@@ -78,50 +137,82 @@ class LFQ(nn.Module):
             `process_group`; True/False forces it.
         process_group: the group for `distributed` (default: the world).
 
-    Call: `layer(x, mask=None, return_loss_breakdown=None, compute_loss=None)`
-    returns `Return(quantized, indices, aux_loss)`, or `(Return, LossBreakdown)`
-    when the breakdown is asked for. `mask` is boolean, x's shape without the
-    feature axis (`[b, n]`, `[b, h, w]`); False tokens count in no loss.
-    `compute_loss` defaults to `self.training`.
+    Call: `layer(x, inv_temperature=None, return_loss_breakdown=None, mask=None,
+    compute_loss=None, *, entropy_loss_weight=None, commitment_loss_weight=None,
+    diversity_gamma=None)` (vector-quantize-pytorch's positional order) returns
+    `Return(quantized, indices, aux_loss)`, or `(Return, LossBreakdown)` when the
+    breakdown is asked for. The schedule arguments (a float or a 0-d tensor)
+    override the layer's values for this call; they never recompile a compiled
+    step. `mask` is boolean: per token (`[b, n]`, `[b, h, w]`, `[b, t, h, w]`),
+    per token flattened (`[b, h*w]`, `[b, t*h*w]`) or per sample (`[b]`); False
+    tokens count in no loss. `compute_loss` defaults to `self.training`.
+
+    Checkpoints: the persistent buffer `mask` holds the index weight of each bit
+    (vector-quantize-pytorch's buffer of the same name); state dicts of
+    vector-quantize-pytorch's `LFQ` load with `strict=True`, and the derived
+    buffers `codebook` / `zero` that some of its versions saved are accepted.
     """
 
-    def __init__(self, *, dim=None, codebook_size=None, codebook_dim=None, num_codebooks=1,
-                 entropy_loss_weight=0.1, commitment_loss_weight=0.25, diversity_gamma=1.0,
-                 inv_temperature=100.0, spherical=False, codebook_scale=1.0,
-                 soft_clamp_input_value=None, straight_through_activation="identity",
-                 bit_order="msb", batch_entropy="exact", max_exact_bits=24, precision="highest",
-                 channel_first=None, keep_num_codebooks_dim=None, has_projections=None,
-                 projection_has_bias=True, return_loss_breakdown=False, distributed=None,
+    def __init__(self, *, dim=None, codebook_size=None, entropy_loss_weight=0.1, commitment_loss_weight=0.25,
+                 diversity_gamma=1.0, straight_through_activation="identity", num_codebooks=1,
+                 keep_num_codebooks_dim=None, codebook_scale=1.0, frac_per_sample_entropy=1.0,
+                 has_projections=None, projection_has_bias=True, soft_clamp_input_value=None,
+                 cosine_sim_project_in=False, cosine_sim_project_in_scale=None, channel_first=None,
+                 experimental_softplus_entropy_loss=False, entropy_loss_offset=5.0, spherical=False,
+                 force_quantization_f32=True, orthogonal_rotation=False,
+                 codebook_dim=None, inv_temperature=100.0, bit_order="msb", batch_entropy="exact",
+                 max_exact_bits=24, precision="highest", return_loss_breakdown=False, distributed=None,
                  process_group=None):
         super().__init__()
+        activation_name, self._custom_activation, activation = _activation(straight_through_activation)
         opts = layer_options(
             dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
             entropy_loss_weight=entropy_loss_weight, commitment_loss_weight=commitment_loss_weight,
             diversity_gamma=diversity_gamma, inv_temperature=inv_temperature, spherical=spherical,
             codebook_scale=codebook_scale, soft_clamp_input_value=soft_clamp_input_value,
-            straight_through_activation=_activation_name(straight_through_activation), bit_order=bit_order,
+            straight_through_activation=activation_name, bit_order=bit_order,
             batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision,
             channel_first=channel_first, keep_num_codebooks_dim=keep_num_codebooks_dim,
             has_projections=has_projections)
-        self.cfg, self.dim, self.has_projections = opts.config, opts.dim, opts.has_projections
-        features = self.cfg.num_features
-        if self.has_projections:
-            self.project_in = nn.Linear(self.dim, features, bias=projection_has_bias)
-            self.project_out = nn.Linear(features, self.dim, bias=projection_has_bias)
-        else:
-            self.project_in = self.project_out = nn.Identity()
+        if isinstance(frac_per_sample_entropy, bool) or not isinstance(frac_per_sample_entropy, (int, float)) \
+                or not 0 < frac_per_sample_entropy <= 1:
+            raise ValueError(f"frac_per_sample_entropy={frac_per_sample_entropy!r} must be in (0, 1]")
         if distributed is not None and not isinstance(distributed, bool):
             raise TypeError(f"distributed={distributed!r} must be None (auto), True or False")
+        self.cfg, self.dim, self.has_projections = opts.config, opts.dim, opts.has_projections
+        features_ = self.cfg.num_features
+        if self.has_projections:
+            if cosine_sim_project_in:
+                scale = codebook_scale if cosine_sim_project_in_scale is None else cosine_sim_project_in_scale
+                self.project_in = CosineSimLinear(self.dim, features_, scale)
+            else:
+                self.project_in = nn.Linear(self.dim, features_, bias=projection_has_bias)
+            self.project_out = nn.Linear(features_, self.dim, bias=projection_has_bias)
+        else:
+            self.project_in = self.project_out = nn.Identity()
+        self.activation = activation
         self.options = opts
         self.keep_num_codebooks_dim = opts.keep_num_codebooks_dim
         self.channel_first = channel_first
+        self.frac_per_sample_entropy = frac_per_sample_entropy
+        self.experimental_softplus_entropy_loss = bool(experimental_softplus_entropy_loss)
+        self.entropy_loss_offset = float(entropy_loss_offset)
+        self.force_quantization_f32 = force_quantization_f32
+        self.orthogonal_rotation = orthogonal_rotation
         self.return_loss_breakdown = return_loss_breakdown
         self.distributed = distributed
         self.process_group = process_group
         self.backend = TorchBackend()
-        # Empty, not saved: follows .to()/.double() so that indices_to_codes returns
-        # the layer's dtype also when it has no parameters.
-        self.register_buffer("_codes_like", torch.empty(0), persistent=False)
+        # vector-quantize-pytorch's buffers: `mask` (saved) holds each bit's index weight;
+        # `zero` (not saved) follows .to()/.double(), so it also gives the layer's dtype.
+        self.register_buffer("mask", torch.tensor(features.bit_weights(self.cfg), dtype=torch.int64))
+        self.register_buffer("zero", torch.tensor(0.0), persistent=False)
+        if orthogonal_rotation:
+            rotation = torch.empty(self.cfg.codebook_dim, self.cfg.codebook_dim)
+            nn.init.orthogonal_(rotation)
+            self.register_buffer("orthogonal_rot", rotation)
+
+    # ------------------------------------------------------------ attributes
 
     @property
     def codebook_dim(self) -> int:
@@ -135,9 +226,68 @@ class LFQ(nn.Module):
     def num_codebooks(self) -> int:
         return self.cfg.num_codebooks
 
+    @property
+    def spherical(self) -> bool:
+        return self.cfg.spherical
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of `codebook` and of `indices_to_codes` (follows `.to()`, `.double()`)."""
+        return self.zero.dtype
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """`[2**D, D]`: every code's entries `+-codebook_scale`, row = index (bit order of the config).
+
+        As in vector-quantize-pytorch these are the sign patterns before the
+        spherical normalization (`indices_to_codes` gives the normalized codes).
+        Made on request (`2**D * D` entries), not stored.
+        """
+        cfg = self.cfg.replace(num_codebooks=1, spherical=False)
+        index = torch.arange(self.codebook_size, device=self.zero.device)[:, None]
+        return self.backend.indices_to_codes(index, cfg, validation.dtype_name(self.dtype))
+
+    def _schedule_property(name, field):  # noqa: N805 - builds properties at class creation
+        def get(self):
+            return getattr(self.cfg, field)
+
+        def set_(self, value):
+            self.cfg = self.cfg.replace(**{field: value})
+            self.options = dataclasses.replace(self.options, config=self.cfg)
+
+        return property(get, set_, doc=f"`Config.{field}`; assigning it changes the layer's config.")
+
+    entropy_loss_weight = _schedule_property("entropy_loss_weight", "entropy_weight")
+    commitment_loss_weight = _schedule_property("commitment_loss_weight", "commitment_weight")
+    diversity_gamma = _schedule_property("diversity_gamma", "diversity_gamma")
+    inv_temperature = _schedule_property("inv_temperature", "inv_temperature")
+    codebook_scale = _schedule_property("codebook_scale", "scale")
+    soft_clamp_input_value = _schedule_property("soft_clamp_input_value", "soft_clamp")
+    del _schedule_property
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_dim={self.codebook_dim}, num_codebooks={self.num_codebooks}, "
                 f"channel_first={self.channel_first}, distributed={self.distributed}")
+
+    # ---------------------------------------------------------- checkpoints
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name in ("codebook", "zero"):  # derived buffers that some vector-quantize-pytorch versions saved
+            state_dict.pop(prefix + name, None)
+        key = prefix + "mask"
+        saved = state_dict.get(key)
+        if saved is None:  # a checkpoint of an lfq version without the buffer
+            state_dict[key] = self.mask
+        elif saved.shape == self.mask.shape and not torch.equal(saved.to(self.mask), self.mask):
+            error_msgs.append(
+                f"{key}: the checkpoint's bit weights {saved.tolist()} are not this layer's "
+                f"{self.mask.tolist()} (bit_order={self.cfg.bit_order!r}): build the layer with the bit "
+                "order the checkpoint was trained with ('lsb' for weights 1, 2, 4, ...)")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # --------------------------------------------------------------- forward
 
     def _distributed_options(self) -> dict:
         enabled = self.distributed
@@ -145,7 +295,39 @@ class LFQ(nn.Module):
             enabled = _dist.world_size(self.process_group) > 1
         return {"distributed": True, "process_group": self.process_group} if enabled else {}
 
-    def forward(self, x, mask=None, return_loss_breakdown=None, compute_loss=None):
+    def _schedule_options(self, values: dict, device) -> dict:
+        """The per-call schedule values as backend options; under torch.compile, as tensors
+        (graph inputs that change without recompiling, not constants)."""
+        options = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            if torch.compiler.is_compiling() and not isinstance(value, torch.Tensor):
+                # ones * value, not scalar_tensor(value): inductor specializes the latter on the value
+                value = torch.ones((), dtype=torch.float64, device=device) * value
+            options[_SCHEDULE_ARGUMENTS[name]] = value
+        return options
+
+    def _token_mask(self, mask, tokens: tuple):
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        view = mask_layout(mask.shape, tokens)
+        return mask if tuple(mask.shape) == tokens else mask.reshape(view).expand(tokens)
+
+    def _rotate(self, x, inverse: bool):
+        """Each codebook's `[D]` features times the rotation (or its transpose)."""
+        rotation = self.orthogonal_rot.to(x.dtype)
+        groups = x.unflatten(-1, (self.num_codebooks, self.codebook_dim))
+        return (groups @ (rotation.t() if inverse else rotation)).flatten(-2)
+
+    def _custom_straight_through(self, work, codes, cfg):
+        """Codes' value with the gradient of the user's activation at the transformed features."""
+        _, _, x, _ = self.backend._features(work, cfg, None)  # [N, C, D], soft clamp / sphere applied
+        carrier = self._custom_activation(x).reshape(work.shape)
+        return straight_through(codes.detach(), carrier.to(codes.dtype))
+
+    def forward(self, x, inv_temperature=None, return_loss_breakdown=None, mask=None, compute_loss=None, *,
+                entropy_loss_weight=None, commitment_loss_weight=None, diversity_gamma=None):
         """Quantize `x`; see the class docstring for shapes and the return value."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -160,29 +342,47 @@ class LFQ(nn.Module):
                 f"x has shape {tuple(x.shape) if not channel_first else tuple(x.movedim(-1, 1).shape)}; "
                 f"expected dim={self.dim} features on {layout}: check dim, or set channel_first"
             )
+        if mask is not None:
+            mask = self._token_mask(mask, tuple(x.shape[:-1]))
+        cfg = self.cfg
         h = self.project_in(x)
+        if self.orthogonal_rotation:  # vector-quantize-pytorch's order: clamp, rotate, then the rest
+            if cfg.soft_clamp is not None:
+                h = features.soft_clamp(h, cfg.soft_clamp, torch_namespace)
+                cfg = cfg.replace(soft_clamp=None)
+            h = self._rotate(h, inverse=False)
         # Half inputs: the backend computes in float32 anyway; asking it in float32
         # returns the losses in float32 too (a bf16 loss keeps 3 digits).
         half = h.dtype in (torch.float16, torch.bfloat16)
         work = h.float() if half else h
+        schedule = self._schedule_options(
+            {"inv_temperature": inv_temperature, "entropy_loss_weight": entropy_loss_weight,
+             "commitment_loss_weight": commitment_loss_weight, "diversity_gamma": diversity_gamma}, work.device)
         compute_loss = self.training if compute_loss is None else compute_loss
         if compute_loss:
-            out = self.backend.lfq(work, self.cfg, mask, **self._distributed_options())
+            out = self.backend.lfq(work, cfg, mask, **schedule, **self._distributed_options())
             codes, indices = out.codes, out.indices
             breakdown = LossBreakdown(out.per_sample_entropy, out.batch_entropy, out.commitment_loss)
             aux_loss = out.aux_loss
+            if self.experimental_softplus_entropy_loss:
+                aux_loss = factorized.aux_loss(*breakdown, cfg, torch_namespace,
+                                               validation.split_schedule(schedule)[0],
+                                               softplus_offset=self.entropy_loss_offset)
         else:
             if mask is not None:  # same checks as in training, though no loss uses it
-                if not isinstance(mask, torch.Tensor):
-                    raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-                validation.check_mask(mask.shape, mask.dtype, work.shape, self.cfg)
-            codes = self.backend.straight_through(work, self.cfg)
-            indices = self.backend.codes_to_indices(work, self.cfg)
+                validation.check_mask(mask.shape, mask.dtype, work.shape, cfg)
+            codes = self.backend.straight_through(work, cfg)
+            indices = self.backend.codes_to_indices(work, cfg)
             aux_loss = work.new_zeros(())
             breakdown = LossBreakdown(aux_loss, aux_loss, aux_loss)
-        quantized = self.project_out(codes.to(h.dtype) if half else codes)
-        if channel_first:
-            quantized = quantized.movedim(-1, 1)
+        if self._custom_activation is not None:
+            codes = self._custom_straight_through(work, codes, cfg)
+        codes = codes.to(h.dtype) if half else codes
+        if self.orthogonal_rotation:
+            codes = self._rotate(codes, inverse=True)
+        quantized = self.project_out(codes)
+        if channel_first:  # contiguous, as indices_to_codes returns it: one memory layout for decoders
+            quantized = quantized.movedim(-1, 1).contiguous()
         if not self.keep_num_codebooks_dim:
             indices = indices.squeeze(-1)
         ret = Return(quantized, indices, aux_loss)
@@ -190,7 +390,7 @@ class LFQ(nn.Module):
         return (ret, breakdown) if wants else ret
 
     def indices_to_codes(self, indices, project_out: bool = True):
-        """Codes of `indices` in the input layout.
+        """Codes of `indices` in the input layout, as the forward pass lays them out.
 
         Args:
             indices: int `[...tokens]` (one codebook, axis dropped) or `[...tokens, C]`.
@@ -199,14 +399,19 @@ class LFQ(nn.Module):
         Returns:
             `[b, ..., C*D or dim]` channel-last, or `[b, C*D or dim, ...]` when the
             layer is channel-first (or, with channel_first=None, when the codes
-            have ndim >= 4, i.e. image or video tokens).
+            have ndim >= 4, i.e. image or video tokens), contiguous. Same values,
+            shape and strides as the forward pass's `quantized` for the same
+            tokens (from a contiguous input), so a decoder fed either gives bitwise
+            the same output.
         """
         if not isinstance(indices, torch.Tensor):
             raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
         if not self.keep_num_codebooks_dim:
             indices = indices.unsqueeze(-1)
-        codes = self.backend.indices_to_codes(indices, self.cfg, validation.dtype_name(self._codes_like.dtype))
+        codes = self.backend.indices_to_codes(indices, self.cfg, validation.dtype_name(self.dtype))
+        if self.orthogonal_rotation:
+            codes = self._rotate(codes, inverse=True)
         if project_out and self.has_projections:
             codes = self.project_out(codes)
         channel_first = self.options.is_channel_first(codes.ndim)
-        return codes.movedim(-1, 1) if channel_first else codes
+        return codes.movedim(-1, 1).contiguous() if channel_first else codes
