@@ -27,8 +27,9 @@ def test_codebook_size_and_dim_resolve_d():
     assert LFQ(codebook_size=16, codebook_dim=4).config.codebook_dim == 4
     with pytest.raises(ValueError, match="codebook_size=1000 must be a power of two"):
         LFQ(codebook_size=1000)
+    assert LFQ(dim=8).config.codebook_dim == 8  # dim alone: codebook_size = 2**dim, as in vector-quantize-pytorch
     with pytest.raises(ValueError, match="pass codebook_size .* or codebook_dim"):
-        LFQ(dim=8)
+        LFQ()
     with pytest.raises(ValueError, match="codebook_size=16 means codebook_dim=4, but codebook_dim=5"):
         LFQ(codebook_size=16, codebook_dim=5)
     with pytest.raises(ValueError, match="keep_num_codebooks_dim=False with num_codebooks=2"):

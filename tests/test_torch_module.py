@@ -108,7 +108,7 @@ def test_projections_gradients_and_state_dict_round_trip():
     np.testing.assert_allclose(h.grad.numpy(), want, rtol=1e-10, atol=1e-14)
     clone = LFQ(dim=12, codebook_dim=4, num_codebooks=2, commitment_loss_weight=0.5).double()
     clone.load_state_dict(layer.state_dict())
-    assert sorted(layer.state_dict()) == ["project_in.bias", "project_in.weight",
+    assert sorted(layer.state_dict()) == ["mask", "project_in.bias", "project_in.weight",
                                           "project_out.bias", "project_out.weight"]
     again = clone(x)
     assert torch.equal(again.quantized, ret.quantized) and torch.equal(again.indices, ret.indices)
@@ -134,7 +134,7 @@ def test_mask_all_false_and_errors():
     ret = layer(x, mask=torch.zeros(2, 3, dtype=torch.bool))
     assert float(ret.aux_loss) == 0.0 and ret.indices.shape == (2, 3)
     with pytest.raises(ValueError, match="mask has shape"):
-        layer(x, mask=torch.ones(2, dtype=torch.bool))
+        layer(x, mask=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="expected dim=4 features on the last axis"):
         layer(rand(2, 3, 5))
     with pytest.raises(ValueError, match="axis 1 \\(channel-first\\)"):
@@ -175,7 +175,7 @@ def test_module_traces_as_one_graph(masked):
     layer = LFQ(dim=10, codebook_dim=4, num_codebooks=2)
     x = torch.randn(2, 10, 3, 3)
     mask = torch.rand(2, 3, 3) > 0.5 if masked else None
-    explained = torch._dynamo.explain(layer)(x, mask)
+    explained = torch._dynamo.explain(layer)(x, mask=mask)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
 
 

@@ -13,5 +13,6 @@ masks, data-parallel training). docs/torch.md has the guide.
 
 from .backend import TorchBackend
 from .module import LFQ, LossBreakdown, Return
+from .residual import GroupedResidualLFQ, ResidualLFQ
 
-__all__ = ["LFQ", "LossBreakdown", "Return", "TorchBackend"]
+__all__ = ["GroupedResidualLFQ", "LFQ", "LossBreakdown", "ResidualLFQ", "Return", "TorchBackend"]

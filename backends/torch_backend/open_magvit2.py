@@ -138,7 +138,6 @@ class LFQ(nn.Module):
         self.process_group = process_group
         self.backend = TorchBackend()
         self._base = base
-        self._loss_configs: dict = {}
         self._codes_configs: dict = {}
 
         # Their buffers, under their names and not saved (persistent=False), so that
@@ -192,16 +191,14 @@ class LFQ(nn.Module):
         `sample_minimization_weight = 0` the config has `entropy_weight = 0` and
         the layer forms `-batch_maximization_weight * H_batch` itself.
         """
+        return self._base.replace(**self._schedule(float(inv_temperature)))
+
+    def _schedule(self, inv_temperature) -> dict:
+        """The per-call schedule options of the backend (`lfq.factorized.Schedule`): the
+        temperature and the weights are run-time values, never a new compiled program."""
         smw, bmw = float(self.sample_minimization_weight), float(self.batch_maximization_weight)
-        key = (float(inv_temperature), smw, bmw)
-        cfg = self._loss_configs.get(key)
-        if cfg is None:
-            weight, gamma = (smw, bmw / smw) if smw != 0 else (0.0, 0.0)
-            cfg = self._base.replace(inv_temperature=key[0], entropy_weight=weight, diversity_gamma=gamma)
-            if len(self._loss_configs) >= 64:  # an annealed temperature: keep the cache small
-                self._loss_configs.clear()
-            self._loss_configs[key] = cfg
-        return cfg
+        weight, gamma = (smw, bmw / smw) if smw != 0 else (0.0, 0.0)
+        return {"inv_temperature": inv_temperature, "entropy_weight": weight, "diversity_gamma": gamma}
 
     def _codes_config(self, bits: int, num_codebooks: int) -> Config:
         """Config of `bits`-bit LSB-first codes with the features last (index conversions)."""
@@ -229,7 +226,7 @@ class LFQ(nn.Module):
                 f"x has shape {tuple(x.shape)}; expected [b, dim={self.dim}, ...] (channel-first: "
                 "[b, c, h, w] images, [b, c, t, h, w] video)"
             )
-        cfg = self.loss_config(inv_temperature)
+        cfg, schedule = self._base, self._schedule(inv_temperature)
         half = x.dtype in (torch.float16, torch.bfloat16)
         work = x.float() if half else x  # the backend computes half in float32: ask for float32 losses
         token_mask = self._token_mask(mask, work, cfg)
@@ -237,10 +234,10 @@ class LFQ(nn.Module):
         per_sample = codebook_entropy = entropy_aux_loss = commitment = zero
         indices = None
         if self.training and return_loss:
-            out = self.backend.lfq(work, cfg, token_mask, **self._distributed_options())
+            out = self.backend.lfq(work, cfg, token_mask, **schedule, **self._distributed_options())
             codes, indices = out.codes, out.indices
             per_sample, codebook_entropy, commitment = out.per_sample_entropy, out.batch_entropy, out.commitment_loss
-            entropy_aux_loss = self._entropy_aux_loss(out, cfg)
+            entropy_aux_loss = self._entropy_aux_loss(out, schedule)
         else:
             codes = self.backend.straight_through(work, cfg)
             if self.training:  # theirs: the commitment loss whenever training
@@ -257,8 +254,8 @@ class LFQ(nn.Module):
             return ret
         return ret, LossBreakdown(per_sample, codebook_entropy, commitment, zero)
 
-    def _entropy_aux_loss(self, out, cfg: Config):
-        if cfg.entropy_weight != 0:
+    def _entropy_aux_loss(self, out, schedule: dict):
+        if schedule["entropy_weight"] != 0:
             return out.aux_loss  # smw * (H_sample - (bmw / smw) * H_batch), from the backend
         bmw = float(self.batch_maximization_weight)
         return -bmw * out.batch_entropy if bmw != 0 else out.aux_loss  # (aux_loss is +0 here)
