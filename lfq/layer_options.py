@@ -14,7 +14,8 @@ import math
 
 from lfq.config import Config
 
-__all__ = ["LAYER_ARGUMENTS", "LayerOptions", "layer_options", "mask_layout"]
+__all__ = ["LAYER_ARGUMENTS", "LayerOptions", "SCHEDULE_ARGUMENTS", "layer_options", "mask_layout",
+           "schedule_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,3 +182,17 @@ def mask_layout(mask_shape, tokens) -> tuple[int, ...]:
             f"mask has shape {mask_shape}; for input tokens {tokens} it must be one of: {accepted}"
         )
     return matches[0]
+
+
+#: The layers' per-call schedule arguments and the backend options they become.
+SCHEDULE_ARGUMENTS = {"inv_temperature": "inv_temperature", "entropy_loss_weight": "entropy_weight",
+                      "commitment_loss_weight": "commitment_weight", "diversity_gamma": "diversity_gamma"}
+
+
+def schedule_options(**values) -> dict:
+    """The layers' per-call schedule arguments (`SCHEDULE_ARGUMENTS`, None = the layer's
+    value) as the backend options of `lfq.factorized.Schedule`."""
+    unknown = sorted(set(values) - set(SCHEDULE_ARGUMENTS))
+    if unknown:
+        raise TypeError(f"unexpected schedule argument(s) {unknown}; known: {list(SCHEDULE_ARGUMENTS)}")
+    return {SCHEDULE_ARGUMENTS[name]: value for name, value in values.items() if value is not None}

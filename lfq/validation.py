@@ -31,6 +31,7 @@ __all__ = [
     "dtype_name",
     "foreign_array_error",
     "numpy_dtype",
+    "program_schedule",
     "split_schedule",
     "token_shape",
 ]
@@ -296,3 +297,21 @@ def _schedule_value(name: str, value):
             "or a 0-d tensor"
         )
     return value
+
+
+def program_schedule(cfg: Config, options: Mapping):
+    """`(program config, schedule values, other options)` for a compiled program.
+
+    The program config has the schedule fields replaced by placeholders that keep
+    only what selects a different program: which weights (and gamma) are zero.
+    The values (the call's, else the config's; Python floats or 0-d arrays) are
+    the program's run-time inputs, so configs and calls that differ only in them
+    share one compiled program.
+    """
+    from lfq.factorized import SCHEDULE_FIELDS
+
+    schedule, rest = split_schedule(options)
+    values = {name: schedule.value(name, cfg) for name in SCHEDULE_FIELDS}
+    values = {name: float(v) if isinstance(v, (int, float)) else v for name, v in values.items()}
+    placeholders = {name: 0.0 if schedule.is_zero(name, cfg) else 1.0 for name in SCHEDULE_FIELDS[1:]}
+    return cfg.replace(inv_temperature=1.0, **placeholders), values, rest

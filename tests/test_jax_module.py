@@ -202,3 +202,30 @@ def test_training_step_with_adam_reduces_the_loss():
         params, opt, loss = step(params, opt, x)
         losses.append(float(loss))
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
+
+
+def test_per_call_schedule_is_traced_and_masks_take_every_layout():
+    """An annealed temperature under jit: one trace; vector-quantize-pytorch's mask shapes."""
+    q = LFQ(codebook_dim=4, inv_temperature=100.0, commitment_loss_weight=0.5)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32))
+    traces = []
+
+    def loss(x, tau, weight, mask):
+        traces.append(1)
+        return q.apply({}, x, mask, inv_temperature=tau, entropy_loss_weight=weight).aux_loss
+
+    step = jax.jit(loss)
+    own = np.random.default_rng(1).random((2, 3, 3)) > 0.3
+    for tau, weight in [(1.0, 0.1), (5.0, 0.2), (50.0, 0.05)]:
+        got = step(x, tau, weight, own)
+        cfg = q.config.replace(inv_temperature=tau, entropy_weight=weight, feature_axis=1)
+        want = reference.lfq(np.asarray(x, np.float64), cfg, own).aux_loss
+        np.testing.assert_allclose(float(got), float(want), rtol=2e-5, atol=1e-6)
+    assert len(traces) == 1
+    flat = q.apply({}, x, own.reshape(2, 9), inv_temperature=5.0).aux_loss
+    assert float(flat) == float(q.apply({}, x, own, inv_temperature=5.0).aux_loss)
+    per_sample = q.apply({}, x, np.array([True, False])).aux_loss
+    expanded = np.broadcast_to(np.array([True, False])[:, None, None], (2, 3, 3))
+    assert float(per_sample) == float(q.apply({}, x, expanded).aux_loss)
+    with pytest.raises(ValueError, match="per sample"):
+        q.apply({}, x, np.ones((2, 4), bool))

@@ -42,6 +42,8 @@ __all__ = ["JaxBackend", "positive", "x64_enabled"]
 
 _X64_FIX = "enable 64-bit mode first: jax.config.update('jax_enable_x64', True) (or the jax.enable_x64() context)"
 _OPTIONS = ("axis_name",)
+#: Per-call schedule values (`lfq.factorized.Schedule`): traced inputs under jit.
+_SCHEDULE_OPTIONS = ("inv_temperature", "diversity_gamma", "entropy_weight", "commitment_weight")
 
 
 def x64_enabled() -> bool:
@@ -136,11 +138,12 @@ def _precision(cfg: Config):
 
 
 def _check_options(options: dict) -> None:
-    unknown = sorted(set(options) - set(_OPTIONS))
+    unknown = sorted(set(options) - set(_OPTIONS) - set(_SCHEDULE_OPTIONS))
     if unknown:
         raise TypeError(
             f"unexpected keyword argument(s) {unknown} for the jax backend: its only distributed "
-            f"option is axis_name (a mesh axis name inside jax.shard_map, or a vmap axis_name)"
+            f"option is axis_name (a mesh axis name inside jax.shard_map, or a vmap axis_name); "
+            f"the per-call schedule options are {list(_SCHEDULE_OPTIONS)}"
         )
 
 
@@ -273,7 +276,7 @@ class JaxBackend(ArrayBackend):
 
         Eagerly an index outside `[0, 2**D)` raises ValueError. Under jit (and
         vmap/grad tracing) it cannot: the bits above D are ignored, i.e. the index
-        is taken modulo 2**D (two's complement for negative values).
+        is taken modulo `2**D` (two's complement for negative values).
         """
         self._entry(cfg, indices=indices)
         dtype = validation.check_codes_dtype(dtype)
@@ -301,14 +304,14 @@ class JaxBackend(ArrayBackend):
         self._entry(cfg, z=z, mask=mask)
         _check_options(options)
         if self.jit:
-            return _jitted("entropy")(z, mask, cfg=cfg, options=_freeze(options))
+            return _jitted("entropy")(z, mask, *_jit_arguments(cfg, options))
         return super().entropy(z, cfg, mask, **options)
 
     def commitment_loss(self, z, cfg: Config, mask=None, **options):
         self._entry(cfg, z=z, mask=mask)
         _check_options(options)
         if self.jit:
-            return _jitted("commitment_loss")(z, mask, cfg=cfg, options=_freeze(options))
+            return _jitted("commitment_loss")(z, mask, *_jit_arguments(cfg, options))
         return super().commitment_loss(z, cfg, mask, **options)
 
     def lfq(self, z, cfg: Config, mask=None, **options):
@@ -316,7 +319,7 @@ class JaxBackend(ArrayBackend):
         self._entry(cfg, z=z, mask=mask)
         _check_options(options)
         if self.jit:
-            return _jitted("lfq")(z, mask, cfg=cfg, options=_freeze(options))
+            return _jitted("lfq")(z, mask, *_jit_arguments(cfg, options))
         return super().lfq(z, cfg, mask, **options)
 
     def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
@@ -340,7 +343,8 @@ class JaxBackend(ArrayBackend):
         elif cotangent is not None:
             validation.check_cotangent(np.shape(cotangent), (), term)
         if self.jit:
-            return _jitted("vjp")(z, cotangent, mask, term=term, cfg=cfg, options=_freeze(options))
+            program_cfg, schedule, options = _jit_arguments(cfg, options)
+            return _jitted("vjp")(z, cotangent, mask, program_cfg, schedule, options, term=term)
         return self._vjp(z, cotangent, mask, term, cfg, options)
 
     def _vjp(self, z, cotangent, mask, term, cfg, options):
@@ -406,6 +410,17 @@ def _freeze(options: dict) -> tuple:
     return tuple(sorted(options.items()))
 
 
+def _jit_arguments(cfg: Config, options: dict) -> tuple:
+    """`(program config, schedule values, frozen options)` of a jitted loss call.
+
+    The schedule values (temperature, weights) are traced arguments, not part of
+    the static config, so an annealed temperature reuses one compiled program
+    (`validation.program_schedule`).
+    """
+    program_cfg, schedule, options = validation.program_schedule(cfg, options)
+    return program_cfg, schedule, _freeze(options)
+
+
 _EAGER = JaxBackend()
 _COMPILED = JaxBackend(jit=True)
 
@@ -414,13 +429,13 @@ _COMPILED = JaxBackend(jit=True)
 def _jitted(op: str):
     """`jax.jit` of one eager operation; array arguments traced, the rest static."""
     if op in ("entropy", "commitment_loss", "lfq"):
-        def fn(z, mask, *, cfg, options):
-            return getattr(_EAGER, op)(z, cfg, mask, **dict(options))
-        return jax.jit(fn, static_argnames=("cfg", "options"))
+        def fn(z, mask, cfg, schedule, options):
+            return getattr(_EAGER, op)(z, cfg, mask, **dict(options), **schedule)
+        return jax.jit(fn, static_argnums=(2, 4))
     if op == "vjp":
-        def fn(z, cotangent, mask, *, term, cfg, options):
-            return _EAGER._vjp(z, cotangent, mask, term, cfg, dict(options))
-        return jax.jit(fn, static_argnames=("term", "cfg", "options"))
+        def fn(z, cotangent, mask, cfg, schedule, options, *, term):
+            return _EAGER._vjp(z, cotangent, mask, term, cfg, {**dict(options), **schedule})
+        return jax.jit(fn, static_argnums=(3, 5), static_argnames=("term",))
     if op == "indices_to_codes":
         def fn(indices, *, cfg, dtype):
             return _EAGER.indices_to_codes(indices, cfg, dtype)

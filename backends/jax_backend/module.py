@@ -1,7 +1,7 @@
 """`LFQ`: the quantizer as a plain JAX module, an `init`/`apply` pair.
 
 The module is a frozen (hashable) dataclass holding only options; the learned
-parameters, the optional `project_in` (dim -> C*D) and `project_out` (C*D -> dim)
+parameters, the optional `project_in` (`dim -> C*D`) and `project_out` (`C*D -> dim`)
 linear maps, live in a params pytree returned by `init`. `apply(params, x, ...)`
 is a pure function, so it composes with `jax.jit`, `jax.grad`, `jax.vmap` and
 `jax.shard_map` and with any optimizer written over pytrees. No dependency
@@ -26,7 +26,7 @@ import lfq
 from lfq import validation
 from lfq.backends.jax_backend.backend import _precision
 from lfq.config import Config
-from lfq.layer_options import LAYER_ARGUMENTS, layer_options
+from lfq.layer_options import LAYER_ARGUMENTS, layer_options, mask_layout, schedule_options
 
 __all__ = ["LFQ", "LFQResult", "LossBreakdown"]
 
@@ -64,7 +64,7 @@ class LFQ:
 
     Args:
         return_loss_breakdown: default of the `apply` argument of that name.
-        has_projections: None = auto (dim given and != C*D).
+        has_projections: None = auto (dim given and `!= C*D`).
         projection_has_bias: whether the projections have a bias.
 
     Example:
@@ -110,7 +110,7 @@ class LFQ:
 
     @property
     def input_dim(self) -> int:
-        """Feature size of the input and of `quantized`: `dim`, or C*D."""
+        """Feature size of the input and of `quantized`: `dim`, or `C*D`."""
         return self._options.dim
 
     @property
@@ -154,24 +154,32 @@ class LFQ:
                              f"(dim={self.input_dim} != C*D or has_projections=True); "
                              "create the params with LFQ.init(key)")
         layer = params[name]
+        if callable(layer):  # a framework's layer, e.g. the nnx.Linear / nn.Dense of flax_modules
+            return layer(x)
         y = jnp.matmul(x, layer["kernel"], precision=_precision(self.config))
         return y + layer["bias"] if "bias" in layer else y
 
     def apply(self, params: dict, x, mask=None, *, train: bool = True, compute_loss: bool | None = None,
-              return_loss_breakdown: bool | None = None, axis_name=None):
+              return_loss_breakdown: bool | None = None, axis_name=None, inv_temperature=None,
+              entropy_loss_weight=None, commitment_loss_weight=None, diversity_gamma=None):
         """Quantize `x` and (when training) compute the aux loss.
 
         Args:
             params: from `init` (`{}` when there are no projections).
             x: `[b, ..., dim]` channel-last or `[b, dim, ...]` channel-first features.
-            mask: optional boolean `[b, ...]` (x's shape without the feature axis);
-                False tokens are quantized but count in no loss.
+            mask: optional boolean, per token (`[b, n]`, `[b, h, w]`: x's shape
+                without the feature axis), per token flattened (`[b, h*w]`) or per
+                sample (`[b]`); False tokens are quantized but count in no loss.
             train: compute the loss (in eval, `train=False`, aux_loss is 0).
             compute_loss: overrides `train` for the loss (True: losses in eval too).
             return_loss_breakdown: also return a `LossBreakdown` (default: the
                 constructor's value).
             axis_name: mesh axis to make the losses global over (inside
                 `jax.shard_map`); see docs/jax.md for the gradient semantics.
+            inv_temperature, entropy_loss_weight, commitment_loss_weight,
+                diversity_gamma: this call's values (floats or 0-d arrays, traced
+                under jit: an annealing schedule does not retrace); None = the
+                module's.
 
         Returns:
             `LFQResult(quantized, indices, aux_loss)`, or `(LFQResult, LossBreakdown)`
@@ -197,10 +205,17 @@ class LFQ:
             raise TypeError(f"x has dtype {validation.dtype_name(x.dtype)}; LFQ quantizes real "
                             f"floating-point features ({', '.join(validation.FLOAT_DTYPES)}): cast it first")
         cfg = self.config
+        if mask is not None:
+            tokens = tuple(x.shape[:-1])
+            mask = mask if tuple(mask.shape) == tokens else jnp.broadcast_to(
+                jnp.reshape(mask, mask_layout(mask.shape, tokens)), tokens)
         z = self._dense(params, "project_in", x) if self.uses_projections else x
         compute = train if compute_loss is None else compute_loss
         if compute:
             options = {} if axis_name is None else {"axis_name": axis_name}
+            options.update(schedule_options(
+                inv_temperature=inv_temperature, entropy_loss_weight=entropy_loss_weight,
+                commitment_loss_weight=commitment_loss_weight, diversity_gamma=diversity_gamma))
             out = backend.lfq(z, cfg, mask, **options)
             codes, indices, aux = out.codes, out.indices, out.aux_loss
             breakdown = LossBreakdown(out.per_sample_entropy, out.batch_entropy, out.commitment_loss)
@@ -230,7 +245,7 @@ class LFQ:
             dtype: dtype name of the codes.
 
         Returns:
-            `[b, ..., dim]` (or C*D without projection), channel-first `[b, dim, ...]`
+            `[b, ..., dim]` (or `[b, ..., C*D]` without projection), channel-first `[b, dim, ...]`
             when the module is channel-first (auto: when the result has ndim >= 4).
         """
         backend = lfq.get("jax")

@@ -426,19 +426,13 @@ _schedule_tensors: collections.OrderedDict = collections.OrderedDict()
 
 
 def _runtime_schedule(cfg: Config, options: dict, device):
-    """`(program config, [4] float64 schedule tensor, other options)` for a compiled call.
-
-    The program config has the schedule fields replaced by placeholders that keep
-    only what changes the program: which weights (and gamma) are zero. The
-    values (the call's, else the config's) travel in the tensor, so the compiled
-    program reads them at run time. Repeated float values reuse one tensor on
-    the device (no host-to-device copy per call).
+    """`(program config, [4] float64 schedule tensor, other options)` for a compiled call
+    (`validation.program_schedule`): the values travel in the tensor, so the compiled
+    program reads them at run time. Repeated float values reuse one tensor on the
+    device (no host-to-device copy per call).
     """
-    schedule, options = validation.split_schedule(options)
-    values = [schedule.value(name, cfg) for name in SCHEDULE_FIELDS]
-    values = [float(v) if isinstance(v, (int, float)) else v for v in values]
-    placeholders = {name: 0.0 if schedule.is_zero(name, cfg) else 1.0 for name in SCHEDULE_FIELDS[1:]}
-    program_cfg = cfg.replace(inv_temperature=1.0, **placeholders)
+    program_cfg, values, options = validation.program_schedule(cfg, options)
+    values = [values[name] for name in SCHEDULE_FIELDS]
     if all(isinstance(v, float) for v in values):
         key = (tuple(values), device)
         scalars = _schedule_tensors.get(key)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfq import factorized, features, validation
-from lfq.layer_options import layer_options, mask_layout
+from lfq.layer_options import layer_options, mask_layout, schedule_options
 
 from . import distributed as _dist
 from .backend import TorchBackend
@@ -99,11 +99,6 @@ def _activation(value):
         return "identity", value, value
     raise TypeError(f"straight_through_activation={value!r} must be a module, a callable, "
                     "'identity' or 'tanh'")
-
-
-#: Per-call schedule arguments of `forward`: the layer's name -> the backend option.
-_SCHEDULE_ARGUMENTS = {"inv_temperature": "inv_temperature", "entropy_loss_weight": "entropy_weight",
-                       "commitment_loss_weight": "commitment_weight", "diversity_gamma": "diversity_gamma"}
 
 
 class LFQ(nn.Module):
@@ -298,14 +293,12 @@ class LFQ(nn.Module):
     def _schedule_options(self, values: dict, device) -> dict:
         """The per-call schedule values as backend options; under torch.compile, as tensors
         (graph inputs that change without recompiling, not constants)."""
-        options = {}
-        for name, value in values.items():
-            if value is None:
-                continue
-            if torch.compiler.is_compiling() and not isinstance(value, torch.Tensor):
-                # ones * value, not scalar_tensor(value): inductor specializes the latter on the value
-                value = torch.ones((), dtype=torch.float64, device=device) * value
-            options[_SCHEDULE_ARGUMENTS[name]] = value
+        options = schedule_options(**values)
+        if torch.compiler.is_compiling():
+            for name, value in options.items():
+                if not isinstance(value, torch.Tensor):
+                    # ones * value, not scalar_tensor(value): inductor specializes the latter on the value
+                    options[name] = torch.ones((), dtype=torch.float64, device=device) * value
         return options
 
     def _token_mask(self, mask, tokens: tuple):
