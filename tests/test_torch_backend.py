@@ -473,3 +473,24 @@ def test_eager_step_touches_no_host_tensor_and_reads_no_value(spherical, monkeyp
     with HostTensors() as seen:
         step()
     assert seen.ops == []
+
+
+def test_eager_calls_do_not_import_the_compiler():
+    """An eager user does not pay for torch._dynamo (1.5-5 s on the first call when imported)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch, lfq\n"
+        "from lfq.backends.torch_backend import LFQ\n"
+        "be = lfq.get('torch')\n"
+        "z = torch.randn(8, 4, 10, requires_grad=True)\n"
+        "out = be.lfq(z, lfq.Config(codebook_dim=10))\n"
+        "(out.aux_loss + out.codes.sum()).backward()\n"
+        "be.vjp('batch_entropy', z.detach(), lfq.Config(codebook_dim=10))\n"
+        "LFQ(codebook_size=16, dim=6)(torch.randn(2, 6, 3, 3)).aux_loss.backward()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]", proc.stdout

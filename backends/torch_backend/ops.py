@@ -160,11 +160,39 @@ class _SubcodeProbs(torch.autograd.Function):
         return grad, None
 
 
+class _EagerMatmulHighest(torch.autograd.Function):
+    """`matmul_highest` for eager mode: the same products and gradient, without the custom op.
+
+    Calling a `torch.library.custom_op` imports `torch._dynamo` on first use (1.5-5 s);
+    an eager user should not pay for the compiler, so eager calls come here and only
+    traced code meets the custom op (which the compiler needs as an opaque op).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        with full_float32_matmuls(a.device.type):
+            return torch.matmul(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors  # differentiable: second derivatives stay at full precision too
+        grad_a = _EagerMatmulHighest.apply(grad, b.mT) if ctx.needs_input_grad[0] else None
+        grad_b = _EagerMatmulHighest.apply(a.mT, grad) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor, highest: bool) -> torch.Tensor:
-    """Batched `a @ b`: `matmul_highest` for float32 when `highest`, else torch's own settings
-    (float64 has no reduced mode)."""
+    """Batched `a @ b`: full float32 precision for float32 when `highest` (the custom op
+    `matmul_highest` under torch.compile, `_EagerMatmulHighest` in eager mode), else
+    torch's own settings (float64 has no reduced mode)."""
     if highest and a.dtype == torch.float32:
-        return matmul_highest(a, b)
+        if torch.compiler.is_compiling():
+            return matmul_highest(a, b)
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            return _EagerMatmulHighest.apply(a, b)
+        with full_float32_matmuls(a.device.type):
+            return torch.matmul(a, b)
     return torch.matmul(a, b)
 
 
