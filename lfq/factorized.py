@@ -171,8 +171,9 @@ def bit_logits(x, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE):
     # representable in a float32 clip (past it everything is saturated anyway).
     if _is_number(scale):
         bound = min(LOGIT_LIMIT / scale, 2.0 ** 127)
-    else:  # a run-time tau: the same numbers, computed in its dtype, then cast to x's
-        bound = _like(xp.clip(LOGIT_LIMIT / scale, max=2.0 ** 127), x, xp)
+    else:  # a run-time tau (an array): the bound only needs to lie past saturation and below
+        # 2**127; adding 2**-63 caps it there without a data-dependent branch or clip.
+        bound = _like(LOGIT_LIMIT / (scale + 2.0 ** -63), x, xp)
         scale = _like(scale, x, xp)
     return xp.clip(x, -bound, bound) * scale
 

@@ -208,3 +208,21 @@ def test_bad_arguments(kwargs, error, pattern):
 def test_wrong_input_size_names_dim_and_axis():
     with pytest.raises(ValueError, match=r"expected dim=8 features on axis 1 \(channel-first\)"):
         LFQLayer(codebook_dim=4, num_codebooks=2)(_z((2, 3, 4, 4)))
+
+
+def test_per_call_schedule_and_vqp_mask_layouts():
+    layer = LFQLayer(codebook_dim=4, commitment_loss_weight=0.5)
+    x = tf.constant(np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32))
+    own = np.random.default_rng(1).random((2, 3, 3)) > 0.3
+    tau = tf.Variable(5.0)
+    for value in (5.0, 20.0):
+        tau.assign(value)
+        out = layer(x, mask=own, training=True, inv_temperature=tau, entropy_loss_weight=0.2)
+        cfg = layer.cfg.replace(inv_temperature=value, entropy_weight=0.2, feature_axis=1)
+        want = lfq.reference.lfq(x.numpy().astype(np.float64), cfg, own).aux_loss
+        np.testing.assert_allclose(float(out.aux_loss), float(want), rtol=2e-5, atol=1e-6)
+        flat = layer(x, mask=own.reshape(2, 9), training=True, inv_temperature=value, entropy_loss_weight=0.2)
+        np.testing.assert_allclose(float(flat.aux_loss), float(out.aux_loss), rtol=1e-6)
+    per_sample = layer(x, mask=np.array([True, False]), training=True)
+    expanded = np.broadcast_to(np.array([True, False])[:, None, None], (2, 3, 3))
+    assert float(per_sample.aux_loss) == float(layer(x, mask=expanded, training=True).aux_loss)

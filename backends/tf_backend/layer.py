@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import lfq
 from lfq.config import Config
-from lfq.layer_options import LAYER_ARGUMENTS, layer_options
+from lfq.layer_options import LAYER_ARGUMENTS, layer_options, mask_layout, schedule_options
 
 __all__ = ["LFQLayer", "LFQLayerOutput", "LossBreakdown", "batch_code_usage"]
 
@@ -106,8 +106,9 @@ class LFQLayer(keras.layers.Layer):
 
     Call arguments:
         x: `[b, ..., dim]`, or `[b, dim, ...]` when channel-first.
-        mask: optional bool, `x`'s shape without the feature axis; masked-out
-            tokens are quantized but count in no loss.
+        mask: optional bool, `x`'s shape without the feature axis, per token
+            flattened (`[b, h*w]`) or per sample (`[b]`); masked-out tokens are
+            quantized but count in no loss.
             A Keras mask of an upstream layer arrives here too, and is passed on
             to `quantized` and `indices`.
         training: Keras's flag; the loss is computed (and added with `add_loss`)
@@ -115,6 +116,9 @@ class LFQLayer(keras.layers.Layer):
         return_loss_breakdown: also return a `LossBreakdown` (None: the
             constructor's default).
         compute_loss: compute and add the loss in inference too.
+        inv_temperature, entropy_loss_weight, commitment_loss_weight, diversity_gamma:
+            this call's values (a float, or a 0-d tensor / `tf.Variable` that a
+            schedule updates without retracing); None = the layer's.
 
     Returns:
         `LFQLayerOutput(quantized, indices, aux_loss)`, or
@@ -204,11 +208,18 @@ class LFQLayer(keras.layers.Layer):
             return {}
         return {"replica_context": context}
 
-    def call(self, x, mask=None, training=None, return_loss_breakdown=None, compute_loss=False):
+    def call(self, x, mask=None, training=None, return_loss_breakdown=None, compute_loss=False,
+             inv_temperature=None, entropy_loss_weight=None, commitment_loss_weight=None, diversity_gamma=None):
         channel_first = self._is_channel_first(x.shape.rank)
         self._channels_last_shape(x.shape)
         if channel_first:
             x = tf.experimental.numpy.moveaxis(x, 1, -1)
+        if mask is not None:  # vector-quantize-pytorch's layouts: per sample [b], flattened [b, h*w]
+            tokens = tuple(x.shape[:-1])
+            if tuple(mask.shape) != tokens and None not in tokens:
+                mask = tf.broadcast_to(tf.reshape(mask, mask_layout(mask.shape, tokens)), tokens)
+        schedule = schedule_options(inv_temperature=inv_temperature, entropy_loss_weight=entropy_loss_weight,
+                                    commitment_loss_weight=commitment_loss_weight, diversity_gamma=diversity_gamma)
         z = self.project_in(x) if self.has_projections else x
         be, cfg = self._backend, self.cfg
         if training or compute_loss:
@@ -216,7 +227,7 @@ class LFQLayer(keras.layers.Layer):
             # gradient keep float32 resolution; the codes' value stays the half-precision
             # quantization of z, bitwise.
             half = z.dtype in _HALF
-            out = be.lfq(tf.cast(z, tf.float32) if half else z, cfg, mask, **self._replica_options())
+            out = be.lfq(tf.cast(z, tf.float32) if half else z, cfg, mask, **schedule, **self._replica_options())
             codes = be.pass_gradient(be.quantize(z, cfg), tf.cast(out.codes, z.dtype)) if half else out.codes
             indices = out.indices
             aux_loss = tf.cast(out.aux_loss, self.dtype)
