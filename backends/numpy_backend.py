@@ -17,6 +17,16 @@ from lfq.interface import CodeUsage, LFQOutput
 from lfq.validation import FLOAT_DTYPES, numpy_dtype
 
 
+def _scheduled(cfg: Config, options: dict) -> Config:
+    """`cfg` with this call's schedule values (`inv_temperature=`, `entropy_weight=`, ...):
+    the reference's meaning of the per-call schedule options of the other backends."""
+    schedule, rest = validation.split_schedule(options)
+    if rest:
+        raise TypeError(f"the numpy backend takes no options besides the schedule, got {sorted(rest)}")
+    values = {name: float(value) for name, value in vars(schedule).items() if value is not None}
+    return cfg.replace(**values) if values else cfg
+
+
 @final
 class NumPyBackend:
     """LFQ on NumPy arrays, by the reference functions (float64 inside).
@@ -48,25 +58,25 @@ class NumPyBackend:
         self._arrays(cfg, indices=indices)
         return reference.indices_to_codes(indices, cfg, dtype)
 
-    def entropy(self, z, cfg: Config, mask=None):
+    def entropy(self, z, cfg: Config, mask=None, **schedule):
         self._arrays(cfg, z=z, mask=mask)
-        return reference.entropy(z, cfg, mask)
+        return reference.entropy(z, _scheduled(cfg, schedule), mask)
 
-    def commitment_loss(self, z, cfg: Config, mask=None):
+    def commitment_loss(self, z, cfg: Config, mask=None, **schedule):
         self._arrays(cfg, z=z, mask=mask)
-        return reference.commitment_loss(z, cfg, mask)
+        return reference.commitment_loss(z, _scheduled(cfg, schedule), mask)
 
-    def lfq(self, z, cfg: Config, mask=None) -> LFQOutput:
+    def lfq(self, z, cfg: Config, mask=None, **schedule) -> LFQOutput:
         self._arrays(cfg, z=z, mask=mask)
-        return reference.lfq(z, cfg, mask)
+        return reference.lfq(z, _scheduled(cfg, schedule), mask)
 
     def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
         self._arrays(cfg, indices=indices, mask=mask)
         return reference.code_usage(indices, cfg, mask)
 
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None):
+    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **schedule):
         self._arrays(cfg, z=z, mask=mask)
-        return reference.vjp(term, z, cfg, cotangent, mask)
+        return reference.vjp(term, z, _scheduled(cfg, schedule), cotangent, mask)
 
     def compiled(self):
         raise NotImplementedError("the numpy backend has no compiled mode (modes == ('eager',))")

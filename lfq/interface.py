@@ -44,9 +44,9 @@ class CodeUsage(NamedTuple):
     """Code-usage metrics of a batch of indices, one entry per codebook.
 
     Attributes:
-        fraction_used: `[C]`, distinct codes seen / 2**D.
+        fraction_used: `[C]`, distinct codes seen / `2**D`.
         perplexity: `[C]`, exp of the entropy (nats) of the index histogram:
-            between 1 (one code) and 2**D (uniform use).
+            between 1 (one code) and `2**D` (uniform use).
     """
 
     fraction_used: Any
@@ -63,6 +63,13 @@ class LFQBackend(Protocol):
             `lfq.validation.FLOAT_DTYPES`); others are refused.
         modes: execution modes the backend offers: "eager" and, where the
             framework compiles, "compiled".
+
+    The built-in backends' `entropy`, `commitment_loss`, `lfq` and `vjp` also take
+    the per-call schedule options `inv_temperature=`, `diversity_gamma=`,
+    `entropy_weight=` and `commitment_weight=` (a number, or a 0-d array of the
+    backend), which mean `cfg.replace(...)` with those values
+    (`lfq.factorized.Schedule`); compiled modes take them as run-time inputs, so
+    an annealing schedule does not recompile. A third-party backend may omit them.
     """
 
     name: str
