@@ -44,28 +44,28 @@ class Config:
     """Options of lookup-free quantization. See docs/spec.md for every rule.
 
     Attributes:
-        codebook_dim: D, bits per codebook; each codebook has 2**D codes.
-        num_codebooks: C; the feature axis has C*D entries, codebook k owns
-            features k*D .. k*D+D-1.
-        scale: s, the code magnitude: codes are +-s per feature
-            (+-s/sqrt(D) when `spherical`).
+        codebook_dim: D, bits per codebook; each codebook has `2**D` codes.
+        num_codebooks: C; the feature axis has `C*D` entries, codebook k owns
+            features `k*D .. k*D+D-1`.
+        scale: s, the code magnitude: codes are `+-s` per feature
+            (`+-s/sqrt(D)` when `spherical`).
         spherical: BSQ variant: each codebook group is projected to the sphere of
-            radius s first, u = s*z/||z|| (u = 0 when ||z|| = 0).
-        inv_temperature: tau in the logits l_j = 2*tau*(z . c_j).
-        diversity_gamma: gamma in the entropy loss H_sample - gamma*H_batch.
+            radius s first, `u = s*z/||z||` (`u = 0` when `||z|| = 0`).
+        inv_temperature: tau in the logits `l_j = 2*tau*(z . c_j)`.
+        diversity_gamma: gamma in the entropy loss `H_sample - gamma*H_batch`.
         entropy_weight: weight of the entropy loss in the aux loss.
         commitment_weight: weight of the commitment loss in the aux loss.
         bit_order: "msb" (first feature of a codebook is the top bit of its index)
             or "lsb" (first feature is bit 0; the Open-MAGVIT2 / MaskBit order).
-        soft_clamp: v; when set, z <- v*tanh(z/v) before everything else.
+        soft_clamp: v; when set, `z <- v*tanh(z/v)` before everything else.
         activation: f of the straight-through estimator: the codes' gradient
-            w.r.t. the (clamped / normalized) features is f'(x) * upstream.
+            w.r.t. the (clamped / normalized) features is `f'(x) * upstream`.
         batch_entropy: "exact" (default) or "groups:G", the explicitly chosen
             approximation that sums the exact batch entropies of G groups of
             consecutive bits (an upper bound of the exact value).
         max_exact_bits: the largest number of bits for which the exact batch
-            entropy is computed (its code histogram has 2**bits entries).
-        feature_axis: the axis of z that holds the C*D features.
+            entropy is computed (its code histogram has `2**bits` entries).
+        feature_axis: the axis of z that holds the `C*D` features.
         precision: "highest" (default: full float32 matrix products, no TF32 /
             bf16 passes) or "default" (the framework's faster default precision;
             error documented in docs/spec.md). The reference is always float64.
@@ -114,7 +114,7 @@ class Config:
 
     @classmethod
     def from_codebook_size(cls, codebook_size: int, **kwargs) -> "Config":
-        """Build a Config from the number of codes per codebook, 2**codebook_dim.
+        """Build a Config from the number of codes per codebook, `2**codebook_dim`.
 
         Raises:
             ValueError: `codebook_size` is not a power of two >= 2.
@@ -131,12 +131,12 @@ class Config:
 
     @property
     def codebook_size(self) -> int:
-        """2**codebook_dim, the number of codes of each codebook."""
+        """`2**codebook_dim`, the number of codes of each codebook."""
         return 2 ** self.codebook_dim
 
     @property
     def num_features(self) -> int:
-        """C*D, the required size of the feature axis."""
+        """`C*D`, the required size of the feature axis."""
         return self.codebook_dim * self.num_codebooks
 
     @property

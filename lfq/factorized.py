@@ -61,7 +61,7 @@ class LossSums(NamedTuple):
         sample_entropy: scalar, sum over valid tokens, codebooks and bits of the
             Bernoulli entropies.
         token_count: scalar, number of valid tokens.
-        commitment: scalar, sum over valid tokens and features of (x - q)**2.
+        commitment: scalar, sum over valid tokens and features of `(x - q)**2`.
         histograms: one array per bit group, `[C, 2**|A|, 2**|B|]`, the
             token-summed code probabilities (row index: high bits A, column: B).
     """
@@ -287,7 +287,7 @@ def distribution_entropy(p, xp):
 
     The sum over the `2**D` terms runs as a tree of sums of at most 32 terms each,
     so its rounding error stays at a few ulps whatever order a compiler reduces
-    in: inductor's CPU sum of all 2**20 terms in one reduction (serial runs of
+    in: inductor's CPU sum of all `2**20` terms in one reduction (serial runs of
     4096 per vector lane) lost 1e-4 relative at D = 20 in float32; staged, it
     agrees with eager's cascade sum (1e-7).
     """
@@ -350,7 +350,7 @@ def _token_count(x, xp, device):
     """`x.shape[0]` as a 0-d array of x's dtype on `device`.
 
     A static size is an exact constant; a size known only at run time (a
-    TensorFlow graph's `None` batch) is counted, which is exact below 2**24
+    TensorFlow graph's `None` batch) is counted, which is exact below `2**24`
     tokens in float32.
     """
     n = x.shape[0]

@@ -25,8 +25,8 @@ class LayerOptions:
     Attributes:
         config: the `lfq.Config` the layer runs (features last: layers move axes).
         dim: feature size of the layer's input and output (`C*D` without projections).
-        has_projections: whether learned `project_in` (dim -> C*D) and
-            `project_out` (C*D -> dim) exist.
+        has_projections: whether learned `project_in` (`dim -> C*D`) and
+            `project_out` (`C*D -> dim`) exist.
         keep_num_codebooks_dim: whether indices keep their codebook axis.
         channel_first: True, False, or None (decided per input by `is_channel_first`).
     """
@@ -78,7 +78,7 @@ def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebo
     """Validate and resolve the arguments shared by every LFQ layer.
 
     Args:
-        dim: input feature size; default C*D. When it differs from C*D, learned
+        dim: input feature size; default `C*D`. When it differs from `C*D`, learned
             projections are created (see `has_projections`). Given alone (no
             codebook_size or codebook_dim) it also sets D = dim, as in
             vector-quantize-pytorch (`codebook_size = 2**dim`).
@@ -87,11 +87,11 @@ def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebo
         num_codebooks: C.
         entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
         commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
-        diversity_gamma: gamma of H_sample - gamma*H_batch.
+        diversity_gamma: gamma of `H_sample - gamma*H_batch`.
         inv_temperature: tau of the soft assignment.
         spherical: the BSQ variant.
         codebook_scale: s, the code magnitude (`Config.scale`).
-        soft_clamp_input_value: v of the soft clamp v*tanh(z/v) (`Config.soft_clamp`).
+        soft_clamp_input_value: v of the soft clamp `v*tanh(z/v)` (`Config.soft_clamp`).
         straight_through_activation: f of the straight-through rule, "identity" or "tanh".
         bit_order: "msb" (default) or "lsb" index bit order.
         batch_entropy: "exact" or the upper-bound approximation "groups:G".
@@ -100,7 +100,7 @@ def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebo
         channel_first: None = auto (see `LayerOptions.is_channel_first`); True/False forces it.
         keep_num_codebooks_dim: None = keep the codebook axis of the indices only
             when num_codebooks > 1 (image tokenizers expect `b h w` indices).
-        has_projections: None = auto (when dim != C*D); True/False forces it.
+        has_projections: None = auto (when `dim != C*D`); True/False forces it.
 
     Raises:
         ValueError, TypeError: naming the argument, its value and the fix.

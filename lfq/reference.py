@@ -314,7 +314,7 @@ def code_usage(indices, cfg: Config, mask=None) -> CodeUsage:
 
     Returns:
         `CodeUsage` of float64 `[C]` arrays. With no counted token: 0 used and
-        perplexity 1. Uses a sort, not a 2**D histogram, so any D works.
+        perplexity 1. Uses a sort, not a `2**D` histogram, so any D works.
 
     Raises:
         ValueError: an index outside `[0, 2**D)` (masked-out tokens included:
@@ -409,7 +409,7 @@ def commitment_vjp(z, cfg: Config, mask=None) -> np.ndarray:
 def straight_through_vjp(z, cfg: Config, cotangent) -> np.ndarray:
     """Gradient of the straight-through codes: `f'(x) * cotangent`, through the transforms.
 
-    f is `cfg.activation`: identity (f' = 1) or tanh (f' = 1 - tanh(x)**2).
+    f is `cfg.activation`: identity (`f' = 1`) or tanh (`f' = 1 - tanh(x)**2`).
     """
     z = _check_z(z, cfg)
     raw = _grouped64(z, cfg)

@@ -67,7 +67,26 @@ def _projection_shapes(quantizer: _PlainLFQ) -> tuple[int, int]:
     return quantizer.input_dim, quantizer.config.num_features
 
 
-class LFQ(nnx.Module):
+class _PlainDelegate:
+    """What both Flax modules read from the plain module they run (`self.jax_module`)."""
+
+    @property
+    def config(self) -> Config:
+        """The `lfq.Config` the module runs (feature axis last)."""
+        return self.jax_module.config
+
+    @property
+    def input_dim(self) -> int:
+        """Feature size of the input and of `quantized`: `dim`, or C*D."""
+        return self.jax_module.input_dim
+
+    @property
+    def uses_projections(self) -> bool:
+        """Whether `project_in`/`project_out` exist."""
+        return self.jax_module.uses_projections
+
+
+class LFQ(_PlainDelegate, nnx.Module):
     """Lookup-free quantizer as a Flax NNX module, with optional input/output projections.
 
     The layer arguments (`dim` to `keep_num_codebooks_dim`) are those of every
@@ -143,21 +162,6 @@ class LFQ(nnx.Module):
         self.project_out = nnx.Linear(features, dim, kernel_init=_uniform(features),
                                       bias_init=_uniform(features), **options)
 
-    @property
-    def config(self) -> Config:
-        """The `lfq.Config` the module runs (feature axis last)."""
-        return self.jax_module.config
-
-    @property
-    def input_dim(self) -> int:
-        """Feature size of the input and of `quantized`: `dim`, or C*D."""
-        return self.jax_module.input_dim
-
-    @property
-    def uses_projections(self) -> bool:
-        """Whether `project_in`/`project_out` exist."""
-        return self.jax_module.uses_projections
-
     def _projections(self) -> dict:
         if self.project_in is None:
             return {}
@@ -181,7 +185,7 @@ class LFQ(nnx.Module):
         return self.jax_module.indices_to_codes(self._projections(), indices, project_out, dtype)
 
 
-class LinenLFQ(nn.Module):
+class LinenLFQ(_PlainDelegate, nn.Module):
     """Lookup-free quantizer as a Flax Linen module, with optional input/output projections.
 
     The layer arguments (`dim` to `keep_num_codebooks_dim`) are those of every
@@ -241,21 +245,6 @@ class LinenLFQ(nn.Module):
         """The plain `lfq.backends.jax_backend.LFQ` (options only) this module runs."""
         names = [name for name in _PlainLFQ.__dataclass_fields__ if not name.startswith("_")]
         return _PlainLFQ(**{name: getattr(self, name) for name in names})
-
-    @property
-    def config(self) -> Config:
-        """The `lfq.Config` the module runs (feature axis last)."""
-        return self.jax_module.config
-
-    @property
-    def input_dim(self) -> int:
-        """Feature size of the input and of `quantized`: `dim`, or C*D."""
-        return self.jax_module.input_dim
-
-    @property
-    def uses_projections(self) -> bool:
-        """Whether `project_in`/`project_out` exist."""
-        return self.jax_module.uses_projections
 
     def setup(self) -> None:
         quantizer = self.jax_module

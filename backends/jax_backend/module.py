@@ -176,10 +176,11 @@ class LFQ:
                 constructor's value).
             axis_name: mesh axis to make the losses global over (inside
                 `jax.shard_map`); see docs/jax.md for the gradient semantics.
-            inv_temperature, entropy_loss_weight, commitment_loss_weight,
-                diversity_gamma: this call's values (floats or 0-d arrays, traced
-                under jit: an annealing schedule does not retrace); None = the
-                module's.
+            inv_temperature: this call's tau (a float or a 0-d array, traced
+                under jit: an annealing schedule does not retrace); None = the module's.
+            entropy_loss_weight: this call's entropy weight (as `inv_temperature`).
+            commitment_loss_weight: this call's commitment weight (as `inv_temperature`).
+            diversity_gamma: this call's gamma (as `inv_temperature`).
 
         Returns:
             `LFQResult(quantized, indices, aux_loss)`, or `(LFQResult, LossBreakdown)`

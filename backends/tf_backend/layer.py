@@ -116,9 +116,11 @@ class LFQLayer(keras.layers.Layer):
         return_loss_breakdown: also return a `LossBreakdown` (None: the
             constructor's default).
         compute_loss: compute and add the loss in inference too.
-        inv_temperature, entropy_loss_weight, commitment_loss_weight, diversity_gamma:
-            this call's values (a float, or a 0-d tensor / `tf.Variable` that a
-            schedule updates without retracing); None = the layer's.
+        inv_temperature: this call's tau (a float, or a 0-d tensor / `tf.Variable`
+            that a schedule updates without retracing); None = the layer's.
+        entropy_loss_weight: this call's entropy weight (as `inv_temperature`).
+        commitment_loss_weight: this call's commitment weight (as `inv_temperature`).
+        diversity_gamma: this call's gamma (as `inv_temperature`).
 
     Returns:
         `LFQLayerOutput(quantized, indices, aux_loss)`, or

@@ -41,8 +41,8 @@ class Return(NamedTuple):
         quantized: the input's shape and layout; straight-through codes
             (projected out to `dim` when the layer has projections).
         indices: `[...tokens]` or `[...tokens, C]` int64.
-        aux_loss: scalar, entropy_loss_weight * (H_sample - gamma H_batch)
-            + commitment_loss_weight * commitment; 0 in eval mode unless
+        aux_loss: scalar, `entropy_loss_weight * (H_sample - gamma H_batch)
+            + commitment_loss_weight * commitment`; 0 in eval mode unless
             `compute_loss=True`. Also readable as `entropy_aux_loss`, its name
             in vector-quantize-pytorch.
     """
@@ -112,7 +112,7 @@ class LFQ(nn.Module):
         straight_through_activation: `f` of the straight-through rule: "identity"
             (default), "tanh", or any module or callable (`nn.Identity()`,
             `nn.Tanh()`, `nn.SiLU()`, a function): the codes' value is exactly the
-            code, their gradient is f'(x) * upstream.
+            code, their gradient is `f'(x) * upstream`.
         frac_per_sample_entropy: accepted for compatibility (0 < value <= 1); the
             exact entropy needs no sampled subset of tokens, so it changes nothing.
         projection_has_bias: bias of the projections.

@@ -9,12 +9,13 @@ outputs, so that the checkpoint format stays tested where the package is absent.
 
 import pathlib
 
-import torch
-import vector_quantize_pytorch as vqp
 from importlib.metadata import version
 
+import torch
 
-def main():
+
+def their_checkpoints(vqp) -> dict:
+    """`{name: {kwargs, state_dict, x, quantized, indices}}` from vector-quantize-pytorch module `vqp`."""
     torch.manual_seed(0)
     cases = {
         "plain": (vqp.LFQ, dict(codebook_size=256, dim=8), (2, 8, 4, 4)),
@@ -24,13 +25,20 @@ def main():
         "spherical": (vqp.LFQ, dict(codebook_size=64, spherical=True, codebook_scale=2.0), (2, 7, 6)),
         "residual": (vqp.ResidualLFQ, dict(dim=24, codebook_size=64, num_quantizers=3), (2, 9, 24)),
     }
-    out = {"version": version("vector-quantize-pytorch")}
+    out = {}
     for name, (cls, kwargs, shape) in cases.items():
         layer = cls(**kwargs).eval()
         x = torch.randn(shape)
         quantized, indices, _ = layer(x)
         out[name] = {"kwargs": kwargs, "state_dict": layer.state_dict(), "x": x,
                      "quantized": quantized.detach(), "indices": indices}
+    return out
+
+
+def main():
+    import vector_quantize_pytorch as vqp
+
+    out = {"version": version("vector-quantize-pytorch"), **their_checkpoints(vqp)}
     path = pathlib.Path(__file__).with_name("vqp_checkpoints.pt")
     torch.save(out, path)
     print(f"wrote {path} ({path.stat().st_size} bytes) from vector-quantize-pytorch {out['version']}")
