@@ -432,3 +432,9 @@ def test_beside_vector_quantize_pytorch_residual():
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
     ours.eval(), them.eval()
     assert torch.equal(ours.get_output_from_indices(a[1]), them.get_output_from_indices(b[1]))
+
+
+def test_a_positional_mask_is_explained():
+    layer = LFQ(codebook_size=16)
+    with pytest.raises(TypeError, match="second positional argument of forward is inv_temperature"):
+        layer(torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool))

@@ -293,6 +293,11 @@ class LFQ(nn.Module):
     def _schedule_options(self, values: dict, device) -> dict:
         """The per-call schedule values as backend options; under torch.compile, as tensors
         (graph inputs that change without recompiling, not constants)."""
+        tau = values["inv_temperature"]
+        if isinstance(tau, torch.Tensor) and (tau.ndim != 0 or not tau.is_floating_point()):
+            raise TypeError(
+                f"inv_temperature got a {tuple(tau.shape)} {tau.dtype} tensor: the second positional argument "
+                "of forward is inv_temperature (vector-quantize-pytorch's order); pass a mask as mask=...")
         options = schedule_options(**values)
         if torch.compiler.is_compiling():
             for name, value in options.items():
