@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from lfq import validation
 from lfq.config import Config
+from lfq.factorized import SCHEDULE_FIELDS
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 from lfq.backends.tf_backend.ops import as_tensor
 
@@ -28,7 +29,10 @@ class CompiledTensorFlowBackend:
     TensorFlow retraces it per input shape and dtype. Inputs are validated before
     tracing, and index ranges are checked on the eager inputs, so errors are the
     eager backend's. Distributed options are refused: inside `strategy.run` use
-    the eager backend in your own (jit-compiled) `tf.function`.
+    the eager backend in your own (jit-compiled) `tf.function`. The per-call
+    schedule options (`inv_temperature=`, the weights) are a `[4]` float64 input
+    of the traced function, not part of its configuration: an annealed
+    temperature does not retrace.
     """
 
     name = "tensorflow"
@@ -91,15 +95,22 @@ class CompiledTensorFlowBackend:
         z, _ = self._z(z, cfg)
         return self._run(("straight_through", cfg), lambda z: self._eager.straight_through(z, cfg), z)
 
-    def _losses(self, op, z, cfg, mask, options):
+    def _schedule(self, cfg: Config, options):
+        """`(program config, [4] float64 schedule tensor)` (`validation.program_schedule`)."""
+        cfg, values, options = validation.program_schedule(cfg, options)
         self._no_options(options)
+        scalars = tf.stack([tf.cast(values[name], tf.float64) for name in SCHEDULE_FIELDS])
+        return cfg, scalars
+
+    def _losses(self, op, z, cfg, mask, options):
         if op != "commitment_loss":  # the commitment loss needs no batch entropy: any D
             validation.check_exact_batch_entropy(cfg)
+        cfg, scalars = self._schedule(cfg, options)
         z, mask = self._z(z, cfg, mask)
         method = getattr(self._eager, op)
         if mask is None:
-            return self._run((op, cfg, False), lambda z: method(z, cfg), z)
-        return self._run((op, cfg, True), lambda z, m: method(z, cfg, m), z, mask)
+            return self._run((op, cfg, False), lambda z, s: method(z, cfg, **_unstack(s)), z, scalars)
+        return self._run((op, cfg, True), lambda z, s, m: method(z, cfg, m, **_unstack(s)), z, scalars, mask)
 
     def entropy(self, z, cfg: Config, mask=None, **options):
         return self._losses("entropy", z, cfg, mask, options)
@@ -111,15 +122,15 @@ class CompiledTensorFlowBackend:
         return self._losses("lfq", z, cfg, mask, options)
 
     def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
-        self._no_options(options)
         if term not in GRAD_TERMS:
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
         if term == "codes" and cotangent is None:
             raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
         if term not in ("codes", "commitment_loss"):  # those two need no batch entropy: any D
             validation.check_exact_batch_entropy(cfg)
+        cfg, scalars = self._schedule(cfg, options)
         z, mask = self._z(z, cfg, mask)
-        arrays = [z]
+        arrays = [z, scalars]
         if cotangent is not None:
             cotangent = as_tensor(cotangent, "cotangent", numbers=True)
             expected = z.shape if term == "codes" else ()
@@ -129,10 +140,10 @@ class CompiledTensorFlowBackend:
             arrays.append(mask)
         has_cot, has_mask = cotangent is not None, mask is not None
 
-        def body(z, *rest):
+        def body(z, s, *rest):
             cot = rest[0] if has_cot else None
             m = rest[-1] if has_mask else None
-            return self._eager.vjp(term, z, cfg, cot, m)  # the commitment alone for its term: any D
+            return self._eager.vjp(term, z, cfg, cot, m, **_unstack(s))  # commitment alone for its term: any D
 
         return self._run(("vjp", cfg, term, has_cot, has_mask), body, *arrays)
 
@@ -147,3 +158,8 @@ class CompiledTensorFlowBackend:
 
     def to_numpy(self, array):
         return self._eager.to_numpy(array)
+
+
+def _unstack(scalars) -> dict:
+    """The `[4]` schedule tensor as the eager backend's schedule options."""
+    return dict(zip(SCHEDULE_FIELDS, tf.unstack(scalars)))
