@@ -344,9 +344,11 @@ def test_compiled_reuses_its_traced_functions():
     cfg = lfq.Config(codebook_dim=3, inv_temperature=7.0)
     z = tf.random.normal([5, 3])
     compiled.lfq(z, cfg)
-    function = compiled._functions[("lfq", cfg, False)]
-    for _ in range(3):
-        compiled.lfq(tf.random.normal([5, 3]), lfq.Config(codebook_dim=3, inv_temperature=7.0))
+    program_cfg = cfg.replace(inv_temperature=1.0, entropy_weight=1.0, commitment_weight=1.0, diversity_gamma=1.0)
+    function = compiled._functions[("lfq", program_cfg, False)]
+    for tau in (7.0, 8.0, 9.0):  # the temperature is an input of the traced function, not a constant
+        compiled.lfq(tf.random.normal([5, 3]), lfq.Config(codebook_dim=3, inv_temperature=tau))
+        compiled.lfq(tf.random.normal([5, 3]), cfg, inv_temperature=tau + 0.5)
     assert function.experimental_get_tracing_count() == 1
 
 

@@ -99,7 +99,9 @@ class CompiledTensorFlowBackend:
         """`(program config, [4] float64 schedule tensor)` (`validation.program_schedule`)."""
         cfg, values, options = validation.program_schedule(cfg, options)
         self._no_options(options)
-        scalars = tf.stack([tf.cast(values[name], tf.float64) for name in SCHEDULE_FIELDS])
+        # tf.constant for floats: tf.cast would make a float32 tensor of a Python float first
+        scalars = tf.stack([tf.constant(v, tf.float64) if isinstance(v, float) else tf.cast(v, tf.float64)
+                            for v in (values[name] for name in SCHEDULE_FIELDS)])
         return cfg, scalars
 
     def _losses(self, op, z, cfg, mask, options):
