@@ -1,8 +1,11 @@
 """Results of a conformance run: one `Result` per check, a `Report` with the summary table.
 
 The table has one row per (backend, check): pass/fail, how many (case, dtype)
-runs passed, the largest absolute and relative errors, and the worst case (the
-one closest to, or furthest past, its tolerance). Failures come with a
+runs passed, the worst error as a fraction of its tolerance ("err/tol": up to 1
+passes; "exact" for the bitwise and integer checks that matched) and the worst
+case (the one closest to, or furthest past, its tolerance). The largest absolute
+and relative errors are in `summary()` and the JSON report: raw, they mislead (a
+gradient of 1e291 passes with an absolute error of 1e287). Failures come with a
 reproducer: the case's config and seed and a Python snippet.
 """
 
@@ -83,7 +86,7 @@ class Report:
         for r in self.results:
             row = rows.setdefault((r.backend, r.check), {
                 "backend": r.backend, "check": r.check, "status": "pass", "passed": 0, "runs": 0,
-                "max_abs": None, "max_rel": None, "worst": "-", "_key": 0.0})
+                "max_abs": None, "max_rel": None, "max_ratio": None, "worst": "-", "_key": 0.0})
             if r.status == "skip":
                 row["status"] = "skip" if row["runs"] == 0 else row["status"]
                 continue
@@ -91,8 +94,7 @@ class Report:
             row["passed"] += r.status == "pass"
             if r.status == "fail":
                 row["status"] = "fail"
-            for field in ("max_abs", "max_rel"):
-                value = getattr(r, field)
+            for field, value in (("max_abs", r.max_abs), ("max_rel", r.max_rel), ("max_ratio", r.ratio)):
                 if value is not None and (row[field] is None or value > row[field] or value != value):
                     row[field] = value
             # worst: the first failure, else the run closest to its tolerance (none when all exact)
@@ -102,13 +104,13 @@ class Report:
         return [{k: v for k, v in row.items() if k != "_key"} for row in rows.values()]
 
     def table(self) -> str:
-        """The summary as a text table."""
-        header = ("backend", "check", "status", "passed", "max abs err", "max rel err", "worst case")
+        """The summary as a text table (err/tol: the worst error over its tolerance, <= 1 passes)."""
+        header = ("backend", "check", "status", "passed", "err/tol", "worst case")
         lines = [header]
         for row in self.summary():
             lines.append((row["backend"], row["check"], row["status"].upper() if row["status"] == "fail"
-                          else row["status"], f"{row['passed']}/{row['runs']}", _num(row["max_abs"]),
-                          _num(row["max_rel"]), row["worst"]))
+                          else row["status"], f"{row['passed']}/{row['runs']}", _err_over_tol(row),
+                          row["worst"]))
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         text = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
@@ -145,10 +147,14 @@ class Report:
             json.dump(self.to_json(), handle, indent=1, default=str)
 
 
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    return "0" if value == 0 else f"{value:.2e}"
+def _err_over_tol(row: dict) -> str:
+    """The table's err/tol: the ratio; "exact" for a matching exact check; "-" without numbers."""
+    ratio = row["max_ratio"]
+    if ratio is not None:
+        return "0" if ratio == 0 else f"{ratio:.2g}"
+    if row["max_abs"] == 0 and row["status"] != "fail":
+        return "exact"  # bitwise / integer checks (no tolerance): every run matched
+    return "-"
 
 
 def backend_lines(target) -> list[str]:

@@ -2,7 +2,9 @@
 
 `run` is what `lfq conformance` and the pytest entry call. It takes backends by
 registry name (your own after `lfq.register(name, "module:Class")`) or as
-objects, and returns a `Report` (see `lfq.conformance.report`).
+objects, and returns a `Report` (see `lfq.conformance.report`). A `progress`
+callable gets a `Step` (a line of text that also carries the counts) as each
+part of a run starts.
 """
 
 from __future__ import annotations
@@ -20,8 +22,51 @@ from lfq.conformance.report import Report, Result, reproducer
 from lfq.conformance.target import DeviceUnsupported, Target
 from lfq.validation import FLOAT_DTYPES
 
-__all__ = ["OracleCache", "compiled_of", "cross", "plan", "resolve_backend", "run", "run_backend", "run_case",
-           "run_contract"]
+__all__ = ["OracleCache", "SHAPES_CONFIG", "Step", "compiled_of", "cross", "plan", "resolve_backend", "run",
+           "run_backend", "run_case", "run_contract"]
+
+#: The config of the contract's `compiled.shapes` checks: that of the case compiled in the
+#: default run, so that a backend compiling one program per config (compiled torch)
+#: reuses the programs of that case for most shapes instead of compiling more.
+SHAPES_CONFIG = next(c.cfg for c in case_table.CASES if c.compiled == "default")
+
+
+class Step(str):
+    """What a run is about to do, as the line `"<backend>: <what>"`, with its counts.
+
+    Attributes:
+        backend: the backend's name (or "a~b" in a cross run).
+        what: the step: "<case> <dtype>" (eager, or the only mode), "<case> <dtype>
+            compiled" (the same case in compiled mode, where it runs), "errors and
+            dtypes", "compiled.shapes", or "done" (the last, after every step).
+        done: steps of this backend finished so far.
+        total: its number of steps ("done" has `done == total`).
+        seconds: time spent on this backend so far.
+    """
+
+    backend: str
+    what: str
+    done: int
+    total: int
+    seconds: float
+
+    def __new__(cls, backend: str, what: str, done: int, total: int, seconds: float):
+        self = super().__new__(cls, f"{backend}: {what}")
+        self.backend, self.what, self.done, self.total, self.seconds = backend, what, done, total, seconds
+        return self
+
+
+class _Steps:
+    """Counts one backend's steps and reports each to `progress` (when given)."""
+
+    def __init__(self, progress, backend: str, total: int):
+        self.progress, self.backend, self.total = progress, backend, total
+        self.done, self.start = 0, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        if self.progress is not None:
+            self.progress(Step(self.backend, what, self.done, self.total, time.perf_counter() - self.start))
+        self.done = min(self.done + 1, self.total) if what != "done" else self.total
 
 
 def resolve_backend(backend):
@@ -126,27 +171,42 @@ def run_case(target: Target, case, dtype: str, *, compiled: Target | None = None
         return _run_case(target, o, case, dtype, full, compiled)
 
 
-def _run_case(target, o, case, dtype, full, compiled):
+def _compiles(case, dtype, full) -> bool:
+    """Whether a (case, dtype) runs in compiled mode too (when the backend has it)."""
+    # Compiling costs seconds per (operation, config, shape, dtype): only the cases marked for it,
+    # in their own dtypes (the full run: every operation, and the cases marked "full" too).
+    return dtype in case.dtypes and case.compiled in (("default", "full") if full else ("default",))
+
+
+def _run_case(target, o, case, dtype, full, compiled, step=None):
     specs = checks.SPECS if full or case.grads_in_default else \
         [s for s in checks.SPECS if s.group not in ("grads", "st_grad")]
     results, eager = _run_specs(target, o, specs)
-    # Compiling costs seconds per (operation, config, shape, dtype): only the cases marked for it,
-    # in their own dtypes (the full run: every operation, and the cases marked "full" too).
-    if compiled is not None and dtype in case.dtypes \
-            and case.compiled in (("default", "full") if full else ("default",)):
+    if compiled is not None and _compiles(case, dtype, full):
+        if step is not None:
+            step(f"{case.name} {dtype} compiled")
         specs = checks.SPECS if full else [s for s in checks.SPECS if s.name in checks.COMPILED_DEFAULT]
         results += _run_specs(compiled, o, specs, "compiled.", eager)[0]
     return results
 
 
-def run_contract(target: Target) -> list[Result]:
-    """The checks without a case: bad-input errors, declared dtypes, compiled mode across shapes."""
+def run_contract(target: Target, progress: Callable[[str], None] | None = None) -> list[Result]:
+    """The checks without a case: bad-input errors, declared dtypes, compiled mode across shapes.
+
+    `progress`, when given, is called with "errors and dtypes" and "compiled.shapes"
+    as each part starts.
+    """
     with np.errstate(all="ignore"):
-        return _run_contract(target)
+        return _run_contract(target, progress or (lambda what: None))
 
 
-def _run_contract(target: Target) -> list[Result]:
+def _contract_steps(backend) -> int:
+    return 2 if "compiled" in tuple(backend.modes) else 1
+
+
+def _run_contract(target: Target, step) -> list[Result]:
     results = []
+    step("errors and dtypes")
     for check in errors.ERROR_CHECKS:
         passed, message, skipped = errors.run_error_check(target, check)
         results.append(Result(target.name, check.name, "-", None,
@@ -157,7 +217,9 @@ def _run_contract(target: Target) -> list[Result]:
                               message, "", None))
     # One compiled backend across many shapes, ranks and empty batches (lfq.conformance.shapes):
     # one row "compiled.shapes", the shape as its case.
-    for label, dtype, passed, message in shapes.run_shape_checks(target):
+    if "compiled" in tuple(target.backend.modes):
+        step("compiled.shapes")
+    for label, dtype, passed, message in shapes.run_shape_checks(target, cfg=SHAPES_CONFIG):
         check, _, shape = label.partition("[")
         results.append(Result(target.name, check, shape.rstrip("]") or "-", dtype, "pass" if passed else "fail",
                               None, None, None, message, "", None))
@@ -176,11 +238,17 @@ def run_backend(backend, *, dtypes=None, full=False, device=None, case_names=Non
         return [Result(name, "device", "-", None, "fail", None, None, None, str(err), "", None)]
     oracles = oracles or OracleCache()
     compiled, results = compiled_of(target)
-    for case, dtype in plan(be, dtypes=dtypes, full=full, case_names=case_names):
-        if progress:
-            progress(f"{target.name}: {case.name} {dtype}")
-        results += run_case(target, case, dtype, compiled=compiled, full=full, oracles=oracles)
-    return results + run_contract(target)
+    runs = plan(be, dtypes=dtypes, full=full, case_names=case_names)
+    compiled_runs = 0 if compiled is None else sum(_compiles(case, dtype, full) for case, dtype in runs)
+    step = _Steps(progress, target.name, len(runs) + compiled_runs + _contract_steps(be))
+    for case, dtype in runs:
+        step(f"{case.name} {dtype}")
+        o = oracles.get(case, dtype)
+        with np.errstate(all="ignore"):  # as in run_case
+            results += _run_case(target, o, case, dtype, full, compiled, step)
+    results += run_contract(target, step)
+    step("done")
+    return results
 
 
 def run(backends: Iterable | str | None = None, *, dtypes=None, full: bool = False, device: str | None = None,
@@ -195,7 +263,9 @@ def run(backends: Iterable | str | None = None, *, dtypes=None, full: bool = Fal
         full: every case, every dtype, every check also in compiled mode.
         device: device string passed to `asarray(..., device=...)`; None: default.
         cases: case names to run (default: the table of the run).
-        progress: called with a line per (backend, case, dtype).
+        progress: called with a `Step` (a `str`, "<backend>: <what>") as each
+            (backend, case, dtype) and each part of the contract starts, and with
+            "<backend>: done" after a backend's last step.
 
     Returns:
         A `Report`; `report.ok` is False on any failure.
@@ -227,19 +297,20 @@ def cross(backends: Iterable | None = None, *, dtypes=None, full: bool = False, 
     report, oracles = Report(), OracleCache()
     for a, b in itertools.combinations(targets, 2):
         label, start, results = f"{a.name}~{b.name}", time.perf_counter(), []
-        for case in case_table.select(full, cases):
-            common = [d for d in _dtypes_for(case, a.backend, dtypes, full) if d in tuple(b.backend.dtypes)]
-            for dtype in common:
-                if progress:
-                    progress(f"{label}: {case.name} {dtype}")
-                o = oracles.get(case, dtype)
-                with np.errstate(all="ignore"):
-                    _, out_a = _run_specs(a, o, checks.SPECS)
-                    _, out_b = _run_specs(b, o, checks.SPECS)
-                for spec in checks.SPECS:
-                    if spec.name not in out_a or spec.name not in out_b:
-                        continue  # not applicable, or a backend failed it (its own run reports why)
-                    outcome = _agreement(spec, out_a[spec.name], out_b[spec.name], o)
-                    results.append(_outcome_result(label, "cross." + spec.name, o, outcome, (a, spec, o)))
+        runs = [(case, d) for case in case_table.select(full, cases)
+                for d in _dtypes_for(case, a.backend, dtypes, full) if d in tuple(b.backend.dtypes)]
+        step = _Steps(progress, label, len(runs))
+        for case, dtype in runs:
+            step(f"{case.name} {dtype}")
+            o = oracles.get(case, dtype)
+            with np.errstate(all="ignore"):
+                _, out_a = _run_specs(a, o, checks.SPECS)
+                _, out_b = _run_specs(b, o, checks.SPECS)
+            for spec in checks.SPECS:
+                if spec.name not in out_a or spec.name not in out_b:
+                    continue  # not applicable, or a backend failed it (its own run reports why)
+                outcome = _agreement(spec, out_a[spec.name], out_b[spec.name], o)
+                results.append(_outcome_result(label, "cross." + spec.name, o, outcome, (a, spec, o)))
+        step("done")
         report.add(label, results, time.perf_counter() - start)
     return report

@@ -7,11 +7,14 @@ and every tool here (the conformance suite, the CLI) can use it by name.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import os
 import threading
 
-__all__ = ["BackendUnavailable", "framework", "get", "is_available", "list_backends", "register"]
+__all__ = ["BackendUnavailable", "StaticInfo", "framework", "get", "is_available", "list_backends", "register",
+           "static_info", "unavailable_reason"]
 
 
 class BackendUnavailable(ImportError):
@@ -25,6 +28,45 @@ _REGISTRY: dict[str, tuple[str, str | None, str | None]] = {
     "torch": ("lfq.backends.torch_backend:TorchBackend", "torch", "torch"),
     "jax": ("lfq.backends.jax_backend:JaxBackend", "jax", "jax"),
     "tensorflow": ("lfq.backends.tf_backend:TensorFlowBackend", "tf", "tensorflow"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticInfo:
+    """What is known about a built-in backend without importing it (`lfq info` lists these).
+
+    Attributes:
+        dtypes: its `dtypes`.
+        modes: its `modes`.
+        distributions: pip distributions that may provide its framework, tried in
+            order for the version (TensorFlow installs as "tensorflow" or "tensorflow-cpu").
+        float64_env: environment variable that adds "float64" to `dtypes` when true
+            (JAX's 64-bit mode), or None.
+    """
+
+    dtypes: tuple[str, ...]
+    modes: tuple[str, ...]
+    distributions: tuple[str, ...] = ()
+    float64_env: str | None = None
+
+    def current_dtypes(self) -> tuple[str, ...]:
+        """`dtypes`, with float64 when `float64_env` is set to a true value."""
+        if self.float64_env and os.environ.get(self.float64_env, "").strip().lower() in _TRUE:
+            return self.dtypes + ("float64",)
+        return self.dtypes
+
+
+_TRUE = ("1", "y", "yes", "t", "true", "on")
+_ALL = ("float16", "bfloat16", "float32", "float64")
+#: The built-in backends' metadata, kept equal to their classes' attributes (tests/test_cli.py checks).
+#: A name registered anew with `register` has none: its class is the only source then.
+_STATIC: dict[str, StaticInfo] = {
+    "numpy": StaticInfo(_ALL, ("eager",)),
+    "torch": StaticInfo(_ALL, ("eager", "compiled"), ("torch",)),
+    "jax": StaticInfo(_ALL[:3], ("eager", "compiled"), ("jax",), float64_env="JAX_ENABLE_X64"),
+    "tensorflow": StaticInfo(_ALL, ("eager", "compiled"),
+                             ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel",
+                              "tf-nightly", "tf-nightly-cpu")),
 }
 _ALIASES = {"np": "numpy", "reference": "numpy", "pytorch": "torch", "tf": "tensorflow"}
 _INSTANCES: dict[str, object] = {}
@@ -47,6 +89,7 @@ def register(name: str, target: str, *, extra: str | None = None, requires: str 
     with _LOCK:
         _REGISTRY[name] = (target, extra, requires)
         _INSTANCES.pop(name, None)
+        _STATIC.pop(name, None)
 
 
 def list_backends() -> list[str]:
@@ -70,6 +113,25 @@ def framework(name: str) -> str | None:
     return _REGISTRY[_resolve(name)][2]
 
 
+def static_info(name: str) -> StaticInfo | None:
+    """The built-in backend's dtypes and modes without importing it; None for a registered one."""
+    return _STATIC.get(_resolve(name))
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why `get(name)` raises `BackendUnavailable` (its framework is missing), else None.
+
+    Looks the framework up without importing it: a backend whose framework is
+    installed may still fail to import.
+    """
+    name = _resolve(name)
+    _, extra, requires = _REGISTRY[name]
+    if requires is None or importlib.util.find_spec(requires) is not None:
+        return None
+    how = f"pip install 'lfq[{extra}]'" if extra else f"install {requires}"
+    return f"backend {name!r} needs {requires}, which is not installed: {how}"
+
+
 def is_available(name: str) -> bool:
     """Whether `get(name)` would succeed (its framework is installed)."""
     try:
@@ -90,12 +152,10 @@ def get(backend: str = "numpy"):
     with _LOCK:
         if name in _INSTANCES:
             return _INSTANCES[name]
-        target, extra, requires = _REGISTRY[name]
-    if requires is not None and importlib.util.find_spec(requires) is None:
-        how = f"pip install 'lfq[{extra}]'" if extra else f"install {requires}"
-        raise BackendUnavailable(
-            f"backend {name!r} needs {requires}, which is not installed: {how}"
-        )
+        target = _REGISTRY[name][0]
+    reason = unavailable_reason(name)
+    if reason is not None:
+        raise BackendUnavailable(reason)
     module_name, attr = target.split(":")
     cls = getattr(importlib.import_module(module_name), attr)
     instance = cls()
