@@ -107,10 +107,6 @@ class Schedule:
         value = self.value(name, cfg)
         return value == 0 if _is_number(value) else getattr(cfg, name) == 0
 
-    @property
-    def is_empty(self) -> bool:
-        return all(getattr(self, name) is None for name in SCHEDULE_FIELDS)
-
 
 _NO_SCHEDULE = Schedule()
 
