@@ -159,8 +159,8 @@ def test_module_under_jit_vmap_and_mask():
     np.testing.assert_allclose(np.asarray(jitted.aux_loss), np.asarray(eager.aux_loss), rtol=0, atol=1e-5)
     per_example = jax.jit(jax.vmap(lambda xi, mi: q.apply(params, xi, mi).aux_loss))(x, mask)
     assert per_example.shape == (3,)
-    with pytest.raises(ValueError, match=r"mask has shape \(3,\), expected \(3, 5\)"):
-        q.apply(params, x, jnp.ones(3, bool))
+    with pytest.raises(ValueError, match=r"mask has shape \(5,\); for input tokens \(3, 5\)"):
+        q.apply(params, x, jnp.ones(5, bool))  # [b] = (3,) is a per-sample mask, [n] is no layout
 
 
 def test_module_bad_inputs():

@@ -97,6 +97,7 @@ class CompiledTensorFlowBackend:
 
     def _schedule(self, cfg: Config, options):
         """`(program config, [4] float64 schedule tensor)` (`validation.program_schedule`)."""
+        validation.check_config(cfg)  # a dict or None fails here, with the usual message
         cfg, values, options = validation.program_schedule(cfg, options)
         self._no_options(options)
         # tf.constant for floats: tf.cast would make a float32 tensor of a Python float first
