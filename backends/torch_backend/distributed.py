@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from lfq.factorized import LossSums
 
-__all__ = ["all_reduce_sums", "parse_options", "world_size"]
+__all__ = ["all_reduce_sums", "layer_options", "parse_options", "world_size"]
 
 _OPTIONS = ("distributed", "process_group")
 
@@ -65,6 +65,18 @@ def world_size(group=None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
+
+
+def layer_options(distributed, process_group) -> dict:
+    """The backend options of a layer's `distributed` / `process_group` arguments.
+
+    `distributed=None` (auto) is on when `process_group` (default: the world) has
+    more than one process; True/False forces it.
+    """
+    enabled = distributed
+    if enabled is None:
+        enabled = world_size(process_group) > 1
+    return {"distributed": True, "process_group": process_group} if enabled else {}
 
 
 def _wait(tensor: torch.Tensor) -> torch.Tensor:

@@ -285,10 +285,7 @@ class LFQ(nn.Module):
     # --------------------------------------------------------------- forward
 
     def _distributed_options(self) -> dict:
-        enabled = self.distributed
-        if enabled is None:
-            enabled = _dist.world_size(self.process_group) > 1
-        return {"distributed": True, "process_group": self.process_group} if enabled else {}
+        return _dist.layer_options(self.distributed, self.process_group)
 
     def _schedule_options(self, values: dict, device) -> dict:
         """The per-call schedule values as backend options; under torch.compile, as tensors
