@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from harness import time_ms
 
 #: Naive rows are skipped past this estimate of their memory (several N x 2^D float32 arrays).
@@ -36,9 +35,16 @@ def cases(dims, tokens, device):
         for algorithm in ("factorized", "naive"):
             for precision in ("highest", "default"):
                 name = algorithm if precision == "highest" else f"{algorithm}/default"
-                case = {"backend": "jax", "algorithm": name, "D": d, "N": tokens,
-                        "device": device, "dtype": "float32", "precision": precision}
-                need = NAIVE_ARRAYS * tokens * 2 ** d * 4 / 2**30
+                case = {
+                    "backend": "jax",
+                    "algorithm": name,
+                    "D": d,
+                    "N": tokens,
+                    "device": device,
+                    "dtype": "float32",
+                    "precision": precision,
+                }
+                need = NAIVE_ARRAYS * tokens * 2**d * 4 / 2**30
                 if algorithm == "naive" and need > MAX_NAIVE_GIB[device]:
                     case["skip"] = f"skipped: naive needs ~{need:.0f} GiB"
                 out.append(case)
@@ -55,18 +61,17 @@ def naive_aux_loss(z, cfg, precision):
     import jax.numpy as jnp
 
     d, m = cfg.codebook_dim, cfg.code_magnitude
-    bits = (np.arange(2 ** d)[:, None] >> np.arange(d - 1, -1, -1)) & 1
-    codes = jnp.asarray(np.where(bits == 1, m, -m), dtype=z.dtype)             # [2^D, D]
+    bits = (np.arange(2**d)[:, None] >> np.arange(d - 1, -1, -1)) & 1
+    codes = jnp.asarray(np.where(bits == 1, m, -m), dtype=z.dtype)  # [2^D, D]
     logits = (2.0 * cfg.inv_temperature) * jnp.matmul(z, codes.T, precision=precision)
-    log_p = jax.nn.log_softmax(logits, axis=-1)                                # [N, 2^D]
+    log_p = jax.nn.log_softmax(logits, axis=-1)  # [N, 2^D]
     p = jnp.exp(log_p)
     per_sample = -jnp.mean(jnp.sum(p * log_p, axis=-1))
     pbar = jnp.mean(p, axis=0)
     batch = -jnp.sum(jnp.where(pbar > 0, pbar * jnp.log(jnp.where(pbar > 0, pbar, 1.0)), 0.0))
     q = jax.lax.stop_gradient(jnp.where(z > 0, m, -m).astype(z.dtype))
     commit = jnp.mean((z - q) ** 2)
-    return (cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch)
-            + cfg.commitment_weight * commit)
+    return cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch) + cfg.commitment_weight * commit
 
 
 def _step_fn(case):
@@ -93,16 +98,14 @@ def prepare(case):
     z = jax.device_put(z, device)
     start = time.perf_counter()
     compiled = _step_fn(case).lower(z).compile()
-    _STATE.update(z=z, step=compiled, device=device,
-                  compile_ms=(time.perf_counter() - start) * 1e3)
+    _STATE.update(z=z, step=compiled, device=device, compile_ms=(time.perf_counter() - start) * 1e3)
 
 
 def run_case(case, repeat):
     import jax
 
     z, step = _STATE["z"], _STATE["step"]
-    result = {"ms": time_ms(lambda: jax.block_until_ready(step(z)), repeat),
-              "compile_ms": _STATE["compile_ms"]}
+    result = {"ms": time_ms(lambda: jax.block_until_ready(step(z)), repeat), "compile_ms": _STATE["compile_ms"]}
     if case["device"] != "cpu":
         stats = _STATE["device"].memory_stats() or {}
         if "peak_bytes_in_use" in stats:

@@ -9,10 +9,10 @@ they are skipped where their N x 2^D tensors would not fit in `MAX_NAIVE_GIB`.
 from __future__ import annotations
 
 import numpy as np
+from harness import time_ms
 
 import lfq
 from lfq import reference
-from harness import time_ms
 
 MAX_NAIVE_GIB = 12.0
 _INPUTS: dict = {}
@@ -24,10 +24,16 @@ def cases(dims, tokens, device):
     out = []
     for d in dims:
         for algorithm in ("literal", "factorized"):
-            case = {"backend": "numpy", "algorithm": algorithm, "D": d, "N": tokens,
-                    "device": "cpu", "dtype": "float64"}
+            case = {
+                "backend": "numpy",
+                "algorithm": algorithm,
+                "D": d,
+                "N": tokens,
+                "device": "cpu",
+                "dtype": "float64",
+            }
             # logits, log p, p, p log p: about four float64 N x 2^D arrays
-            need = 4 * tokens * 2 ** d * 8 / 2**30
+            need = 4 * tokens * 2**d * 8 / 2**30
             if algorithm == "literal" and (d > 16 or need > MAX_NAIVE_GIB):
                 case["skip"] = f"skipped: literal needs ~{need:.0f} GiB"
             out.append(case)

@@ -25,10 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # noqa: E402
+from harness import time_ms  # noqa: E402
 
 import lfq  # noqa: E402
 from lfq import reference  # noqa: E402
-from harness import time_ms  # noqa: E402
 
 MAX_NAIVE_GIB = 12.0
 #: float32 N x 2^D arrays alive at the naive step's peak (logits, log p, p, their gradients)
@@ -40,9 +40,15 @@ def cases(dims, tokens, device):
     out = []
     for d in dims:
         for algorithm in ("factorized-compiled", "factorized-eager", "naive-compiled"):
-            case = {"backend": "tensorflow", "algorithm": algorithm, "D": d, "N": tokens,
-                    "device": device, "dtype": "float32"}
-            need = _NAIVE_ARRAYS * tokens * 2 ** d * 4 / 2**30
+            case = {
+                "backend": "tensorflow",
+                "algorithm": algorithm,
+                "D": d,
+                "N": tokens,
+                "device": device,
+                "dtype": "float32",
+            }
+            need = _NAIVE_ARRAYS * tokens * 2**d * 4 / 2**30
             if algorithm.startswith("naive") and need > MAX_NAIVE_GIB:
                 case["skip"] = f"skipped: naive needs ~{need:.0f} GiB"
             out.append(case)
@@ -53,7 +59,7 @@ def naive_aux_loss(z, cfg: lfq.Config, codes):
     """The N x 2^D aux loss of public LFQ code (eps-clamped batch entropy), `z` `[N, D]`."""
     import tensorflow as tf
 
-    logits = 2.0 * cfg.inv_temperature * tf.matmul(z, codes, transpose_b=True)     # [N, 2^D]
+    logits = 2.0 * cfg.inv_temperature * tf.matmul(z, codes, transpose_b=True)  # [N, 2^D]
     log_p = tf.nn.log_softmax(logits, axis=-1)
     p = tf.exp(log_p)
     per_sample = -tf.reduce_mean(tf.reduce_sum(p * log_p, axis=-1))
@@ -61,8 +67,7 @@ def naive_aux_loss(z, cfg: lfq.Config, codes):
     batch = -tf.reduce_sum(mean_p * tf.math.log(tf.maximum(mean_p, 1e-5)))
     q = tf.where(z > 0, cfg.scale, -cfg.scale)
     commitment = tf.reduce_mean(tf.square(z - q))
-    return (cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch)
-            + cfg.commitment_weight * commitment)
+    return cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch) + cfg.commitment_weight * commitment
 
 
 def prepare(case):

@@ -31,9 +31,9 @@ import importlib.util
 import time
 
 import torch
+from harness import time_ms
 
 import lfq
-from harness import time_ms
 
 #: Budget for the N x 2^D tensors of the naive rows, GiB.
 MAX_NAIVE_GIB = {"cpu": 8.0, "cuda": 60.0}
@@ -57,9 +57,15 @@ def cases(dims, tokens, device):
         algorithms.insert(3, "factorized-cudagraphs")
     for d in dims:
         for algorithm in algorithms:
-            case = {"backend": "torch", "algorithm": algorithm, "D": d, "N": tokens,
-                    "device": device, "dtype": "float32"}
-            need = NAIVE_ARRAYS * tokens * 2 ** d * 4 / 2**30
+            case = {
+                "backend": "torch",
+                "algorithm": algorithm,
+                "D": d,
+                "N": tokens,
+                "device": device,
+                "dtype": "float32",
+            }
+            need = NAIVE_ARRAYS * tokens * 2**d * 4 / 2**30
             if algorithm in ("naive", "vqtorch") and need > MAX_NAIVE_GIB[device]:
                 case["skip"] = f"skipped: N x 2^D needs ~{need:.0f} GiB"
             elif algorithm == "vqtorch" and not has_vqtorch():
@@ -67,14 +73,22 @@ def cases(dims, tokens, device):
             out.append(case)
         if device == "cuda":
             for algorithm in ("inference-eager", "inference-compiled"):
-                out.append({"backend": "torch", "algorithm": algorithm, "D": d,
-                            "N": max(tokens, INFERENCE_TOKENS), "device": device, "dtype": "float32"})
+                out.append(
+                    {
+                        "backend": "torch",
+                        "algorithm": algorithm,
+                        "D": d,
+                        "N": max(tokens, INFERENCE_TOKENS),
+                        "device": device,
+                        "dtype": "float32",
+                    }
+                )
     return out
 
 
 def naive_aux_loss(z, codebook, cfg: lfq.Config):
     """The usual LFQ loss: softmax over all 2^D codes. `z` `[N, D]`, `codebook` `[2^D, D]`."""
-    logits = (2.0 * cfg.inv_temperature) * (z @ codebook.T)          # [N, 2^D]
+    logits = (2.0 * cfg.inv_temperature) * (z @ codebook.T)  # [N, 2^D]
     log_p = torch.log_softmax(logits, dim=-1)
     p = log_p.exp()
     per_sample = -(p * log_p).sum(-1).mean()
@@ -83,8 +97,7 @@ def naive_aux_loss(z, codebook, cfg: lfq.Config):
     batch = -(pbar * pbar.clamp_min(torch.finfo(pbar.dtype).tiny).log()).sum()
     codes = torch.where(z > 0, cfg.scale, -cfg.scale)
     commitment = (z - codes).square().mean()
-    return (cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch)
-            + cfg.commitment_weight * commitment)
+    return cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch) + cfg.commitment_weight * commitment
 
 
 def all_codes(cfg: lfq.Config, device, dtype=torch.float32) -> torch.Tensor:
@@ -106,10 +119,17 @@ def _training_step(case, z, cfg):
     if algorithm == "vqtorch":
         from vector_quantize_pytorch import LFQ as VQLFQ
 
-        layer = VQLFQ(codebook_size=cfg.codebook_size, dim=cfg.codebook_dim,
-                      entropy_loss_weight=cfg.entropy_weight,
-                      commitment_loss_weight=cfg.commitment_weight,
-                      diversity_gamma=cfg.diversity_gamma).to(device).train()
+        layer = (
+            VQLFQ(
+                codebook_size=cfg.codebook_size,
+                dim=cfg.codebook_dim,
+                entropy_loss_weight=cfg.entropy_weight,
+                commitment_loss_weight=cfg.commitment_weight,
+                diversity_gamma=cfg.diversity_gamma,
+            )
+            .to(device)
+            .train()
+        )
         x = z[None]  # [1, N, D]
         return lambda: layer(x, inv_temperature=cfg.inv_temperature).entropy_aux_loss.backward()
     be = lfq.get("torch")
@@ -126,8 +146,11 @@ def _inference_step(case, z, cfg):
     def quantize_and_index(z):
         return be.quantize(z, cfg), be.codes_to_indices(z, cfg)
 
-    fn = torch.compile(quantize_and_index, fullgraph=True) if case["algorithm"] == "inference-compiled" \
+    fn = (
+        torch.compile(quantize_and_index, fullgraph=True)
+        if case["algorithm"] == "inference-compiled"
         else quantize_and_index
+    )
 
     def step():
         with torch.no_grad():

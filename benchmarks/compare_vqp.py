@@ -18,7 +18,6 @@ import argparse
 import platform
 
 import torch
-
 from lfq.backends.torch_backend import LFQ
 
 
@@ -26,7 +25,7 @@ def run(bits: int, tau: float, sigma: float, tokens: int, seed: int = 0, masked:
     from vector_quantize_pytorch import LFQ as TheirLFQ
 
     torch.manual_seed(seed)
-    kwargs = dict(codebook_size=2 ** bits, commitment_loss_weight=0.25, entropy_loss_weight=0.1)
+    kwargs = dict(codebook_size=2**bits, commitment_loss_weight=0.25, entropy_loss_weight=0.1)
     ours, theirs = LFQ(**kwargs).double(), TheirLFQ(**kwargs).double()
     x = (sigma * torch.randn(1, tokens, bits, dtype=torch.float64)).requires_grad_()
     mask = torch.ones(1, tokens, dtype=torch.bool) if masked else None
@@ -40,11 +39,15 @@ def run(bits: int, tau: float, sigma: float, tokens: int, seed: int = 0, masked:
         parts.append(breakdown)
     exact, theirs_grad = grads
     return {
-        "D": bits, "tau": tau, "sigma": sigma, "mask": masked,
+        "D": bits,
+        "tau": tau,
+        "sigma": sigma,
+        "mask": masked,
         "aux_rel": abs(losses[1] - losses[0]) / abs(losses[0]),
         "grad_rel": float((theirs_grad - exact).norm() / exact.norm()),
         "cosine": float(torch.nn.functional.cosine_similarity(theirs_grad.flatten(), exact.flatten(), dim=0)),
-        "H_batch": float(parts[0].batch_entropy), "their_H_batch": float(parts[1].batch_entropy),
+        "H_batch": float(parts[0].batch_entropy),
+        "their_H_batch": float(parts[1].batch_entropy),
         "their_H_sample": float(parts[1].per_sample_entropy),
     }
 
@@ -55,19 +58,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from importlib.metadata import version
 
-    print(f"vector-quantize-pytorch {version('vector-quantize-pytorch')}, torch {torch.__version__}, "
-          f"{platform.machine()}, N = {args.tokens} tokens, float64")
+    print(
+        f"vector-quantize-pytorch {version('vector-quantize-pytorch')}, torch {torch.__version__}, "
+        f"{platform.machine()}, N = {args.tokens} tokens, float64"
+    )
     print("| D | tau | sigma | mask | aux loss rel. diff | gradient rel. diff | cosine | H_batch exact | theirs |")
     print("|---|---|---|---|---|---|---|---|---|")
-    settings = [(bits, tau, sigma, False) for bits in (8, 12, 16) for tau in (1.0, 10.0, 100.0)
-                for sigma in (1.0, 0.1)]
+    settings = [(bits, tau, sigma, False) for bits in (8, 12, 16) for tau in (1.0, 10.0, 100.0) for sigma in (1.0, 0.1)]
     settings += [(12, 100.0, 1.0, True), (12, 10.0, 0.1, True)]
     for bits, tau, sigma, masked in settings:
         r = run(bits, tau, sigma, args.tokens, masked=masked)
-        print(f"| {r['D']} | {r['tau']:g} | {r['sigma']:g} | {'all True' if masked else '-'} | "
-              f"{r['aux_rel']:.2%} | {r['grad_rel']:.2%} | {r['cosine']:.4f} | {r['H_batch']:.4f} | "
-              f"{r['their_H_batch']:.4f}" + (f" (= their H_sample {r['their_H_sample']:.4f})" if masked else "")
-              + " |")
+        print(
+            f"| {r['D']} | {r['tau']:g} | {r['sigma']:g} | {'all True' if masked else '-'} | "
+            f"{r['aux_rel']:.2%} | {r['grad_rel']:.2%} | {r['cosine']:.4f} | {r['H_batch']:.4f} | "
+            f"{r['their_H_batch']:.4f}" + (f" (= their H_sample {r['their_H_sample']:.4f})" if masked else "") + " |"
+        )
 
 
 if __name__ == "__main__":

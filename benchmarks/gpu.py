@@ -39,7 +39,7 @@ def step(title: str, cmd: list[str], out_dir: str, name: str, timeout: float) ->
         code = 124
     with open(os.path.join(out_dir, f"{name}.log"), "w") as f:
         f.write(text)
-    lines = [l for l in text.splitlines() if l.strip() and "Warning" not in l]
+    lines = [line for line in text.splitlines() if line.strip() and "Warning" not in line]
     print("\n".join(lines[-40:]))
     print(f"[{title}: exit {code}, {time.time() - start:.0f} s]", flush=True)
     return code
@@ -51,34 +51,104 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", nargs="+", default=["14", "16", "18"])
     parser.add_argument("--tokens", default="16384")
     parser.add_argument("--skip-conformance", action="store_true")
-    parser.add_argument("--budget", type=float, default=540.0,
-                        help="seconds for all steps together (each step gets a fixed share)")
+    parser.add_argument(
+        "--budget", type=float, default=540.0, help="seconds for all steps together (each step gets a fixed share)"
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     py = sys.executable
-    info = ("import torch, jax; print('torch', torch.__version__, torch.cuda.get_device_name(0)); "
-            "print('jax', jax.__version__, jax.devices())")
+    info = (
+        "import torch, jax; print('torch', torch.__version__, torch.cuda.get_device_name(0)); "
+        "print('jax', jax.__version__, jax.devices())"
+    )
     failures = 0
     failures += step("device", [py, "-c", info], args.out, "device", 0.05 * args.budget) != 0
     if not args.skip_conformance:
-        failures += step("conformance on CUDA (torch, jax)",
-                         [py, "-m", "lfq.cli", "conformance", "--backend", "torch", "--backend", "jax", "--device", "cuda",
-                          "--json", os.path.join(args.out, "conformance.json")],
-                         args.out, "conformance", 0.18 * args.budget) != 0
-    bench = [py, os.path.join(HERE, "run.py"), "--device", "cuda", "--in-process", "--repeat", "20",
-             "--tokens", args.tokens, "--dims", *args.dims]
-    failures += step("torch benchmark", bench + ["--backends", "torch", "--json",
-                                                 os.path.join(args.out, "bench_torch.json")],
-                     args.out, "bench_torch", 0.27 * args.budget) != 0
-    failures += step("jax benchmark", bench + ["--backends", "jax", "--json",
-                                               os.path.join(args.out, "bench_jax.json")],
-                     args.out, "bench_jax", 0.17 * args.budget) != 0
-    failures += step("torch profile", [py, os.path.join(HERE, "profile_torch.py"), "--device", "cuda",
-                                       "--tokens", args.tokens, "--dims", *args.dims],
-                     args.out, "profile_torch", 0.18 * args.budget) != 0
-    failures += step("jax profile", [py, os.path.join(HERE, "profile_jax.py"),
-                                     "--tokens", args.tokens, "--dims", *args.dims],
-                     args.out, "profile_jax", 0.12 * args.budget) != 0
+        failures += (
+            step(
+                "conformance on CUDA (torch, jax)",
+                [
+                    py,
+                    "-m",
+                    "lfq.cli",
+                    "conformance",
+                    "--backend",
+                    "torch",
+                    "--backend",
+                    "jax",
+                    "--device",
+                    "cuda",
+                    "--json",
+                    os.path.join(args.out, "conformance.json"),
+                ],
+                args.out,
+                "conformance",
+                0.18 * args.budget,
+            )
+            != 0
+        )
+    bench = [
+        py,
+        os.path.join(HERE, "run.py"),
+        "--device",
+        "cuda",
+        "--in-process",
+        "--repeat",
+        "20",
+        "--tokens",
+        args.tokens,
+        "--dims",
+        *args.dims,
+    ]
+    failures += (
+        step(
+            "torch benchmark",
+            bench + ["--backends", "torch", "--json", os.path.join(args.out, "bench_torch.json")],
+            args.out,
+            "bench_torch",
+            0.27 * args.budget,
+        )
+        != 0
+    )
+    failures += (
+        step(
+            "jax benchmark",
+            bench + ["--backends", "jax", "--json", os.path.join(args.out, "bench_jax.json")],
+            args.out,
+            "bench_jax",
+            0.17 * args.budget,
+        )
+        != 0
+    )
+    failures += (
+        step(
+            "torch profile",
+            [
+                py,
+                os.path.join(HERE, "profile_torch.py"),
+                "--device",
+                "cuda",
+                "--tokens",
+                args.tokens,
+                "--dims",
+                *args.dims,
+            ],
+            args.out,
+            "profile_torch",
+            0.18 * args.budget,
+        )
+        != 0
+    )
+    failures += (
+        step(
+            "jax profile",
+            [py, os.path.join(HERE, "profile_jax.py"), "--tokens", args.tokens, "--dims", *args.dims],
+            args.out,
+            "profile_jax",
+            0.12 * args.budget,
+        )
+        != 0
+    )
     print(f"\n{failures} step(s) failed")
     return 1 if failures else 0
 

@@ -84,7 +84,7 @@ def run_isolated(case: dict, repeat: int, timeout_s: float) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {"note": f"timed out after {timeout_s:.0f} s"}
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"note": f"failed: {tail[:120]}"}
@@ -93,8 +93,18 @@ def run_isolated(case: dict, repeat: int, timeout_s: float) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """A fixed-width table of the results."""
-    cols = [("backend", 10), ("algorithm", 22), ("device", 6), ("dtype", 8), ("D", 3), ("N", 6),
-            ("ms", 10), ("compile_ms", 10), ("peak_mib", 9), ("note", 30)]
+    cols = [
+        ("backend", 10),
+        ("algorithm", 22),
+        ("device", 6),
+        ("dtype", 8),
+        ("D", 3),
+        ("N", 6),
+        ("ms", 10),
+        ("compile_ms", 10),
+        ("peak_mib", 9),
+        ("note", 30),
+    ]
     head = " ".join(f"{name:>{width}}" for name, width in cols)
     out = [head, "-" * len(head)]
     for row in rows:

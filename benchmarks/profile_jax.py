@@ -27,9 +27,9 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
+from harness import time_ms
 
 import lfq
-from harness import time_ms
 
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
@@ -47,9 +47,9 @@ def profile_case(d: int, tokens: int, precision: str) -> dict:
     step = jax.jit(jax.value_and_grad(lambda z: be.lfq(z, cfg).aux_loss))
 
     bits_a, bits_b = (d + 1) // 2, d // 2
-    pa = jnp.asarray(rng.random((tokens, 2 ** bits_a), dtype=np.float32))
-    pb = jnp.asarray(rng.random((tokens, 2 ** bits_b), dtype=np.float32))
-    g = jnp.asarray(rng.random((2 ** bits_a, 2 ** bits_b), dtype=np.float32))
+    pa = jnp.asarray(rng.random((tokens, 2**bits_a), dtype=np.float32))
+    pb = jnp.asarray(rng.random((tokens, 2**bits_b), dtype=np.float32))
+    g = jnp.asarray(rng.random((2**bits_a, 2**bits_b), dtype=np.float32))
     dot = PRECISIONS[precision]
 
     @jax.jit
@@ -65,12 +65,21 @@ def profile_case(d: int, tokens: int, precision: str) -> dict:
     def subcodes(a, b):
         def total(a, b):
             return jnp.sum(be.subcode_probs(a, cfg)) + jnp.sum(be.subcode_probs(b, cfg))
+
         return jax.value_and_grad(total, argnums=(0, 1))(a, b)
 
     step_ms, gemm_ms, sub_ms = _median_ms(step, z), _median_ms(gemms, pa, pb, g), _median_ms(subcodes, *halves)
-    flops = 3 * 2 * tokens * 2 ** d
-    return {"D": d, "N": tokens, "precision": precision, "step_ms": step_ms, "gemm_ms": gemm_ms,
-            "tflops": flops / (gemm_ms * 1e9), "subcode_ms": sub_ms, "rest_ms": step_ms - gemm_ms - sub_ms}
+    flops = 3 * 2 * tokens * 2**d
+    return {
+        "D": d,
+        "N": tokens,
+        "precision": precision,
+        "step_ms": step_ms,
+        "gemm_ms": gemm_ms,
+        "tflops": flops / (gemm_ms * 1e9),
+        "subcode_ms": sub_ms,
+        "rest_ms": step_ms - gemm_ms - sub_ms,
+    }
 
 
 def main(argv=None) -> int:
@@ -79,13 +88,18 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=16384)
     args = parser.parse_args(argv)
     print(f"device: {jax.devices()[0].device_kind}")
-    print(f"{'D':>3} {'N':>6} {'precision':>9} {'step ms':>8} {'gemms ms':>8} {'TFLOP/s':>8} "
-          f"{'subcodes':>8} {'rest ms':>8}")
+    print(
+        f"{'D':>3} {'N':>6} {'precision':>9} {'step ms':>8} {'gemms ms':>8} {'TFLOP/s':>8} "
+        f"{'subcodes':>8} {'rest ms':>8}"
+    )
     for d in args.dims:
         for precision in PRECISIONS:
             r = profile_case(d, args.tokens, precision)
-            print(f"{r['D']:>3} {r['N']:>6} {r['precision']:>9} {r['step_ms']:>8.3f} {r['gemm_ms']:>8.3f} "
-                  f"{r['tflops']:>8.2f} {r['subcode_ms']:>8.3f} {r['rest_ms']:>8.3f}", flush=True)
+            print(
+                f"{r['D']:>3} {r['N']:>6} {r['precision']:>9} {r['step_ms']:>8.3f} {r['gemm_ms']:>8.3f} "
+                f"{r['tflops']:>8.2f} {r['subcode_ms']:>8.3f} {r['rest_ms']:>8.3f}",
+                flush=True,
+            )
     return 0
 
 

@@ -27,10 +27,10 @@ import argparse
 import collections
 
 import torch
+from harness import time_ms
 from torch.profiler import ProfilerActivity, profile
 
 import lfq
-from harness import time_ms
 
 STEPS = 5
 
@@ -47,6 +47,7 @@ def _step_fn(be, cfg, z):
     def step():
         z.grad = None
         be.lfq(z, cfg).aux_loss.backward()
+
     return step
 
 
@@ -112,8 +113,16 @@ def profile_case(name: str, be, d: int, tokens: int, device: str) -> dict:
     for kernel, us in events:
         by_name[kernel[:48]] += us
     top = ", ".join(f"{kernel} {100 * us / max(busy_us * STEPS, 1e-9):.0f}%" for kernel, us in by_name.most_common(3))
-    return {"variant": name, "D": d, "N": tokens, "wall_ms": wall_ms, "busy_ms": busy_us / 1e3,
-            "kernels": len(events) / STEPS, "same": "yes" if same else "NO", "top": top}
+    return {
+        "variant": name,
+        "D": d,
+        "N": tokens,
+        "wall_ms": wall_ms,
+        "busy_ms": busy_us / 1e3,
+        "kernels": len(events) / STEPS,
+        "same": "yes" if same else "NO",
+        "top": top,
+    }
 
 
 def main(argv=None) -> int:
@@ -126,8 +135,11 @@ def main(argv=None) -> int:
     for d in args.dims:
         for name, be in _variants(args.device):
             row = profile_case(name, be, d, args.tokens, args.device)
-            print(f"{row['variant']:>10} {row['D']:>3} {row['N']:>6} {row['wall_ms']:>8.3f} {row['busy_ms']:>8.3f} "
-                  f"{row['kernels']:>8.0f} {row['same']:>4}  {row['top']}", flush=True)
+            print(
+                f"{row['variant']:>10} {row['D']:>3} {row['N']:>6} {row['wall_ms']:>8.3f} {row['busy_ms']:>8.3f} "
+                f"{row['kernels']:>8.0f} {row['same']:>4}  {row['top']}",
+                flush=True,
+            )
     return 0
 
 

@@ -32,9 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     parser.add_argument("--json", help="also write the rows to this file")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run every case in this process (faster; on a GPU the peak comes from the "
-                             "framework's counters, on the CPU it is then only an upper bound)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every case in this process (faster; on a GPU the peak comes from the "
+        "framework's counters, on the CPU it is then only an upper bound)",
+    )
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     return parser
 

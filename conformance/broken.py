@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import array_api_compat.numpy as np_xp
 import numpy as np
+from lfq.backends.numpy_backend import NumPyBackend
 
 from lfq import features, reference, validation
 from lfq.array_backend import ArrayBackend
-from lfq.backends.numpy_backend import NumPyBackend
 from lfq.config import Config
 from lfq.validation import FLOAT_DTYPES, numpy_dtype
 
@@ -160,8 +160,9 @@ class AuxWithoutBatchEntropy(_Wrapped):
     def vjp(self, term, z, cfg, cotangent=None, mask=None):
         if term != "aux_loss":
             return self._ref.vjp(term, z, cfg, cotangent, mask)
-        return (cfg.entropy_weight * self._ref.vjp("per_sample_entropy", z, cfg, cotangent, mask)
-                + cfg.commitment_weight * self._ref.vjp("commitment_loss", z, cfg, cotangent, mask))
+        return cfg.entropy_weight * self._ref.vjp(
+            "per_sample_entropy", z, cfg, cotangent, mask
+        ) + cfg.commitment_weight * self._ref.vjp("commitment_loss", z, cfg, cotangent, mask)
 
 
 class ZeroWeightTimesInf(_Wrapped):
@@ -173,8 +174,10 @@ class ZeroWeightTimesInf(_Wrapped):
     def lfq(self, z, cfg, mask=None):
         out = super().lfq(z, cfg, mask)
         with np.errstate(invalid="ignore"):
-            aux = (cfg.entropy_weight * (out.per_sample_entropy - cfg.diversity_gamma * out.batch_entropy)
-                   + out.commitment_loss.dtype.type(cfg.commitment_weight) * out.commitment_loss)
+            aux = (
+                cfg.entropy_weight * (out.per_sample_entropy - cfg.diversity_gamma * out.batch_entropy)
+                + out.commitment_loss.dtype.type(cfg.commitment_weight) * out.commitment_loss
+            )
         return out._replace(aux_loss=np.asarray(aux, dtype=out.aux_loss.dtype))
 
 
@@ -218,15 +221,17 @@ class _LiteralEntropy(_Wrapped):
             mask = np.asarray(mask)
             validation.check_mask(mask.shape, mask.dtype, z.shape, cfg)
         x = features.transform_groups(
-            features.group_features(z.astype(np.float64), cfg, np).reshape(-1, cfg.num_codebooks,
-                                                                            cfg.codebook_dim), cfg, np)
-        logits = 2.0 * cfg.inv_temperature * (x @ reference.all_codes(cfg).T)       # [N, C, 2^D]
+            features.group_features(z.astype(np.float64), cfg, np).reshape(-1, cfg.num_codebooks, cfg.codebook_dim),
+            cfg,
+            np,
+        )
+        logits = 2.0 * cfg.inv_temperature * (x @ reference.all_codes(cfg).T)  # [N, C, 2^D]
         logits -= logits.max(axis=-1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=-1, keepdims=True)
         w = np.ones(x.shape[0]) if mask is None else np.asarray(mask).reshape(-1).astype(np.float64)
         count = max(w.sum(), 1.0)
-        per_token = -np.sum(p * self._log(p), axis=-1)                               # [N, C]
+        per_token = -np.sum(p * self._log(p), axis=-1)  # [N, C]
         per_sample = np.sum(w[:, None] * per_token) / (count * cfg.num_codebooks)
         pbar = np.einsum("n,ncj->cj", w, p) / count
         batch = -np.sum(pbar * self._log(pbar)) / cfg.num_codebooks
@@ -240,11 +245,15 @@ class _LiteralEntropy(_Wrapped):
     def lfq(self, z, cfg, mask=None):
         out = super().lfq(z, cfg, mask)
         per_sample, batch = (np.float64(v) for v in self.entropy(z.astype(np.float64), cfg, mask))
-        aux = (cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch)
-               + cfg.commitment_weight * np.float64(out.commitment_loss))
+        aux = cfg.entropy_weight * (per_sample - cfg.diversity_gamma * batch) + cfg.commitment_weight * np.float64(
+            out.commitment_loss
+        )
         dtype = np.asarray(z).dtype
-        return out._replace(per_sample_entropy=np.asarray(per_sample).astype(dtype),
-                            batch_entropy=np.asarray(batch).astype(dtype), aux_loss=np.asarray(aux).astype(dtype))
+        return out._replace(
+            per_sample_entropy=np.asarray(per_sample).astype(dtype),
+            batch_entropy=np.asarray(batch).astype(dtype),
+            aux_loss=np.asarray(aux).astype(dtype),
+        )
 
 
 class EpsClampEntropy(_LiteralEntropy):

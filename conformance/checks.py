@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
-from lfq import reference
 from lfq.conformance import compare
 from lfq.conformance.cases import Case
+
+from lfq import reference
 from lfq.interface import LOSS_TERMS
 
 __all__ = ["COMPILED_DEFAULT", "SPECS", "Oracle", "Spec", "call", "evaluate", "oracle"]
@@ -56,8 +56,10 @@ SPECS: tuple[Spec, ...] = (
     *(Spec(f"lfq.{term}", "losses", "lfq", _ZM, term, "loss") for term in LOSS_TERMS),
     Spec("code_usage.fraction_used", "usage", "code_usage", ("indices", "cfg", "mask"), "fraction_used", "usage"),
     Spec("code_usage.perplexity", "usage", "code_usage", ("indices", "cfg", "mask"), "perplexity", "usage"),
-    *(Spec(f"vjp.{term}", "grads", "vjp", (f"'{term}'", "z", "cfg", "none", "mask"), None, "grad")
-      for term in LOSS_TERMS),
+    *(
+        Spec(f"vjp.{term}", "grads", "vjp", (f"'{term}'", "z", "cfg", "none", "mask"), None, "grad")
+        for term in LOSS_TERMS
+    ),
     Spec("vjp.codes", "st_grad", "vjp", ("'codes'", "z", "cfg", "cotangent", "mask"), None, "grad"),
 )
 #: Checks of compiled mode in the default run (the full run compiles every spec).
@@ -118,8 +120,15 @@ def oracle(case: Case, dtype: str) -> Oracle:
     z64 = z.astype(np.float64)
     cfg = case.cfg
     indices = reference.codes_to_indices(z64, cfg)
-    inputs = {"z": z64, "cfg": cfg, "mask": mask, "indices": indices, "dtype": "float64",
-              "cotangent": cot.astype(np.float64), "none": None}
+    inputs = {
+        "z": z64,
+        "cfg": cfg,
+        "mask": mask,
+        "indices": indices,
+        "dtype": "float64",
+        "cotangent": cot.astype(np.float64),
+        "none": None,
+    }
     cache: dict = {}
     values = {}
     for spec in SPECS:
@@ -130,10 +139,15 @@ def oracle(case: Case, dtype: str) -> Oracle:
 
 def backend_inputs(target, o: Oracle) -> dict:
     """The oracle's inputs as the target's native arrays."""
-    return {"z": target.put(o.z, o.dtype), "cfg": o.case.cfg,
-            "mask": None if o.mask is None else target.put(o.mask),
-            "indices": target.put(o.indices), "dtype": o.dtype,
-            "cotangent": target.put(o.cotangent, o.dtype), "none": None}
+    return {
+        "z": target.put(o.z, o.dtype),
+        "cfg": o.case.cfg,
+        "mask": None if o.mask is None else target.put(o.mask),
+        "indices": target.put(o.indices),
+        "dtype": o.dtype,
+        "cotangent": target.put(o.cotangent, o.dtype),
+        "none": None,
+    }
 
 
 def evaluate(spec: Spec, got: np.ndarray, want: np.ndarray, o: Oracle, tolerance_scale: float = 1.0):
@@ -147,15 +161,28 @@ def evaluate(spec: Spec, got: np.ndarray, want: np.ndarray, o: Oracle, tolerance
     tol = type(tol)(tol.rtol * tolerance_scale, tol.atol * tolerance_scale)
     if spec.kind == "usage":
         return compare.close(got, want, tol, what=spec.name)
-    return compare.close(got, compare.past_range_as_inf(want, dtype), tol, dtype=dtype,
-                         normalize=spec.kind == "grad", z=o.z if spec.kind == "grad" else None, what=spec.name)
+    return compare.close(
+        got,
+        compare.past_range_as_inf(want, dtype),
+        tol,
+        dtype=dtype,
+        normalize=spec.kind == "grad",
+        z=o.z if spec.kind == "grad" else None,
+        what=spec.name,
+    )
 
 
 def snippet_call(spec: Spec, module: str, numpy_inputs: bool) -> str:
     """The Python expression of `spec` for a reproducer ("be.entropy(z, cfg, mask)[1]")."""
-    names = {"z": "z64" if numpy_inputs else "Z", "mask": "mask" if numpy_inputs else "M",
-             "indices": "idx" if numpy_inputs else "I", "cotangent": "cot64" if numpy_inputs else "COT",
-             "dtype": "'float64'" if numpy_inputs else "dtype", "cfg": "cfg", "none": "None"}
+    names = {
+        "z": "z64" if numpy_inputs else "Z",
+        "mask": "mask" if numpy_inputs else "M",
+        "indices": "idx" if numpy_inputs else "I",
+        "cotangent": "cot64" if numpy_inputs else "COT",
+        "dtype": "'float64'" if numpy_inputs else "dtype",
+        "cfg": "cfg",
+        "none": "None",
+    }
     args = ", ".join(a if a.startswith("'") else names[a] for a in spec.args)
     text = f"{module}.{spec.op}({args})"
     if spec.pick is None:

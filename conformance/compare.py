@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from lfq.conformance.cases import Tolerance
+
 from lfq.interface import LOSS_TERMS
 
 __all__ = ["Outcome", "bits", "close", "exact_integers", "lfq_output", "past_range_as_inf"]
@@ -54,8 +54,7 @@ def _shape_dtype(got: np.ndarray, want_shape, dtypes, what: str) -> str:
     return ""
 
 
-def bits(got: np.ndarray, want: np.ndarray, dtype: str, z: np.ndarray | None = None,
-         what: str = "codes") -> Outcome:
+def bits(got: np.ndarray, want: np.ndarray, dtype: str, z: np.ndarray | None = None, what: str = "codes") -> Outcome:
     """Bitwise equality of codes (`want` is float64, rounded once to `dtype` here)."""
     from lfq.validation import numpy_dtype
 
@@ -76,8 +75,13 @@ def bits(got: np.ndarray, want: np.ndarray, dtype: str, z: np.ndarray | None = N
     detail = f"at index {tuple(int(i) for i in first)}: got {g64[tuple(first)]!r}, want {w64[tuple(first)]!r}"
     if zz is not None and zz.shape == got.shape:
         detail += f" (input z = {float(zz[tuple(first)])!r})"
-    return Outcome(False, float(np.nanmax(abs_err)) if np.isfinite(abs_err).any() else float("nan"),
-                   None, None, f"{what}: {int(differ.sum())} of {differ.size} entries differ bitwise; first {detail}")
+    return Outcome(
+        False,
+        float(np.nanmax(abs_err)) if np.isfinite(abs_err).any() else float("nan"),
+        None,
+        None,
+        f"{what}: {int(differ.sum())} of {differ.size} entries differ bitwise; first {detail}",
+    )
 
 
 def exact_integers(got: np.ndarray, want: np.ndarray, cfg, what: str = "indices") -> Outcome:
@@ -92,9 +96,14 @@ def exact_integers(got: np.ndarray, want: np.ndarray, cfg, what: str = "indices"
         return Outcome(True)
     first = tuple(int(i) for i in np.argwhere(differ)[0])
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    return Outcome(False, float(err.max()), None, None,
-                   f"{what}: {int(differ.sum())} of {differ.size} differ; first at index {first}: "
-                   f"got {int(got[first])}, want {int(want[first])}")
+    return Outcome(
+        False,
+        float(err.max()),
+        None,
+        None,
+        f"{what}: {int(differ.sum())} of {differ.size} differ; first at index {first}: "
+        f"got {int(got[first])}, want {int(want[first])}",
+    )
 
 
 def past_range_as_inf(want, dtype: str | None) -> np.ndarray:
@@ -111,8 +120,17 @@ def past_range_as_inf(want, dtype: str | None) -> np.ndarray:
     return np.where(np.isinf(rounded) & np.isfinite(want), rounded, want)
 
 
-def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: bool = False,
-          scale: float | None = None, z: np.ndarray | None = None, what: str = "value") -> Outcome:
+def close(
+    got,
+    want,
+    tol: Tolerance,
+    *,
+    dtype: str | None = None,
+    normalize: bool = False,
+    scale: float | None = None,
+    z: np.ndarray | None = None,
+    what: str = "value",
+) -> Outcome:
     """`|got - want| <= atol + rtol*|want| + tiny` elementwise in float64; NaN must match NaN.
 
     `tiny` is the smallest subnormal of `dtype`: an output rounded to `dtype` cannot
@@ -138,11 +156,16 @@ def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: boo
     nan_g, nan_w = np.isnan(g), np.isnan(want)
     if (nan_g != nan_w).any():
         first = tuple(int(i) for i in np.argwhere(nan_g != nan_w)[0])
-        return Outcome(False, float("nan"), float("nan"), float("inf"),
-                       f"{what}: NaN where the oracle has none or vice versa, first at index {first}: "
-                       f"got {g[first]!r}, want {want[first]!r}")
+        return Outcome(
+            False,
+            float("nan"),
+            float("nan"),
+            float("inf"),
+            f"{what}: NaN where the oracle has none or vice versa, first at index {first}: "
+            f"got {g[first]!r}, want {want[first]!r}",
+        )
     g, w = np.where(nan_g, 0.0, g), np.where(nan_w, 0.0, want)
-    same_inf = np.isinf(g) & (g == w)   # equal infinities are equal
+    same_inf = np.isinf(g) & (g == w)  # equal infinities are equal
     g, w = np.where(same_inf, 0.0, g), np.where(same_inf, 0.0, w)
     unit = 1.0
     if normalize:
@@ -158,15 +181,16 @@ def close(got, want, tol: Tolerance, *, dtype: str | None = None, normalize: boo
     if err.size == 0:
         return Outcome(True, 0.0, 0.0, 0.0)
     worst = np.unravel_index(int(np.argmax(np.where(np.isnan(ratio), np.inf, ratio))), err.shape)
-    outcome = Outcome(bool(np.all(ratio <= 1.0)), float(np.nanmax(err)), float(np.nanmax(rel)),
-                      float(ratio[worst]))
+    outcome = Outcome(bool(np.all(ratio <= 1.0)), float(np.nanmax(err)), float(np.nanmax(rel)), float(ratio[worst]))
     if not outcome.passed:
         bad = int(np.sum(~(ratio <= 1.0)))
         where = f"at index {tuple(int(i) for i in worst)}" if err.ndim else "(scalar)"
-        outcome.message = (f"{what}: {bad} of {err.size} outside |got - want| <= {tol.atol:g}"
-                           f"{'*max|want|' if normalize else ''} + {tol.rtol:g}*|want|; worst {where}: "
-                           f"got {float(got.astype(np.float64)[worst])!r}, want {float(want[worst])!r} "
-                           f"({outcome.ratio:.3g} x the allowed error)")
+        outcome.message = (
+            f"{what}: {bad} of {err.size} outside |got - want| <= {tol.atol:g}"
+            f"{'*max|want|' if normalize else ''} + {tol.rtol:g}*|want|; worst {where}: "
+            f"got {float(got.astype(np.float64)[worst])!r}, want {float(want[worst])!r} "
+            f"({outcome.ratio:.3g} x the allowed error)"
+        )
         if z is not None and np.shape(z) == got.shape and err.ndim:
             outcome.message += f" (input z = {float(np.asarray(z)[worst])!r})"
     return outcome
@@ -181,7 +205,11 @@ def lfq_output(got, want, cfg, dtype: str, tol: Tolerance, z: np.ndarray | None 
         want: the reference's `LFQOutput` on the same input, float64.
         z: the input, shown at the first differing code.
     """
-    outcomes = [bits(got.codes, np.asarray(want.codes, np.float64), dtype, z=z, what="lfq.codes"),
-                exact_integers(got.indices, np.asarray(want.indices), cfg, what="lfq.indices")]
-    return outcomes + [close(getattr(got, term), past_range_as_inf(getattr(want, term), dtype), tol,
-                             dtype=dtype, what=f"lfq.{term}") for term in LOSS_TERMS]
+    outcomes = [
+        bits(got.codes, np.asarray(want.codes, np.float64), dtype, z=z, what="lfq.codes"),
+        exact_integers(got.indices, np.asarray(want.indices), cfg, what="lfq.indices"),
+    ]
+    return outcomes + [
+        close(getattr(got, term), past_range_as_inf(getattr(want, term), dtype), tol, dtype=dtype, what=f"lfq.{term}")
+        for term in LOSS_TERMS
+    ]

@@ -57,37 +57,103 @@ _LOSS_OPS = ("entropy", "commitment_loss", "lfq", "vjp")
 _Z_NAME = (r"\bz\b",)
 
 ERROR_CHECKS: tuple[ErrorCheck, ...] = (
-    ErrorCheck("errors.feature_size", dict(codebook_dim=5, num_codebooks=4), _Z_OPS, _Z_NAME + (r"\b20\b",),
-               "wrong feature size: name z and the expected C*D = 20", z=((3, 16), "float32")),
-    ErrorCheck("errors.integer_input", dict(codebook_dim=4), _Z_OPS, _Z_NAME,
-               "integer features are refused (TypeError naming z)", z=((3, 4), "int32")),
-    ErrorCheck("errors.complex_input", dict(codebook_dim=4), _Z_OPS, _Z_NAME,
-               "complex features are refused (TypeError naming z)", z=((3, 4), "complex64")),
-    ErrorCheck("errors.mask_shape", dict(codebook_dim=4), _LOSS_OPS, (r"\bmask\b",),
-               "a mask not of z.shape without the feature axis is refused", mask=((3, 2), "bool")),
-    ErrorCheck("errors.mask_dtype", dict(codebook_dim=4), _LOSS_OPS, (r"\bmask\b",),
-               "a non-boolean mask is refused", mask=((3,), "float32")),
-    ErrorCheck("errors.index_range", dict(codebook_dim=4, num_codebooks=2), ("indices_to_codes",),
-               (r"\bindices\b",), "an index outside [0, 2**D) is refused in eager code",
-               indices=((0, 16), (-1, 3))),
-    ErrorCheck("errors.exact_entropy_bits", dict(codebook_dim=8, max_exact_bits=6), ("entropy", "lfq", "vjp"),
-               (r"\bmax_exact_bits\b", r"\bcodebook_dim\b"),
-               "D past max_exact_bits for the exact batch entropy is refused, naming the options"),
-    ErrorCheck("errors.config_dict", dict(codebook_dim=2, num_codebooks=2),
-               _Z_OPS + ("indices_to_codes", "code_usage"), (r"\bcfg\b",),
-               "a dict of Config fields as cfg is refused (TypeError naming cfg and lfq.Config)",
-               indices=((0, 3), (2, 1)), cfg_as_dict=True),
-    ErrorCheck("errors.code_usage_range", dict(codebook_dim=4), ("code_usage",), (r"\bindices\b",),
-               "code_usage refuses an index outside [0, 2**D) like indices_to_codes", indices=((99,), (-3,))),
-    ErrorCheck("errors.codes_dtype", dict(codebook_dim=4), ("indices_to_codes",), (r"\bdtype\b",),
-               "indices_to_codes refuses a non-float dtype name (codes are floats +-m)",
-               indices=((0,), (15,)), codes_dtype="int32"),
-    ErrorCheck("errors.foreign_array", dict(codebook_dim=4), _Z_OPS, _Z_NAME,
-               "a Python list as z is refused (TypeError naming z), not converted or failed on",
-               z_as_list=True),
-    ErrorCheck("errors.cotangent_shape", dict(codebook_dim=4), ("vjp", "vjp_codes"), (r"\bcotangent\b",),
-               "a vjp cotangent not of the term's shape (z's for codes, () for a loss) is refused",
-               cotangent=(3,)),
+    ErrorCheck(
+        "errors.feature_size",
+        dict(codebook_dim=5, num_codebooks=4),
+        _Z_OPS,
+        _Z_NAME + (r"\b20\b",),
+        "wrong feature size: name z and the expected C*D = 20",
+        z=((3, 16), "float32"),
+    ),
+    ErrorCheck(
+        "errors.integer_input",
+        dict(codebook_dim=4),
+        _Z_OPS,
+        _Z_NAME,
+        "integer features are refused (TypeError naming z)",
+        z=((3, 4), "int32"),
+    ),
+    ErrorCheck(
+        "errors.complex_input",
+        dict(codebook_dim=4),
+        _Z_OPS,
+        _Z_NAME,
+        "complex features are refused (TypeError naming z)",
+        z=((3, 4), "complex64"),
+    ),
+    ErrorCheck(
+        "errors.mask_shape",
+        dict(codebook_dim=4),
+        _LOSS_OPS,
+        (r"\bmask\b",),
+        "a mask not of z.shape without the feature axis is refused",
+        mask=((3, 2), "bool"),
+    ),
+    ErrorCheck(
+        "errors.mask_dtype",
+        dict(codebook_dim=4),
+        _LOSS_OPS,
+        (r"\bmask\b",),
+        "a non-boolean mask is refused",
+        mask=((3,), "float32"),
+    ),
+    ErrorCheck(
+        "errors.index_range",
+        dict(codebook_dim=4, num_codebooks=2),
+        ("indices_to_codes",),
+        (r"\bindices\b",),
+        "an index outside [0, 2**D) is refused in eager code",
+        indices=((0, 16), (-1, 3)),
+    ),
+    ErrorCheck(
+        "errors.exact_entropy_bits",
+        dict(codebook_dim=8, max_exact_bits=6),
+        ("entropy", "lfq", "vjp"),
+        (r"\bmax_exact_bits\b", r"\bcodebook_dim\b"),
+        "D past max_exact_bits for the exact batch entropy is refused, naming the options",
+    ),
+    ErrorCheck(
+        "errors.config_dict",
+        dict(codebook_dim=2, num_codebooks=2),
+        _Z_OPS + ("indices_to_codes", "code_usage"),
+        (r"\bcfg\b",),
+        "a dict of Config fields as cfg is refused (TypeError naming cfg and lfq.Config)",
+        indices=((0, 3), (2, 1)),
+        cfg_as_dict=True,
+    ),
+    ErrorCheck(
+        "errors.code_usage_range",
+        dict(codebook_dim=4),
+        ("code_usage",),
+        (r"\bindices\b",),
+        "code_usage refuses an index outside [0, 2**D) like indices_to_codes",
+        indices=((99,), (-3,)),
+    ),
+    ErrorCheck(
+        "errors.codes_dtype",
+        dict(codebook_dim=4),
+        ("indices_to_codes",),
+        (r"\bdtype\b",),
+        "indices_to_codes refuses a non-float dtype name (codes are floats +-m)",
+        indices=((0,), (15,)),
+        codes_dtype="int32",
+    ),
+    ErrorCheck(
+        "errors.foreign_array",
+        dict(codebook_dim=4),
+        _Z_OPS,
+        _Z_NAME,
+        "a Python list as z is refused (TypeError naming z), not converted or failed on",
+        z_as_list=True,
+    ),
+    ErrorCheck(
+        "errors.cotangent_shape",
+        dict(codebook_dim=4),
+        ("vjp", "vjp_codes"),
+        (r"\bcotangent\b",),
+        "a vjp cotangent not of the term's shape (z's for codes, () for a loss) is refused",
+        cotangent=(3,),
+    ),
 )
 
 
@@ -151,8 +217,14 @@ def run_dtype_checks(target):
     results = []
     unknown = sorted(set(declared) - set(FLOAT_DTYPES))
     ok = bool(declared) and not unknown
-    results.append(("dtypes.declared_names", None, ok,
-                    "" if ok else f"dtypes={declared!r} must be a non-empty subset of {FLOAT_DTYPES}"))
+    results.append(
+        (
+            "dtypes.declared_names",
+            None,
+            ok,
+            "" if ok else f"dtypes={declared!r} must be a non-empty subset of {FLOAT_DTYPES}",
+        )
+    )
     # The shape of the default run's [4, 16] cases, so a compiling backend reuses its programs.
     cfg = Config(codebook_dim=8, num_codebooks=2)
     host = np.random.default_rng(0).standard_normal((4, 16, 16)) * 0.01
@@ -187,8 +259,10 @@ def _refused(target, host, dtype, cfg):
         return False, f"asarray(..., {dtype!r}) raised {type(err).__name__} (want TypeError/ValueError): {err}"
     actual = target.get(z).dtype.name
     if actual != dtype:
-        return False, (f"undeclared dtype {dtype}: asarray(..., {dtype!r}) silently returned {actual}; "
-                       "refuse it with a TypeError naming the dtype")
+        return False, (
+            f"undeclared dtype {dtype}: asarray(..., {dtype!r}) silently returned {actual}; "
+            "refuse it with a TypeError naming the dtype"
+        )
     try:
         target.backend.lfq(z, cfg)
     except (TypeError, ValueError) as err:
@@ -219,11 +293,16 @@ def reproducer(target, check: ErrorCheck) -> str:
 
     cfg = Config(**check.config)
     shape, dtype = check.z or ((3, cfg.num_features), "float32")
-    lines = ["import numpy as np", "import lfq", *backend_lines(target),
-             f"cfg = {check.config!r}" if check.cfg_as_dict else f"cfg = lfq.Config(**{check.config!r})",
-             f"z = np.ones({shape!r}, {dtype!r}).tolist()" if check.z_as_list
-             else f"z = be.asarray(np.ones({shape!r}, {dtype!r}))",
-             f"mask = indices = cotangent = None; codes_dtype = {check.codes_dtype!r}"]
+    lines = [
+        "import numpy as np",
+        "import lfq",
+        *backend_lines(target),
+        f"cfg = {check.config!r}" if check.cfg_as_dict else f"cfg = lfq.Config(**{check.config!r})",
+        f"z = np.ones({shape!r}, {dtype!r}).tolist()"
+        if check.z_as_list
+        else f"z = be.asarray(np.ones({shape!r}, {dtype!r}))",
+        f"mask = indices = cotangent = None; codes_dtype = {check.codes_dtype!r}",
+    ]
     if check.mask is not None:
         lines.append(f"mask = be.asarray(np.ones({check.mask[0]!r}, {check.mask[1]!r}))")
     if check.indices is not None:
@@ -231,10 +310,12 @@ def reproducer(target, check: ErrorCheck) -> str:
     if check.cotangent is not None:
         lines.append(f"cotangent = be.asarray(np.ones({check.cotangent!r}, 'float32'))")
     calls = ", ".join(f"({op!r}, lambda: {_CALLS[op]})" for op in check.ops)
-    lines += [f"for name, call in [{calls}]:",
-              "    try:",
-              "        call()",
-              "        print(name, 'accepted it')",
-              "    except Exception as err:  # want ValueError/TypeError naming the argument",
-              "        print(name, type(err).__name__, err)"]
+    lines += [
+        f"for name, call in [{calls}]:",
+        "    try:",
+        "        call()",
+        "        print(name, 'accepted it')",
+        "    except Exception as err:  # want ValueError/TypeError naming the argument",
+        "        print(name, type(err).__name__, err)",
+    ]
     return "\n".join(lines)

@@ -32,11 +32,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from lfq.conformance import compare
+from lfq.conformance.cases import DEFAULT_TOLERANCES, edge_values, smallest_subnormal
 
 from lfq import reference
 from lfq.config import Config
-from lfq.conformance import compare
-from lfq.conformance.cases import DEFAULT_TOLERANCES, edge_values, smallest_subnormal
 from lfq.validation import numpy_dtype
 
 __all__ = ["CLASSES", "COMPILED_CONFIGS", "Draw", "MASKS", "check", "inputs"]
@@ -50,8 +50,7 @@ MASKS = ("none", "all_true", "all_false", "random")
 #: and a hot temperature.
 COMPILED_CONFIGS = (
     dict(codebook_dim=6, num_codebooks=2),
-    dict(codebook_dim=4, num_codebooks=2, spherical=True, soft_clamp=2.0, activation="tanh",
-         inv_temperature=10.0),
+    dict(codebook_dim=4, num_codebooks=2, spherical=True, soft_clamp=2.0, activation="tanh", inv_temperature=10.0),
     dict(codebook_dim=5, commitment_weight=0.0, inv_temperature=1e4, bit_order="lsb"),
 )
 
@@ -85,7 +84,7 @@ class Draw:
 def _special(kind: str, dtype: str, cfg: Config, rng, size: int) -> np.ndarray:
     """`size` float64 values of class `kind`, exactly representable in `dtype`, random signs."""
     tiny = smallest_subnormal(dtype)
-    normal = float(edge_values("edges", dtype)[6])          # the smallest normal number
+    normal = float(edge_values("edges", dtype)[6])  # the smallest normal number
     if kind == "zeros":
         values = np.zeros(size)
     elif kind in ("subnormal", "tiny_groups"):
@@ -115,15 +114,18 @@ def inputs(draw: Draw):
     c, d = cfg.num_codebooks, cfg.codebook_dim
     sigma = 1.0 / (cfg.inv_temperature * cfg.code_magnitude)
     z = rng.standard_normal(tuple(draw.tokens) + (c, d)) * sigma
-    flat = z.reshape(-1, c, d)                               # a view
+    flat = z.reshape(-1, c, d)  # a view
     n = flat.shape[0]
     for kind in draw.classes:
         if kind == "nan_masked" or n == 0:
             continue
         if kind in ("zero_groups", "tiny_groups"):
             groups = rng.random((n, c)) < 0.3
-            values = np.zeros((n, c, d)) if kind == "zero_groups" else \
-                _special(kind, draw.dtype, cfg, rng, n * c * d).reshape(n, c, d)
+            values = (
+                np.zeros((n, c, d))
+                if kind == "zero_groups"
+                else _special(kind, draw.dtype, cfg, rng, n * c * d).reshape(n, c, d)
+            )
             flat[groups] = values[groups]
         else:
             where = rng.random(flat.shape) < 0.15
@@ -152,16 +154,25 @@ def _gradient_scale(z, cfg: Config, mask) -> float:
     largest of the terms' gradients and of that entropy unit, times the spherical
     projection's chain factor $s / \lVert z \rVert$ at the smallest nonzero group.
     """
-    terms = [cfg.entropy_weight * reference.vjp("per_sample_entropy", z, cfg, mask=mask),
-             cfg.entropy_weight * cfg.diversity_gamma * reference.vjp("batch_entropy", z, cfg, mask=mask),
-             cfg.commitment_weight * reference.vjp("commitment_loss", z, cfg, mask=mask)]
+    terms = [
+        cfg.entropy_weight * reference.vjp("per_sample_entropy", z, cfg, mask=mask),
+        cfg.entropy_weight * cfg.diversity_gamma * reference.vjp("batch_entropy", z, cfg, mask=mask),
+        cfg.commitment_weight * reference.vjp("commitment_loss", z, cfg, mask=mask),
+    ]
     scale = max(float(np.max(np.abs(g), initial=0.0)) for g in terms)
     groups = z.reshape(-1, cfg.num_codebooks, cfg.codebook_dim)
     if mask is not None:
         groups = groups[np.asarray(mask).reshape(-1)]
     valid = max(groups.shape[0], 1)
-    unit = cfg.entropy_weight * max(1.0, cfg.diversity_gamma) * 4.0 * cfg.inv_temperature * cfg.code_magnitude \
-        * (np.log(valid) + cfg.codebook_dim * np.log(2.0) + 1.0) / (valid * cfg.num_codebooks)
+    unit = (
+        cfg.entropy_weight
+        * max(1.0, cfg.diversity_gamma)
+        * 4.0
+        * cfg.inv_temperature
+        * cfg.code_magnitude
+        * (np.log(valid) + cfg.codebook_dim * np.log(2.0) + 1.0)
+        / (valid * cfg.num_codebooks)
+    )
     if cfg.spherical:
         peak = np.max(np.abs(groups), axis=-1, initial=0.0)
         norms = peak * np.sqrt(np.sum((groups / np.where(peak > 0, peak, 1.0)[..., None]) ** 2, axis=-1))
@@ -187,15 +198,25 @@ def check(target, draw: Draw, grads: bool = True) -> list[str]:
     except Exception as err:  # a crash is a finding, reported like a wrong number
         return [f"lfq raised {type(err).__name__}: {err}"]
     tolerances = DEFAULT_TOLERANCES[dtype]
-    outcomes = compare.lfq_output(got._replace(**{f: target.get(v) for f, v in got._asdict().items()}),
-                                  want, cfg, dtype, tolerances["loss"], z)
+    outcomes = compare.lfq_output(
+        got._replace(**{f: target.get(v) for f, v in got._asdict().items()}), want, cfg, dtype, tolerances["loss"], z
+    )
     if grads:
         try:
             grad = target.get(target.backend.vjp("aux_loss", zz, cfg, None, mm))
         except Exception as err:
             return [f"vjp raised {type(err).__name__}: {err}"]
-        outcomes.append(compare.close(grad, want_grad, tolerances["grad"], dtype=dtype, normalize=True,
-                                      scale=grad_scale if np.isfinite(grad_scale) else None, z=z,
-                                      what="vjp.aux_loss"))
+        outcomes.append(
+            compare.close(
+                grad,
+                want_grad,
+                tolerances["grad"],
+                dtype=dtype,
+                normalize=True,
+                scale=grad_scale if np.isfinite(grad_scale) else None,
+                z=z,
+                what="vjp.aux_loss",
+            )
+        )
     problems += [o.message for o in outcomes if not o.passed]
     return problems

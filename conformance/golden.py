@@ -28,14 +28,24 @@ import sys
 import zipfile
 
 import numpy as np
-
-import lfq
 from lfq.conformance import cases as case_table
 from lfq.conformance import checks, compare
 from lfq.conformance.cases import Tolerance
 
-__all__ = ["GOLDEN_CASES", "FORMAT_VERSION", "REGENERATION_TOLERANCE", "Verification", "check", "generate",
-           "golden_dir", "load", "verify", "write"]
+import lfq
+
+__all__ = [
+    "GOLDEN_CASES",
+    "FORMAT_VERSION",
+    "REGENERATION_TOLERANCE",
+    "Verification",
+    "check",
+    "generate",
+    "golden_dir",
+    "load",
+    "verify",
+    "write",
+]
 
 #: Version of the file layout described in docs/conformance.md.
 FORMAT_VERSION = 1
@@ -107,23 +117,33 @@ def generate() -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
         arrays = {"z": o.z.astype(np.float64), "cotangent": o.cotangent.astype(np.float64)}
         if o.mask is not None:
             arrays["mask"] = o.mask
-        meanings = {"z": f"input features, float64 values exactly representable in {dtype}",
-                    "cotangent": "upstream gradient of the codes for grad_codes",
-                    "mask": "bool token mask (True = counts in the losses)"}
+        meanings = {
+            "z": f"input features, float64 values exactly representable in {dtype}",
+            "cotangent": "upstream gradient of the codes for grad_codes",
+            "mask": "bool token mask (True = counts in the losses)",
+        }
         for check, (array, meaning) in _ARRAYS.items():
             if check in o.values:
                 arrays[array] = np.asarray(o.values[check])
                 meanings[array] = meaning
         file = _file_name(name, dtype)
         files[file] = arrays
-        entries.append({
-            "name": name, "file": file, "input_dtype": dtype, "seed": case.seed, "note": case.note,
-            "config": dataclasses.asdict(case.cfg),
-            "shape": list(case.shape),
-            "skipped": dict(case.skip),
-            "arrays": {k: {"dtype": v.dtype.name, "shape": list(v.shape), "meaning": meanings[k]}
-                       for k, v in sorted(arrays.items())},
-        })
+        entries.append(
+            {
+                "name": name,
+                "file": file,
+                "input_dtype": dtype,
+                "seed": case.seed,
+                "note": case.note,
+                "config": dataclasses.asdict(case.cfg),
+                "shape": list(case.shape),
+                "skipped": dict(case.skip),
+                "arrays": {
+                    k: {"dtype": v.dtype.name, "shape": list(v.shape), "meaning": meanings[k]}
+                    for k, v in sorted(arrays.items())
+                },
+            }
+        )
     manifest = {
         "spec_version": lfq.SPEC_VERSION,
         "format_version": FORMAT_VERSION,
@@ -134,10 +154,12 @@ def generate() -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
             "tolerance": dataclasses.asdict(REGENERATION_TOLERANCE),
             "normalized": "grad_* arrays: divided by their largest stored |value| first",
             "reason": "the other float64 results come from BLAS products whose summation order "
-                      "depends on the CPU's BLAS kernels, so they are not bitwise portable",
+            "depends on the CPU's BLAS kernels, so they are not bitwise portable",
         },
-        "tolerances": {dtype: {kind: dataclasses.asdict(t) for kind, t in kinds.items()}
-                       for dtype, kinds in case_table.DEFAULT_TOLERANCES.items()},
+        "tolerances": {
+            dtype: {kind: dataclasses.asdict(t) for kind, t in kinds.items()}
+            for dtype, kinds in case_table.DEFAULT_TOLERANCES.items()
+        },
         "cases": entries,
     }
     return manifest, files
@@ -224,12 +246,22 @@ class Verification:
         t = REGENERATION_TOLERANCE
         bound = f"rtol {t.rtol:g}, atol {t.atol:g} (gradients relative to their max|value|)"
         if not self.ok:
-            return (f"{len(self.problems)} golden differences (got: the fresh generation, want: the stored "
-                    f"file; float64 results may differ by {bound})")
-        largest = (f", largest difference {self.max_difference:.3g} ({self.worst_ratio:.3g} x the allowed "
-                   f"error, at {self.worst})") if self.worst else ""
-        return (f"golden files reproduce ({self.arrays} arrays): integer arrays, inputs and codes bit for bit; "
-                f"float64 results within {bound}, {self.inexact} of them not bit for bit{largest}")
+            return (
+                f"{len(self.problems)} golden differences (got: the fresh generation, want: the stored "
+                f"file; float64 results may differ by {bound})"
+            )
+        largest = (
+            (
+                f", largest difference {self.max_difference:.3g} ({self.worst_ratio:.3g} x the allowed "
+                f"error, at {self.worst})"
+            )
+            if self.worst
+            else ""
+        )
+        return (
+            f"golden files reproduce ({self.arrays} arrays): integer arrays, inputs and codes bit for bit; "
+            f"float64 results within {bound}, {self.inexact} of them not bit for bit{largest}"
+        )
 
 
 def check(directory: str | None = None) -> Verification:
@@ -251,8 +283,9 @@ def check(directory: str | None = None) -> Verification:
                 continue
             result.arrays += 1
             if (want.dtype, want.shape) != (got.dtype, got.shape):
-                result.problems.append(f"{what}: stored {want.dtype.name}{list(want.shape)}, "
-                                       f"fresh {got.dtype.name}{list(got.shape)}")
+                result.problems.append(
+                    f"{what}: stored {want.dtype.name}{list(want.shape)}, fresh {got.dtype.name}{list(got.shape)}"
+                )
             elif _bitwise(key, want):
                 if want.tobytes() != got.tobytes():
                     result.problems.append(_bitwise_message(what, got, want))
@@ -303,9 +336,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lfq.conformance.golden", description=__doc__.split("\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--write", action="store_true", help="regenerate the golden files")
-    action.add_argument("--check", action="store_true",
-                        help="compare the stored files with a fresh generation (float64 results within "
-                             "REGENERATION_TOLERANCE, the rest bit for bit)")
+    action.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the stored files with a fresh generation (float64 results within "
+        "REGENERATION_TOLERANCE, the rest bit for bit)",
+    )
     parser.add_argument("--dir", default=None, help="folder (default: the package's golden/)")
     args = parser.parse_args(argv)
     if args.write:

@@ -18,19 +18,46 @@ from __future__ import annotations
 
 def pytest_addoption(parser):
     group = parser.getgroup("lfq", "LFQ conformance suite (pytest --pyargs lfq.conformance)")
-    group.addoption("--lfq-backend", action="append", default=[], metavar="NAME",
-                    help="registered backend to check (repeatable; default: every available one)")
-    group.addoption("--lfq-register", action="append", default=[], metavar="NAME=MODULE:CLASS",
-                    help="register a backend first, as lfq.register(NAME, 'MODULE:CLASS') (repeatable)")
-    group.addoption("--lfq-dtype", action="append", default=[], metavar="DTYPE",
-                    help="input dtype to run (repeatable; default: each case's own)")
-    group.addoption("--lfq-device", default=None, metavar="DEVICE",
-                    help="device given to the backend's asarray(..., device=DEVICE), e.g. cuda")
-    group.addoption("--lfq-full", action="store_true",
-                    help="the full run: every case in every dtype, all gradients, more compiled checks")
-    group.addoption("--lfq-examples", type=int, default=None, metavar="N",
-                    help="examples per backend and mode of the generated differential test "
-                         "(tests/test_differential.py; default 200; a release check: 2000)")
+    group.addoption(
+        "--lfq-backend",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="registered backend to check (repeatable; default: every available one)",
+    )
+    group.addoption(
+        "--lfq-register",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:CLASS",
+        help="register a backend first, as lfq.register(NAME, 'MODULE:CLASS') (repeatable)",
+    )
+    group.addoption(
+        "--lfq-dtype",
+        action="append",
+        default=[],
+        metavar="DTYPE",
+        help="input dtype to run (repeatable; default: each case's own)",
+    )
+    group.addoption(
+        "--lfq-device",
+        default=None,
+        metavar="DEVICE",
+        help="device given to the backend's asarray(..., device=DEVICE), e.g. cuda",
+    )
+    group.addoption(
+        "--lfq-full",
+        action="store_true",
+        help="the full run: every case in every dtype, all gradients, more compiled checks",
+    )
+    group.addoption(
+        "--lfq-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="examples per backend and mode of the generated differential test "
+        "(tests/test_differential.py; default 200; a release check: 2000)",
+    )
 
 
 def pytest_configure(config):

@@ -50,7 +50,7 @@ class Result:
 
     @property
     def where(self) -> str:
-        """"case@dtype", or whichever of the two applies."""
+        """ "case@dtype", or whichever of the two applies."""
         if self.dtype is None:
             return self.case
         return self.dtype if self.case == "-" else f"{self.case}@{self.dtype}"
@@ -84,9 +84,21 @@ class Report:
         """One row per (backend, check), in run order."""
         rows: dict[tuple, dict] = {}
         for r in self.results:
-            row = rows.setdefault((r.backend, r.check), {
-                "backend": r.backend, "check": r.check, "status": "pass", "passed": 0, "runs": 0,
-                "max_abs": None, "max_rel": None, "max_ratio": None, "worst": "-", "_key": 0.0})
+            row = rows.setdefault(
+                (r.backend, r.check),
+                {
+                    "backend": r.backend,
+                    "check": r.check,
+                    "status": "pass",
+                    "passed": 0,
+                    "runs": 0,
+                    "max_abs": None,
+                    "max_rel": None,
+                    "max_ratio": None,
+                    "worst": "-",
+                    "_key": 0.0,
+                },
+            )
             if r.status == "skip":
                 row["status"] = "skip" if row["runs"] == 0 else row["status"]
                 continue
@@ -108,17 +120,25 @@ class Report:
         header = ("backend", "check", "status", "passed", "err/tol", "worst case")
         lines = [header]
         for row in self.summary():
-            lines.append((row["backend"], row["check"], row["status"].upper() if row["status"] == "fail"
-                          else row["status"], f"{row['passed']}/{row['runs']}", _err_over_tol(row),
-                          row["worst"]))
+            lines.append(
+                (
+                    row["backend"],
+                    row["check"],
+                    row["status"].upper() if row["status"] == "fail" else row["status"],
+                    f"{row['passed']}/{row['runs']}",
+                    _err_over_tol(row),
+                    row["worst"],
+                )
+            )
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         text = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
         for backend, seconds in self.seconds.items():
             mine = [r for r in self.results if r.backend == backend]
             failed = sum(r.status == "fail" for r in mine)
-            text.append(f"{backend}: {len(mine) - failed} of {len(mine)} checks passed, {failed} failed "
-                        f"({seconds:.1f} s)")
+            text.append(
+                f"{backend}: {len(mine) - failed} of {len(mine)} checks passed, {failed} failed ({seconds:.1f} s)"
+            )
         return "\n".join(text)
 
     def failure_details(self, limit: int = 10) -> str:
@@ -195,8 +215,11 @@ def reproducer(target, spec, o) -> str:
     if "indices" in spec.args:
         lines += ["idx = reference.codes_to_indices(z64, cfg)", f"I = be.asarray(idx{device})"]
     if "cotangent" in spec.args:
-        lines += ["cot = case.cotangent(dtype)", "cot64 = cot.astype(np.float64)",
-                  f"COT = be.asarray(cot, dtype{device})"]
+        lines += [
+            "cot = case.cotangent(dtype)",
+            "cot64 = cot.astype(np.float64)",
+            f"COT = be.asarray(cot, dtype{device})",
+        ]
     lines += [
         f"got = get({snippet_call(spec, 'be', False)})",
         f"want = {snippet_call(spec, 'reference', True)}",

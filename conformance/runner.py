@@ -11,19 +11,30 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
-
-import lfq
 from lfq.conformance import cases as case_table
 from lfq.conformance import checks, compare, errors, shapes
 from lfq.conformance.report import Report, Result, reproducer
 from lfq.conformance.target import DeviceUnsupported, Target
+
+import lfq
 from lfq.validation import FLOAT_DTYPES
 
-__all__ = ["OracleCache", "SHAPES_CONFIG", "Step", "compiled_of", "cross", "plan", "resolve_backend", "run",
-           "run_backend", "run_case", "run_contract"]
+__all__ = [
+    "OracleCache",
+    "SHAPES_CONFIG",
+    "Step",
+    "compiled_of",
+    "cross",
+    "plan",
+    "resolve_backend",
+    "run",
+    "run_backend",
+    "run_case",
+    "run_contract",
+]
 
 #: The config of the contract's `compiled.shapes` checks: that of the case compiled in the
 #: default run, so that a backend compiling one program per config (compiled torch)
@@ -96,9 +107,19 @@ class OracleCache:
 
 
 def _outcome_result(name, check, o, outcome, repro_args):
-    return Result(name, check, o.case.name, o.dtype, "pass" if outcome.passed else "fail",
-                  outcome.max_abs, outcome.max_rel, outcome.ratio, outcome.message,
-                  "" if outcome.passed else reproducer(*repro_args), o.case.seed)
+    return Result(
+        name,
+        check,
+        o.case.name,
+        o.dtype,
+        "pass" if outcome.passed else "fail",
+        outcome.max_abs,
+        outcome.max_rel,
+        outcome.ratio,
+        outcome.message,
+        "" if outcome.passed else reproducer(*repro_args),
+        o.case.seed,
+    )
 
 
 def _run_specs(target, o, specs, prefix="", eager=None):
@@ -108,8 +129,21 @@ def _run_specs(target, o, specs, prefix="", eager=None):
     try:
         inputs = checks.backend_inputs(target, o)
     except Exception as err:
-        return [Result(label, prefix + "asarray", o.case.name, o.dtype, "fail", None, None, None,
-                       f"asarray raised {type(err).__name__}: {err}", "", o.case.seed)], outputs
+        return [
+            Result(
+                label,
+                prefix + "asarray",
+                o.case.name,
+                o.dtype,
+                "fail",
+                None,
+                None,
+                None,
+                f"asarray raised {type(err).__name__}: {err}",
+                "",
+                o.case.seed,
+            )
+        ], outputs
     for spec in specs:
         if not checks.applies(spec, o.case):
             continue
@@ -118,17 +152,34 @@ def _run_specs(target, o, specs, prefix="", eager=None):
         try:
             got = target.get(checks.call(target.backend, spec, inputs, cache))
         except Exception as err:
-            results.append(Result(label, name, o.case.name, o.dtype, "fail", None, None, None,
-                                  f"{spec.name} raised {type(err).__name__}: {err}", reproducer(*repro),
-                                  o.case.seed))
+            results.append(
+                Result(
+                    label,
+                    name,
+                    o.case.name,
+                    o.dtype,
+                    "fail",
+                    None,
+                    None,
+                    None,
+                    f"{spec.name} raised {type(err).__name__}: {err}",
+                    reproducer(*repro),
+                    o.case.seed,
+                )
+            )
             continue
         outputs[spec.name] = got
         outcome = checks.evaluate(spec, got, o.values[spec.name], o)
         if outcome.passed and eager is not None and spec.name in eager:
             agree = _agreement(spec, got, eager[spec.name], o)
             if not agree.passed:
-                outcome = compare.Outcome(False, outcome.max_abs, outcome.max_rel, agree.ratio,
-                                          "compiled disagrees with eager: " + agree.message)
+                outcome = compare.Outcome(
+                    False,
+                    outcome.max_abs,
+                    outcome.max_rel,
+                    agree.ratio,
+                    "compiled disagrees with eager: " + agree.message,
+                )
         results.append(_outcome_result(label, name, o, outcome, repro))
     return results, outputs
 
@@ -148,8 +199,9 @@ def plan(backend, *, dtypes=None, full: bool = False, case_names=None) -> list[t
     if unknown:
         raise ValueError(f"dtypes {unknown} are not input dtypes of LFQ: use some of {', '.join(FLOAT_DTYPES)}")
     be = resolve_backend(backend)
-    return [(case, dtype) for case in case_table.select(full, case_names)
-            for dtype in _dtypes_for(case, be, dtypes, full)]
+    return [
+        (case, dtype) for case in case_table.select(full, case_names) for dtype in _dtypes_for(case, be, dtypes, full)
+    ]
 
 
 def compiled_of(target: Target) -> tuple[Target | None, list[Result]]:
@@ -159,12 +211,26 @@ def compiled_of(target: Target) -> tuple[Target | None, list[Result]]:
     try:
         return target.compiled(), []
     except Exception as err:
-        return None, [Result(target.name, "compiled", "-", None, "fail", None, None, None,
-                             f"'compiled' is in modes but compiled() raised {type(err).__name__}: {err}", "", None)]
+        return None, [
+            Result(
+                target.name,
+                "compiled",
+                "-",
+                None,
+                "fail",
+                None,
+                None,
+                None,
+                f"'compiled' is in modes but compiled() raised {type(err).__name__}: {err}",
+                "",
+                None,
+            )
+        ]
 
 
-def run_case(target: Target, case, dtype: str, *, compiled: Target | None = None, full: bool = False,
-             oracles=None) -> list[Result]:
+def run_case(
+    target: Target, case, dtype: str, *, compiled: Target | None = None, full: bool = False, oracles=None
+) -> list[Result]:
     """Every value and gradient check of one (case, dtype), in eager and (if given) compiled mode."""
     o = (oracles or OracleCache()).get(case, dtype)
     with np.errstate(all="ignore"):  # NumPy-based backends warn on the NaN/inf cases
@@ -179,8 +245,11 @@ def _compiles(case, dtype, full) -> bool:
 
 
 def _run_case(target, o, case, dtype, full, compiled, step=None):
-    specs = checks.SPECS if full or case.grads_in_default else \
-        [s for s in checks.SPECS if s.group not in ("grads", "st_grad")]
+    specs = (
+        checks.SPECS
+        if full or case.grads_in_default
+        else [s for s in checks.SPECS if s.group not in ("grads", "st_grad")]
+    )
     results, eager = _run_specs(target, o, specs)
     if compiled is not None and _compiles(case, dtype, full):
         if step is not None:
@@ -209,25 +278,59 @@ def _run_contract(target: Target, step) -> list[Result]:
     step("errors and dtypes")
     for check in errors.ERROR_CHECKS:
         passed, message, skipped = errors.run_error_check(target, check)
-        results.append(Result(target.name, check.name, "-", None,
-                              "skip" if skipped else ("pass" if passed else "fail"), None, None, None, message,
-                              "" if passed else errors.reproducer(target, check), None))
+        results.append(
+            Result(
+                target.name,
+                check.name,
+                "-",
+                None,
+                "skip" if skipped else ("pass" if passed else "fail"),
+                None,
+                None,
+                None,
+                message,
+                "" if passed else errors.reproducer(target, check),
+                None,
+            )
+        )
     for check, dtype, passed, message in errors.run_dtype_checks(target):
-        results.append(Result(target.name, check, "-", dtype, "pass" if passed else "fail", None, None, None,
-                              message, "", None))
+        results.append(
+            Result(target.name, check, "-", dtype, "pass" if passed else "fail", None, None, None, message, "", None)
+        )
     # One compiled backend across many shapes, ranks and empty batches (lfq.conformance.shapes):
     # one row "compiled.shapes", the shape as its case.
     if "compiled" in tuple(target.backend.modes):
         step("compiled.shapes")
     for label, dtype, passed, message in shapes.run_shape_checks(target, cfg=SHAPES_CONFIG):
         check, _, shape = label.partition("[")
-        results.append(Result(target.name, check, shape.rstrip("]") or "-", dtype, "pass" if passed else "fail",
-                              None, None, None, message, "", None))
+        results.append(
+            Result(
+                target.name,
+                check,
+                shape.rstrip("]") or "-",
+                dtype,
+                "pass" if passed else "fail",
+                None,
+                None,
+                None,
+                message,
+                "",
+                None,
+            )
+        )
     return results
 
 
-def run_backend(backend, *, dtypes=None, full=False, device=None, case_names=None, oracles=None,
-                progress: Callable[[str], None] | None = None) -> list[Result]:
+def run_backend(
+    backend,
+    *,
+    dtypes=None,
+    full=False,
+    device=None,
+    case_names=None,
+    oracles=None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Result]:
     """Every check on one backend; see `run`."""
     be = resolve_backend(backend)
     registry_name = backend if isinstance(backend, str) else None
@@ -251,8 +354,15 @@ def run_backend(backend, *, dtypes=None, full=False, device=None, case_names=Non
     return results
 
 
-def run(backends: Iterable | str | None = None, *, dtypes=None, full: bool = False, device: str | None = None,
-        cases=None, progress: Callable[[str], None] | None = None) -> Report:
+def run(
+    backends: Iterable | str | None = None,
+    *,
+    dtypes=None,
+    full: bool = False,
+    device: str | None = None,
+    cases=None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
     """Run the conformance suite.
 
     Args:
@@ -277,15 +387,23 @@ def run(backends: Iterable | str | None = None, *, dtypes=None, full: bool = Fal
     report, oracles = Report(), OracleCache()
     for backend in backends:
         start = time.perf_counter()
-        results = run_backend(backend, dtypes=dtypes, full=full, device=device, case_names=cases,
-                              oracles=oracles, progress=progress)
+        results = run_backend(
+            backend, dtypes=dtypes, full=full, device=device, case_names=cases, oracles=oracles, progress=progress
+        )
         name = results[0].backend if results else str(backend)
         report.add(name, results, time.perf_counter() - start)
     return report
 
 
-def cross(backends: Iterable | None = None, *, dtypes=None, full: bool = False, device: str | None = None,
-          cases=None, progress: Callable[[str], None] | None = None) -> Report:
+def cross(
+    backends: Iterable | None = None,
+    *,
+    dtypes=None,
+    full: bool = False,
+    device: str | None = None,
+    cases=None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
     """Compare installed backends pairwise on the same inputs (no oracle involved).
 
     Codes and indices must agree bitwise; losses and gradients within twice the
@@ -297,8 +415,12 @@ def cross(backends: Iterable | None = None, *, dtypes=None, full: bool = False, 
     report, oracles = Report(), OracleCache()
     for a, b in itertools.combinations(targets, 2):
         label, start, results = f"{a.name}~{b.name}", time.perf_counter(), []
-        runs = [(case, d) for case in case_table.select(full, cases)
-                for d in _dtypes_for(case, a.backend, dtypes, full) if d in tuple(b.backend.dtypes)]
+        runs = [
+            (case, d)
+            for case in case_table.select(full, cases)
+            for d in _dtypes_for(case, a.backend, dtypes, full)
+            if d in tuple(b.backend.dtypes)
+        ]
         step = _Steps(progress, label, len(runs))
         for case, dtype in runs:
             step(f"{case.name} {dtype}")

@@ -18,11 +18,11 @@ from the fifth new shape on shows where.
 from __future__ import annotations
 
 import numpy as np
+from lfq.conformance import compare
+from lfq.conformance.cases import DEFAULT_TOLERANCES
 
 from lfq import reference
 from lfq.config import Config
-from lfq.conformance import compare
-from lfq.conformance.cases import DEFAULT_TOLERANCES
 from lfq.validation import numpy_dtype
 
 __all__ = ["DEFAULT_CONFIG", "SHAPES", "run_shape_checks"]
@@ -54,8 +54,9 @@ def _label(tokens: tuple, num_features: int, masked: bool) -> str:
     return f"compiled.shapes[{shape}{',mask' if masked else ''}]"
 
 
-def run_shape_checks(target, cfg: Config | None = None, dtype: str = "float32", shapes=SHAPES,
-                     seed: int = 0) -> list[tuple[str, str, bool, str]]:
+def run_shape_checks(
+    target, cfg: Config | None = None, dtype: str = "float32", shapes=SHAPES, seed: int = 0
+) -> list[tuple[str, str, bool, str]]:
     """The compiled twin of `target` on many shapes of one config, against the reference.
 
     Args:
@@ -77,8 +78,7 @@ def run_shape_checks(target, cfg: Config | None = None, dtype: str = "float32", 
     try:
         compiled = target.compiled()
     except Exception as err:
-        return [("compiled", dtype, False,
-                 f"'compiled' is in modes but compiled() raised {type(err).__name__}: {err}")]
+        return [("compiled", dtype, False, f"'compiled' is in modes but compiled() raised {type(err).__name__}: {err}")]
     tol = DEFAULT_TOLERANCES[dtype]["loss"]
     rng = np.random.default_rng(seed)
     results = []
@@ -91,8 +91,9 @@ def run_shape_checks(target, cfg: Config | None = None, dtype: str = "float32", 
         want = reference.lfq(z64, cfg, mask)
         try:
             out = compiled.backend.lfq(compiled.put(z, dtype), cfg, None if mask is None else compiled.put(mask))
-            outcomes = compare.lfq_output(out._replace(**{f: compiled.get(v) for f, v in out._asdict().items()}),
-                                          want, cfg, dtype, tol, z)
+            outcomes = compare.lfq_output(
+                out._replace(**{f: compiled.get(v) for f, v in out._asdict().items()}), want, cfg, dtype, tol, z
+            )
         except Exception as err:  # the failure under test: a backend that stops after some shapes
             results.append((name, dtype, False, f"lfq on z of shape {z.shape} raised {type(err).__name__}: {err}"))
             continue

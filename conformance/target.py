@@ -31,8 +31,9 @@ class Target:
             that name itself); reports and reproducers use it.
     """
 
-    def __init__(self, backend, device: str | None = None, parent: "Target | None" = None,
-                 registry_name: str | None = None):
+    def __init__(
+        self, backend, device: str | None = None, parent: Target | None = None, registry_name: str | None = None
+    ):
         if isinstance(backend, str):
             import lfq
 
@@ -68,7 +69,7 @@ class Target:
             return np.asarray(native)
         return np.asarray(self.backend.to_numpy(native))
 
-    def compiled(self) -> "Target":
+    def compiled(self) -> Target:
         """The backend's compiled mode on the same device."""
         return Target(self.backend.compiled(), self.device, parent=self, registry_name=self.registry_name)
 

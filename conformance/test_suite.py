@@ -10,10 +10,10 @@ Each failing test lists the failing checks with the reproducer of the first one.
 from __future__ import annotations
 
 import pytest
-
-import lfq
 from lfq.conformance import runner
 from lfq.conformance.target import Target
+
+import lfq
 
 
 def _backend_names(config) -> list[str]:
@@ -29,17 +29,21 @@ def _backend_names(config) -> list[str]:
 
 
 def _options(config) -> dict:
-    return {"dtypes": config.getoption("--lfq-dtype", default=[]) or None,
-            "full": bool(config.getoption("--lfq-full", default=False))}
+    return {
+        "dtypes": config.getoption("--lfq-dtype", default=[]) or None,
+        "full": bool(config.getoption("--lfq-full", default=False)),
+    }
 
 
 def pytest_generate_tests(metafunc):
     config = metafunc.config
     names = _backend_names(config)
     if "case_run" in metafunc.fixturenames:
-        params = [pytest.param((name, case.name, dtype), id=f"{name}-{case.name}-{dtype}")
-                  for name in names
-                  for case, dtype in runner.plan(name, **_options(config))]
+        params = [
+            pytest.param((name, case.name, dtype), id=f"{name}-{case.name}-{dtype}")
+            for name in names
+            for case, dtype in runner.plan(name, **_options(config))
+        ]
         metafunc.parametrize("case_run", params)
     elif "backend_name" in metafunc.fixturenames:
         metafunc.parametrize("backend_name", names)
@@ -61,6 +65,7 @@ def targets(request):
             target = Target(name, device)
             cache[name] = (target, *runner.compiled_of(target))
         return cache[name]
+
     return get
 
 
@@ -80,8 +85,16 @@ def test_case(case_run, targets, oracles, request):
 
     name, case_name, dtype = case_run
     target, compiled, _ = targets(name)
-    _fail_on(runner.run_case(target, cases.get(case_name), dtype, compiled=compiled,
-                             full=_options(request.config)["full"], oracles=oracles))
+    _fail_on(
+        runner.run_case(
+            target,
+            cases.get(case_name),
+            dtype,
+            compiled=compiled,
+            full=_options(request.config)["full"],
+            oracles=oracles,
+        )
+    )
 
 
 def test_contract(backend_name, targets):

@@ -55,8 +55,7 @@ def sharpening(out: pathlib.Path) -> None:
 def _train(entropy_weight: float, steps: int, seed: int = 0):
     """Gradient descent on free latents z [N, D] under the aux loss; returns history and z."""
     rng = np.random.default_rng(seed)
-    cfg = lfq.Config(codebook_dim=6, inv_temperature=10.0, entropy_weight=entropy_weight,
-                     commitment_weight=0.25)
+    cfg = lfq.Config(codebook_dim=6, inv_temperature=10.0, entropy_weight=entropy_weight, commitment_weight=0.25)
     # a collapsed start: every latent close to the same code (all bits positive)
     z = 0.05 + 0.03 * rng.standard_normal((512, cfg.codebook_dim))
     history = []
@@ -91,8 +90,10 @@ def code_usage(out: pathlib.Path, steps: int) -> None:
         counts = np.bincount(idx, minlength=cfg.codebook_size)
         usage = reference.code_usage(idx[:, None], cfg)
         ax.bar(np.arange(cfg.codebook_size), counts, width=1.0)
-        ax.set_title(f"entropy_weight = {weight}: {int((counts > 0).sum())}/64 codes used, "
-                     f"perplexity {usage.perplexity[0]:.1f}", fontsize=9)
+        ax.set_title(
+            f"entropy_weight = {weight}: {int((counts > 0).sum())}/64 codes used, perplexity {usage.perplexity[0]:.1f}",
+            fontsize=9,
+        )
         ax.set_xlabel("code index")
     axes[0].set_ylabel("tokens")
     fig.tight_layout()
@@ -117,8 +118,9 @@ def scaling(out: pathlib.Path, max_literal: int, max_factorized: int) -> None:
         cfg = lfq.Config(codebook_dim=d)
         z = z_all[:, :d]
         if d <= max_literal:
-            rows["literal"].append((d, *_measure(lambda: reference.entropy(z, cfg, method="literal",
-                                                                           literal_dtype=np.float64))))
+            rows["literal"].append(
+                (d, *_measure(lambda: reference.entropy(z, cfg, method="literal", literal_dtype=np.float64)))
+            )
         rows["factorized"].append((d, *_measure(lambda: reference.entropy(z, cfg))))
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 3.4))
     for name, data in rows.items():

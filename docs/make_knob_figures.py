@@ -79,15 +79,18 @@ def geometric(start: float, end: float, fraction: float) -> float:
 
 
 #: the layer's name of each knob that a schedule moves
-LAYER_NAMES = {"inv_temperature": "inv_temperature", "entropy_weight": "entropy_loss_weight",
-               "commitment_weight": "commitment_loss_weight"}
+LAYER_NAMES = {
+    "inv_temperature": "inv_temperature",
+    "entropy_weight": "entropy_loss_weight",
+    "commitment_weight": "commitment_loss_weight",
+}
 
 
 def set_knob(layer, field: str, value: float) -> None:
     """Change one loss knob of a torch `LFQ` layer between steps."""
     name = LAYER_NAMES[field]
     if isinstance(getattr(type(layer), name, None), property):
-        setattr(layer, name, value)            # the layer's own setter
+        setattr(layer, name, value)  # the layer's own setter
     else:
         layer.cfg = layer.cfg.replace(**{field: value})
     assert getattr(layer.cfg, field) == value, f"could not set {field} on the layer"
@@ -96,9 +99,9 @@ def set_knob(layer, field: str, value: float) -> None:
 def train_one(run: dict, seed: int, steps: int, eval_every: int) -> dict:
     """The example's torch training loop, with an evaluation every `eval_every` steps."""
     import torch
+    from torch_model import Autoencoder
 
     import lfq
-    from torch_model import Autoencoder
 
     spec = dataclasses.replace(Spec(), steps=steps, seed=seed, **run["values"])
     data = load_digits_data(spec)
@@ -118,15 +121,19 @@ def train_one(run: dict, seed: int, steps: int, eval_every: int) -> dict:
             (_, indices, _), parts = model.quantizer(encoded, return_loss_breakdown=True, compute_loss=True)
         model.train()
         usage = lfq.reference.code_usage(indices.numpy().reshape(-1, 1), lfq.Config(codebook_dim=spec.codebook_dim))
-        bits = (indices.numpy().reshape(-1, 1) >> np.arange(spec.codebook_dim - 1, -1, -1)) & 1   # MSB first
+        bits = (indices.numpy().reshape(-1, 1) >> np.arange(spec.codebook_dim - 1, -1, -1)) & 1  # MSB first
         ones = bits.mean(axis=0)
-        return {"step": step, "test_mse": float(torch.mean((recon - test) ** 2)),
-                "bits_used": int(np.sum((ones >= 0.01) & (ones <= 0.99))),
-                "bit_ones": [round(float(f), 4) for f in ones],
-                "codes_used": int(round(usage.fraction_used[0] * 2 ** spec.codebook_dim)),
-                "perplexity": float(usage.perplexity[0]),
-                "per_sample_entropy": float(parts.per_sample_entropy),
-                "batch_entropy": float(parts.batch_entropy), "commitment": float(parts.commitment)}
+        return {
+            "step": step,
+            "test_mse": float(torch.mean((recon - test) ** 2)),
+            "bits_used": int(np.sum((ones >= 0.01) & (ones <= 0.99))),
+            "bit_ones": [round(float(f), 4) for f in ones],
+            "codes_used": int(round(usage.fraction_used[0] * 2**spec.codebook_dim)),
+            "perplexity": float(usage.perplexity[0]),
+            "per_sample_entropy": float(parts.per_sample_entropy),
+            "batch_entropy": float(parts.batch_entropy),
+            "commitment": float(parts.commitment),
+        }
 
     start = time.perf_counter()
     for step in range(steps):
@@ -150,10 +157,19 @@ def summary(runs: list[dict]) -> dict:
     """Mean and per-seed values of the final metrics of each setting."""
     out = {}
     for run in runs:
-        keys = ("codes_used", "bits_used", "perplexity", "test_mse", "per_sample_entropy", "batch_entropy",
-                "commitment")
-        out[run["name"]] = {k: {"mean": float(np.mean([r[k] for r in run["results"]])),
-                                "per_seed": [r[k] for r in run["results"]]} for k in keys}
+        keys = (
+            "codes_used",
+            "bits_used",
+            "perplexity",
+            "test_mse",
+            "per_sample_entropy",
+            "batch_entropy",
+            "commitment",
+        )
+        out[run["name"]] = {
+            k: {"mean": float(np.mean([r[k] for r in run["results"]])), "per_seed": [r[k] for r in run["results"]]}
+            for k in keys
+        }
     return out
 
 
@@ -173,9 +189,11 @@ def plot_sweep(runs, group, knob, xlabel, path):
     chosen = sorted(_runs_of(runs, group), key=lambda r: r["values"][knob])
     xs = range(len(chosen))
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.3))
-    for ax, key, label in zip(axes, ("codes_used", "bits_used", "test_mse", "per_sample_entropy"),
-                              ("codes used (of 1024)", "bits in use (of 10)", "test reconstruction MSE",
-                               "per-sample entropy (nats)")):
+    for ax, key, label in zip(
+        axes,
+        ("codes_used", "bits_used", "test_mse", "per_sample_entropy"),
+        ("codes used (of 1024)", "bits in use (of 10)", "test reconstruction MSE", "per-sample entropy (nats)"),
+    ):
         ax.plot(xs, [_mean(r, key) for r in chosen], "-", color="C0")
         for x, r in zip(xs, chosen):
             _scatter_seeds(ax, x, r, key, "C0")
@@ -184,9 +202,11 @@ def plot_sweep(runs, group, knob, xlabel, path):
         ax.set_title(label, fontsize=10)
     axes[1].set_ylim(-0.5, 10.5)
     seeds = len(chosen[0]["results"])
-    fig.suptitle(f"digits autoencoder, {chosen[0]['results'][0]['step']} steps: line = mean of {seeds} seeds, "
-                 "dots = each seed (the other knobs at tau 10, entropy weight 0.1, commitment weight 0.25)",
-                 fontsize=9)
+    fig.suptitle(
+        f"digits autoencoder, {chosen[0]['results'][0]['step']} steps: line = mean of {seeds} seeds, "
+        "dots = each seed (the other knobs at tau 10, entropy weight 0.1, commitment weight 0.25)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -194,18 +214,29 @@ def plot_sweep(runs, group, knob, xlabel, path):
 
 def plot_commitment(runs, path):
     chosen = _runs_of(runs, "commitment")
-    labels = [f"entropy {r['values']['entropy_weight']:g}\ncommitment {r['values']['commitment_weight']:g}"
-              for r in chosen]
+    labels = [
+        f"entropy {r['values']['entropy_weight']:g}\ncommitment {r['values']['commitment_weight']:g}" for r in chosen
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
-    panels = (("codes_used", "codes used (of 1024)", "{:.0f}"), ("test_mse", "test reconstruction MSE", "{:.4f}"),
-              ("commitment", "commitment loss mean (x - q)^2: feature scale", "{:.2g}"))
+    panels = (
+        ("codes_used", "codes used (of 1024)", "{:.0f}"),
+        ("test_mse", "test reconstruction MSE", "{:.4f}"),
+        ("commitment", "commitment loss mean (x - q)^2: feature scale", "{:.2g}"),
+    )
     for ax, (key, label, fmt) in zip(axes, panels):
         means = [_mean(r, key) for r in chosen]
         ax.bar(range(len(chosen)), means, color=["C0", "C1", "C3", "C2"])
         for i, r in enumerate(chosen):
             _scatter_seeds(ax, i, r, key, "k")
-            ax.annotate(fmt.format(means[i]), (i, means[i]), ha="center", va="bottom", fontsize=8,
-                        xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                fmt.format(means[i]),
+                (i, means[i]),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.set_xticks(range(len(chosen)), labels, fontsize=8)
         ax.set_title(label, fontsize=10)
     axes[0].set_yscale("log")
@@ -213,8 +244,10 @@ def plot_commitment(runs, path):
     axes[2].set_yscale("log")
     axes[2].set_ylim(top=100 * max(_mean(r, "commitment") for r in chosen))
     axes[1].set_ylim(top=1.15 * max(_mean(r, "test_mse") for r in chosen))
-    fig.suptitle("the commitment weight, with and without the entropy loss (tau 10; bars and labels = mean, "
-                 "dots = seeds)", fontsize=9)
+    fig.suptitle(
+        "the commitment weight, with and without the entropy loss (tau 10; bars and labels = mean, dots = seeds)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -234,8 +267,11 @@ def plot_annealing(runs, path):
     for ax in axes:
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
-    fig.suptitle("constant inverse temperature 10 or 100, and three annealing schedules (seed "
-                 f"{chosen[0]['results'][0]['seed']})", fontsize=9)
+    fig.suptitle(
+        "constant inverse temperature 10 or 100, and three annealing schedules (seed "
+        f"{chosen[0]['results'][0]['seed']})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -256,8 +292,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="20 steps, one seed (a smoke run for the tests)")
-    parser.add_argument("--replot", action="store_true",
-                        help="only redraw the figures from the knobs_results.json in --out")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the figures from the knobs_results.json in --out"
+    )
     args = parser.parse_args(argv)
     if args.replot:
         report = json.loads((args.out / "knobs_results.json").read_text())
@@ -276,22 +313,34 @@ def main(argv=None) -> dict:
         for seed in args.seeds:
             result = train_one(run, seed, args.steps, args.eval_every)
             run["results"].append(result)
-            print(f"{run['name']:>24} seed {seed}: {result['codes_used']:4d} codes, perplexity "
-                  f"{result['perplexity']:6.1f}, {result['bits_used']:2d} bits, test MSE {result['test_mse']:.4f}, H_sample "
-                  f"{result['per_sample_entropy']:.3f}, H_batch {result['batch_entropy']:.3f} "
-                  f"({result['seconds']:.1f} s)", flush=True)
+            print(
+                f"{run['name']:>24} seed {seed}: {result['codes_used']:4d} codes, perplexity "
+                f"{result['perplexity']:6.1f}, {result['bits_used']:2d} bits, test MSE {result['test_mse']:.4f}, H_sample "
+                f"{result['per_sample_entropy']:.3f}, H_batch {result['batch_entropy']:.3f} "
+                f"({result['seconds']:.1f} s)",
+                flush=True,
+            )
     seconds = time.perf_counter() - start
     plot_all(runs, args.out)
     import sklearn
 
     report = {
         "command": "python docs/make_knob_figures.py" + (" --quick" if args.quick else ""),
-        "settings": {"steps": args.steps, "seeds": args.seeds, "eval_every": args.eval_every,
-                     "threads": args.threads, "base": BASE,
-                     "spec": dataclasses.asdict(dataclasses.replace(Spec(), steps=args.steps))},
+        "settings": {
+            "steps": args.steps,
+            "seeds": args.seeds,
+            "eval_every": args.eval_every,
+            "threads": args.threads,
+            "base": BASE,
+            "spec": dataclasses.asdict(dataclasses.replace(Spec(), steps=args.steps)),
+        },
         "seconds": round(seconds, 1),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "sklearn": sklearn.__version__, "processor": platform.machine()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sklearn": sklearn.__version__,
+            "processor": platform.machine(),
+        },
         "summary": summary(runs),
         "runs": [{k: v for k, v in run.items()} for run in runs],
     }

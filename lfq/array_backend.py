@@ -174,8 +174,10 @@ class ArrayBackend:
             raw = xp.where(weights[:, None, None] > 0, raw, xp.zeros_like(raw))
         rescale = None
         if self.flushes_subnormals:
+
             def rescale(groups):
                 return features.rescale_tiny_groups(groups, xp, self.bitcast, self.pass_gradient)
+
         return xp, raw, features.transform_groups(raw, cfg, xp, self.stop_gradient, rescale), weights
 
     def _losses(self, z, cfg: Config, mask, options, batch_entropy: bool = True):
@@ -187,9 +189,18 @@ class ArrayBackend:
         xp, raw, x, weights = self._features(z, cfg, mask)
         device = self.device_of(z)
         codes = features.quantize_groups(raw, cfg, xp, self.positive, device)
-        sums = factorized.loss_sums(x, codes, weights, cfg, xp, lambda a, b: self.matmul(a, b, cfg),
-                                    lambda a: self.subcode_probs(a, cfg), with_histograms=batch_entropy,
-                                    device=device, schedule=schedule)
+        sums = factorized.loss_sums(
+            x,
+            codes,
+            weights,
+            cfg,
+            xp,
+            lambda a, b: self.matmul(a, b, cfg),
+            lambda a: self.subcode_probs(a, cfg),
+            with_histograms=batch_entropy,
+            device=device,
+            schedule=schedule,
+        )
         losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp, schedule)
         return xp, x, [xp.astype(v, z.dtype, copy=False) for v in losses]
 

@@ -43,6 +43,7 @@ class UsageError(Exception):
 
 # ------------------------------------------------------------------ lfq info
 
+
 def _distribution_version(module: str, candidates=()) -> str:
     """Version of the installed distribution providing top-level `module`, without importing it."""
     loaded = sys.modules.get(module)
@@ -98,8 +99,9 @@ def cmd_info(args) -> int:
     import numpy as np
 
     _register(args.register)
-    print(f"lfq {lfq.__version__} (spec {lfq.SPEC_VERSION}), numpy {np.__version__}, "
-          f"Python {platform.python_version()}")
+    print(
+        f"lfq {lfq.__version__} (spec {lfq.SPEC_VERSION}), numpy {np.__version__}, Python {platform.python_version()}"
+    )
     rows = [("backend", "available", "dtypes", "modes", "framework")]
     notes: list[str] = []
     for name in lfq.list_backends():
@@ -138,10 +140,11 @@ def _load_problem(name: str, err: Exception) -> str:
 
     target = registry._REGISTRY[registry._resolve(name)][0]
     module, _, attr = target.partition(":")
-    if isinstance(err, ModuleNotFoundError) and err.name \
-            and (module == err.name or module.startswith(err.name + ".")):
-        return (f"cannot import module {module!r} (no module named {err.name!r}): check the spelling, "
-                "install it, or put its folder on PYTHONPATH")
+    if isinstance(err, ModuleNotFoundError) and err.name and (module == err.name or module.startswith(err.name + ".")):
+        return (
+            f"cannot import module {module!r} (no module named {err.name!r}): check the spelling, "
+            "install it, or put its folder on PYTHONPATH"
+        )
     if isinstance(err, AttributeError) and attr in str(err) and isinstance(sys.modules.get(module), type(sys)):
         found = [a for a in dir(sys.modules[module]) if not a.startswith("_")]
         close = difflib.get_close_matches(attr, found, n=3)
@@ -191,6 +194,7 @@ def _backends(args, status) -> list[str]:
 
 # ------------------------------------------------------------------ progress
 
+
 class _Progress:
     """Renders the runner's steps on stderr.
 
@@ -217,8 +221,11 @@ class _Progress:
     def status(self, text: str, kind: str = "note") -> None:
         """A message outside the steps: "live" shows only as the counter line (replaced by the
         next), "log" only as a line of the "lines" and "verbose" modes, "note" always."""
-        if self.mode == "quiet" or (kind == "live" and self.mode != "counter") \
-                or (kind == "log" and self.mode == "counter"):
+        if (
+            self.mode == "quiet"
+            or (kind == "live" and self.mode != "counter")
+            or (kind == "log" and self.mode == "counter")
+        ):
             return
         self._clear()
         if kind == "live":
@@ -264,6 +271,7 @@ def _progress_mode(args) -> str:
 
 # ------------------------------------------------------------------ lfq conformance
 
+
 def _case_table(cases) -> str:
     rows = [("case", "default run", "compiled", "what it checks")]
     for case in cases:
@@ -282,10 +290,12 @@ def _check_cases(names) -> None:
     for name in names or []:
         if name in known:
             continue
-        close = list(dict.fromkeys([k for k in known if name.lower() in k]
-                                   + difflib.get_close_matches(name, known, n=3, cutoff=0.5)))[:3]
-        hint = (f"did you mean {', '.join(close)}?" if close
-                else f"known cases: {', '.join(known)}")
+        close = list(
+            dict.fromkeys(
+                [k for k in known if name.lower() in k] + difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            )
+        )[:3]
+        hint = f"did you mean {', '.join(close)}?" if close else f"known cases: {', '.join(known)}"
         raise UsageError(f"--case {name!r}: no such case; {hint} (lfq conformance --list-cases describes them)")
 
 
@@ -298,8 +308,10 @@ def _check_paths(args) -> None:
             raise UsageError(f"--json {args.json!r}: folder {folder!r} does not exist; create it first")
     if args.check_golden:
         if not os.path.isfile(os.path.join(args.check_golden, "manifest.json")):
-            raise UsageError(f"--check-golden {args.check_golden!r}: no manifest.json there; give a folder "
-                             "written by --write-golden, or no folder for the package's own")
+            raise UsageError(
+                f"--check-golden {args.check_golden!r}: no manifest.json there; give a folder "
+                "written by --write-golden, or no folder for the package's own"
+            )
     if args.max_failures < 0:
         raise UsageError(f"--max-failures {args.max_failures}: give 0 or more")
 
@@ -339,8 +351,9 @@ def cmd_conformance(args) -> int:
         names = _backends(args, progress.status)
         if args.cross and len(names) < 2:
             raise UsageError(f"--cross needs two or more available backends, got {names}")
-        options = dict(dtypes=args.dtype or None, full=args.full, device=args.device, cases=args.case or None,
-                       progress=progress)
+        options = dict(
+            dtypes=args.dtype or None, full=args.full, device=args.device, cases=args.case or None, progress=progress
+        )
         report = (conformance.cross if args.cross else conformance.run)(names, **options)
     finally:
         progress.finish()
@@ -357,44 +370,72 @@ def cmd_conformance(args) -> int:
 
 # ------------------------------------------------------------------ the parser
 
+
 def build_parser() -> argparse.ArgumentParser:
     from lfq.validation import FLOAT_DTYPES
 
     parser = argparse.ArgumentParser(prog="lfq", description="Lookup-free quantization: backends and conformance.")
     commands = parser.add_subparsers(dest="command", required=True)
-    register_help = ("register a backend first, as lfq.register(NAME, 'MODULE:CLASS') (repeatable; MODULE is "
-                     "looked up on sys.path, then in the current folder)")
-    info = commands.add_parser("info", help="registered backends: availability, dtypes, modes, versions "
-                                            "(no framework is imported)")
+    register_help = (
+        "register a backend first, as lfq.register(NAME, 'MODULE:CLASS') (repeatable; MODULE is "
+        "looked up on sys.path, then in the current folder)"
+    )
+    info = commands.add_parser(
+        "info", help="registered backends: availability, dtypes, modes, versions (no framework is imported)"
+    )
     info.add_argument("--register", action="append", metavar="NAME=MODULE:CLASS", help=register_help)
     info.set_defaults(run=cmd_info)
     conf = commands.add_parser("conformance", help="check backends against the reference (exit 1 on failure)")
-    conf.add_argument("--backend", action="append", metavar="NAME",
-                      help="backend to check (repeatable; default: every available one)")
+    conf.add_argument(
+        "--backend", action="append", metavar="NAME", help="backend to check (repeatable; default: every available one)"
+    )
     conf.add_argument("--register", action="append", metavar="NAME=MODULE:CLASS", help=register_help)
-    conf.add_argument("--device", metavar="DEVICE",
-                      help="device given to asarray(..., device=DEVICE), e.g. cpu or cuda (default: none given)")
-    conf.add_argument("--dtype", action="append", choices=FLOAT_DTYPES,
-                      help="input dtype to run (repeatable; default: each case's own, all with --full)")
-    conf.add_argument("--case", action="append", metavar="NAME",
-                      help="run only this case (repeatable; --list-cases lists them)")
+    conf.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="device given to asarray(..., device=DEVICE), e.g. cpu or cuda (default: none given)",
+    )
+    conf.add_argument(
+        "--dtype",
+        action="append",
+        choices=FLOAT_DTYPES,
+        help="input dtype to run (repeatable; default: each case's own, all with --full)",
+    )
+    conf.add_argument(
+        "--case", action="append", metavar="NAME", help="run only this case (repeatable; --list-cases lists them)"
+    )
     conf.add_argument("--list-cases", action="store_true", help="list the cases with what each checks, and exit")
-    conf.add_argument("--full", action="store_true",
-                      help="every case in every dtype, all gradients, more compiled checks (slow)")
+    conf.add_argument(
+        "--full", action="store_true", help="every case in every dtype, all gradients, more compiled checks (slow)"
+    )
     conf.add_argument("--cross", action="store_true", help="compare the backends pairwise instead")
     conf.add_argument("--json", metavar="FILE", help="also write the full report as JSON (raw errors included)")
-    conf.add_argument("--max-failures", type=int, default=10, metavar="N",
-                      help="failures printed with their reproducers (default 10)")
+    conf.add_argument(
+        "--max-failures", type=int, default=10, metavar="N", help="failures printed with their reproducers (default 10)"
+    )
     chatter = conf.add_mutually_exclusive_group()
-    chatter.add_argument("-v", "--verbose", action="store_true",
-                         help="print each step (backend, case, dtype) with its time on stderr")
+    chatter.add_argument(
+        "-v", "--verbose", action="store_true", help="print each step (backend, case, dtype) with its time on stderr"
+    )
     chatter.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    conf.add_argument("--write-golden", nargs="?", const="", default=None, metavar="DIR",
-                      help="regenerate the golden vectors (into DIR, default the package's) and exit")
-    conf.add_argument("--check-golden", nargs="?", const="", default=None, metavar="DIR",
-                      help="check that the golden vectors (in DIR, default the package's) regenerate: integers, "
-                           "inputs and codes bit for bit, float64 results within "
-                           "lfq.conformance.golden.REGENERATION_TOLERANCE; exit 1 on a difference")
+    conf.add_argument(
+        "--write-golden",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="regenerate the golden vectors (into DIR, default the package's) and exit",
+    )
+    conf.add_argument(
+        "--check-golden",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="check that the golden vectors (in DIR, default the package's) regenerate: integers, "
+        "inputs and codes bit for bit, float64 results within "
+        "lfq.conformance.golden.REGENERATION_TOLERANCE; exit 1 on a difference",
+    )
     conf.set_defaults(run=cmd_conformance)
     return parser
 

@@ -88,8 +88,13 @@ class Config:
     precision: str = "highest"
 
     def __post_init__(self) -> None:
-        _check_int("codebook_dim", self.codebook_dim, 1, MAX_INDEX_BITS,
-                   "indices are int64, so D <= 63; use more codebooks (num_codebooks) for more bits")
+        _check_int(
+            "codebook_dim",
+            self.codebook_dim,
+            1,
+            MAX_INDEX_BITS,
+            "indices are int64, so D <= 63; use more codebooks (num_codebooks) for more bits",
+        )
         _check_int("num_codebooks", self.num_codebooks, 1, None, "use num_codebooks >= 1")
         _check_positive("scale", self.scale)
         _check_positive("inv_temperature", self.inv_temperature)
@@ -108,21 +113,33 @@ class Config:
                 f"batch_entropy={self.batch_entropy!r} asks for {groups} groups of bits but "
                 f"codebook_dim={self.codebook_dim}: use at most {self.codebook_dim} groups"
             )
-        _check_int("max_exact_bits", self.max_exact_bits, 1, 40,
-                   "the exact batch entropy holds 2**bits probabilities per codebook")
+        _check_int(
+            "max_exact_bits",
+            self.max_exact_bits,
+            1,
+            40,
+            "the exact batch entropy holds 2**bits probabilities per codebook",
+        )
         _check_int("feature_axis", self.feature_axis, None, None, "pass an integer axis such as -1")
 
     @classmethod
-    def from_codebook_size(cls, codebook_size: int, **kwargs) -> "Config":
+    def from_codebook_size(cls, codebook_size: int, **kwargs) -> Config:
         """Build a Config from the number of codes per codebook, `2**codebook_dim`.
 
         Raises:
             ValueError: `codebook_size` is not a power of two >= 2.
         """
-        if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 2 \
-                or codebook_size & (codebook_size - 1):
-            lower = 2 ** max(1, int(math.log2(codebook_size))) if isinstance(codebook_size, (int, float)) \
-                and codebook_size >= 2 else 2
+        if (
+            isinstance(codebook_size, bool)
+            or not isinstance(codebook_size, int)
+            or codebook_size < 2
+            or codebook_size & (codebook_size - 1)
+        ):
+            lower = (
+                2 ** max(1, int(math.log2(codebook_size)))
+                if isinstance(codebook_size, (int, float)) and codebook_size >= 2
+                else 2
+            )
             raise ValueError(
                 f"codebook_size={codebook_size!r} must be a power of two >= 2 (LFQ codes are "
                 f"all sign patterns of D bits): use for example {lower} or {2 * lower}"
@@ -132,7 +149,7 @@ class Config:
     @property
     def codebook_size(self) -> int:
         """`2**codebook_dim`, the number of codes of each codebook."""
-        return 2 ** self.codebook_dim
+        return 2**self.codebook_dim
 
     @property
     def num_features(self) -> int:
@@ -149,7 +166,7 @@ class Config:
         """G of `batch_entropy` ("exact" is one group holding all D bits)."""
         return parse_batch_entropy(self.batch_entropy)
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,10 +72,11 @@ class LossSums(NamedTuple):
     commitment: object
     histograms: tuple
 
-    def map(self, fn) -> "LossSums":
+    def map(self, fn) -> LossSums:
         """Apply `fn` to every array, e.g. a framework's all-reduce."""
-        return LossSums(fn(self.sample_entropy), fn(self.token_count), fn(self.commitment),
-                        tuple(fn(h) for h in self.histograms))
+        return LossSums(
+            fn(self.sample_entropy), fn(self.token_count), fn(self.commitment), tuple(fn(h) for h in self.histograms)
+        )
 
 
 #: Config fields that a training schedule may change per call (see `Schedule`).
@@ -148,7 +150,7 @@ def bit_groups(cfg: Config) -> list[tuple[int, int]]:
 
 #: Bound of the bit logits: every function of `a` here is saturated far below it
 #: (exp(-2**64) is 0 in any float), and 4*tau*m*x below it does not overflow.
-LOGIT_LIMIT = 2.0 ** 64
+LOGIT_LIMIT = 2.0**64
 
 
 def bit_logits(x, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE):
@@ -166,10 +168,10 @@ def bit_logits(x, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE):
     # At most 2**127, which float32 holds: a bound past float32's range would not be
     # representable in a float32 clip (past it everything is saturated anyway).
     if _is_number(scale):
-        bound = min(LOGIT_LIMIT / scale, 2.0 ** 127)
+        bound = min(LOGIT_LIMIT / scale, 2.0**127)
     else:  # a run-time tau (an array): the bound only needs to lie past saturation and below
         # 2**127; adding 2**-63 caps it there without a data-dependent branch or clip.
-        bound = _like(LOGIT_LIMIT / (scale + 2.0 ** -63), x, xp)
+        bound = _like(LOGIT_LIMIT / (scale + 2.0**-63), x, xp)
         scale = _like(scale, x, xp)
     return xp.clip(x, -bound, bound) * scale
 
@@ -221,7 +223,7 @@ def subcode_probs(a, xp):
 
 def subcode_bits(k: int):
     """`[2**k, k]` NumPy int matrix: row j holds the bits of j, MSB first (1 = positive)."""
-    return (np.arange(2 ** k)[:, None] >> np.arange(k - 1, -1, -1)) & 1
+    return (np.arange(2**k)[:, None] >> np.arange(k - 1, -1, -1)) & 1
 
 
 def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = None):
@@ -271,8 +273,8 @@ def code_histogram(a, weights, xp, matmul: Callable | None = None, subcode_probs
         # unstack, not indexing: its gradient is one stack, not a zero-filled copy per half.
         probs_a, probs_b = xp.unstack(probs_of(xp.stack([a[..., :split], a[..., split:]])))
     else:
-        probs_a = probs_of(a[..., :split])   # [N, C, 2^|A|]
-        probs_b = probs_of(a[..., split:])   # [N, C, 2^|B|]
+        probs_a = probs_of(a[..., :split])  # [N, C, 2^|A|]
+        probs_b = probs_of(a[..., split:])  # [N, C, 2^|B|]
     if weights is not None:
         probs_a = probs_a * weights[:, None, None]
     return matmul(xp.permute_dims(probs_a, (1, 2, 0)), xp.permute_dims(probs_b, (1, 0, 2)))
@@ -300,9 +302,18 @@ def distribution_entropy(p, xp):
     return -xp.sum(terms, axis=-1)
 
 
-def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None,
-              subcode_probs_fn: Callable | None = None, with_histograms: bool = True,
-              device=None, schedule: Schedule = _NO_SCHEDULE) -> LossSums:
+def loss_sums(
+    x,
+    codes,
+    weights,
+    cfg: Config,
+    xp,
+    matmul: Callable | None = None,
+    subcode_probs_fn: Callable | None = None,
+    with_histograms: bool = True,
+    device=None,
+    schedule: Schedule = _NO_SCHEDULE,
+) -> LossSums:
     """Token sums of every loss term, for one replica's tokens.
 
     Args:
@@ -337,8 +348,11 @@ def loss_sums(x, codes, weights, cfg: Config, xp, matmul: Callable | None = None
         per_bit = per_bit * weights[:, None, None]
         sq_err = sq_err * weights[:, None, None]
         count = xp.sum(weights)
-    hists = tuple(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn)
-                  for lo, hi in bit_groups(cfg)) if with_histograms else ()
+    hists = (
+        tuple(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn) for lo, hi in bit_groups(cfg))
+        if with_histograms
+        else ()
+    )
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), hists)
 
 
@@ -372,8 +386,15 @@ def losses_from_sums(sums: LossSums, cfg: Config, xp, schedule: Schedule = _NO_S
     return per_sample, batch, commitment, aux_loss(per_sample, batch, commitment, cfg, xp, schedule)
 
 
-def aux_loss(per_sample, batch, commitment, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE,
-             softplus_offset: float | None = None):
+def aux_loss(
+    per_sample,
+    batch,
+    commitment,
+    cfg: Config,
+    xp,
+    schedule: Schedule = _NO_SCHEDULE,
+    softplus_offset: float | None = None,
+):
     r"""$w_e (H_s - \gamma H_b) + w_c L_c$, leaving out every term whose weight is 0.
 
     A zero weight switches its term off: $0 \cdot \infty$ would be NaN (float32

@@ -152,12 +152,12 @@ def rescale_tiny_groups(x, xp, bitcast, carry):
     itype = xp.int32 if itemsize == 4 else xp.int64
     bits = bitcast(x, itype)
     magnitude = xp.bitwise_and(bits, xp.asarray(2 ** (8 * itemsize - 1) - 1, dtype=itype))
-    tiny = xp.max(magnitude, axis=-1, keepdims=True) < (shift + 1) * 2 ** mantissa
-    normal_up = bitcast(bits + shift * 2 ** mantissa, x.dtype)
+    tiny = xp.max(magnitude, axis=-1, keepdims=True) < (shift + 1) * 2**mantissa
+    normal_up = bitcast(bits + shift * 2**mantissa, x.dtype)
     sub_up = xp.astype(magnitude, x.dtype) * float(2.0 ** (2 - bias))
     sub_up = xp.where(bits < 0, -sub_up, sub_up)
-    value = xp.where(magnitude < 2 ** mantissa, sub_up, normal_up)
-    return carry(xp.where(tiny, value, x), xp.where(tiny, x * float(2.0 ** shift), x)), tiny
+    value = xp.where(magnitude < 2**mantissa, sub_up, normal_up)
+    return carry(xp.where(tiny, value, x), xp.where(tiny, x * float(2.0**shift), x)), tiny
 
 
 def bit_weights(cfg: Config) -> list[int]:
@@ -168,4 +168,4 @@ def bit_weights(cfg: Config) -> list[int]:
     d = cfg.codebook_dim
     if cfg.bit_order == "msb":
         return [2 ** (d - 1 - i) for i in range(d)]
-    return [2 ** i for i in range(d)]
+    return [2**i for i in range(d)]

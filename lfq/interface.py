@@ -104,7 +104,7 @@ class LFQBackend(Protocol):
         required and has z's shape.
         """
 
-    def compiled(self) -> "LFQBackend":
+    def compiled(self) -> LFQBackend:
         """The same backend with every operation compiled by its framework
         (`torch.compile`, `jax.jit`, `tf.function(jit_compile=True)`); only when
         "compiled" is in `modes`."""

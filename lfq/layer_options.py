@@ -14,8 +14,7 @@ import math
 
 from lfq.config import Config
 
-__all__ = ["LAYER_ARGUMENTS", "LayerOptions", "SCHEDULE_ARGUMENTS", "layer_options", "mask_layout",
-           "schedule_options"]
+__all__ = ["LAYER_ARGUMENTS", "LayerOptions", "SCHEDULE_ARGUMENTS", "layer_options", "mask_layout", "schedule_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +54,11 @@ def _codebook_dim(codebook_size, codebook_dim, dim) -> int:
     if codebook_size is None and codebook_dim is None:
         if dim is not None and not isinstance(dim, bool) and isinstance(dim, int) and dim >= 1:
             return dim  # as in vector-quantize-pytorch: dim alone means codebook_size = 2**dim
-        raise ValueError("pass codebook_size (a power of two, e.g. 1024) or codebook_dim (bits per "
-                         "codebook, e.g. 10), or dim alone (codebook_size = 2**dim): give exactly one "
-                         "of codebook_size and codebook_dim")
+        raise ValueError(
+            "pass codebook_size (a power of two, e.g. 1024) or codebook_dim (bits per "
+            "codebook, e.g. 10), or dim alone (codebook_size = 2**dim): give exactly one "
+            "of codebook_size and codebook_dim"
+        )
     if codebook_size is None:
         return codebook_dim
     resolved = Config.from_codebook_size(codebook_size).codebook_dim
@@ -69,12 +70,28 @@ def _codebook_dim(codebook_size, codebook_dim, dim) -> int:
     return resolved
 
 
-def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebooks=1,
-                  entropy_loss_weight=0.1, commitment_loss_weight=0.25, diversity_gamma=1.0,
-                  inv_temperature=100.0, spherical=False, codebook_scale=1.0, soft_clamp_input_value=None,
-                  straight_through_activation="identity", bit_order="msb", batch_entropy="exact",
-                  max_exact_bits=24, precision="highest", channel_first=None, keep_num_codebooks_dim=None,
-                  has_projections=None) -> LayerOptions:
+def layer_options(
+    *,
+    dim=None,
+    codebook_size=None,
+    codebook_dim=None,
+    num_codebooks=1,
+    entropy_loss_weight=0.1,
+    commitment_loss_weight=0.25,
+    diversity_gamma=1.0,
+    inv_temperature=100.0,
+    spherical=False,
+    codebook_scale=1.0,
+    soft_clamp_input_value=None,
+    straight_through_activation="identity",
+    bit_order="msb",
+    batch_entropy="exact",
+    max_exact_bits=24,
+    precision="highest",
+    channel_first=None,
+    keep_num_codebooks_dim=None,
+    has_projections=None,
+) -> LayerOptions:
     """Validate and resolve the arguments shared by every LFQ layer.
 
     Args:
@@ -105,16 +122,28 @@ def layer_options(*, dim=None, codebook_size=None, codebook_dim=None, num_codebo
     Raises:
         ValueError, TypeError: naming the argument, its value and the fix.
     """
-    for name, value in (("channel_first", channel_first), ("keep_num_codebooks_dim", keep_num_codebooks_dim),
-                        ("has_projections", has_projections)):
+    for name, value in (
+        ("channel_first", channel_first),
+        ("keep_num_codebooks_dim", keep_num_codebooks_dim),
+        ("has_projections", has_projections),
+    ):
         _flag(name, value)
     config = Config(
-        codebook_dim=_codebook_dim(codebook_size, codebook_dim, dim), num_codebooks=num_codebooks,
-        scale=codebook_scale, spherical=spherical, inv_temperature=inv_temperature,
-        diversity_gamma=diversity_gamma, entropy_weight=entropy_loss_weight,
-        commitment_weight=commitment_loss_weight, bit_order=bit_order, soft_clamp=soft_clamp_input_value,
-        activation=straight_through_activation, batch_entropy=batch_entropy, max_exact_bits=max_exact_bits,
-        precision=precision)
+        codebook_dim=_codebook_dim(codebook_size, codebook_dim, dim),
+        num_codebooks=num_codebooks,
+        scale=codebook_scale,
+        spherical=spherical,
+        inv_temperature=inv_temperature,
+        diversity_gamma=diversity_gamma,
+        entropy_weight=entropy_loss_weight,
+        commitment_weight=commitment_loss_weight,
+        bit_order=bit_order,
+        soft_clamp=soft_clamp_input_value,
+        activation=straight_through_activation,
+        batch_entropy=batch_entropy,
+        max_exact_bits=max_exact_bits,
+        precision=precision,
+    )
     features = config.num_features
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
         raise ValueError(f"dim={dim!r} must be a positive int (the input feature size) or None")
@@ -173,20 +202,21 @@ def mask_layout(mask_shape, tokens) -> tuple[int, ...]:
     if len(tokens) >= 2:
         layouts["per sample"] = (tokens[:1], tokens[:1] + (1,) * (len(tokens) - 1))
     if len(tokens) >= 3:
-        layouts["per token, flattened after the batch axis"] = (
-            (tokens[0], math.prod(tokens[1:])), tokens)
+        layouts["per token, flattened after the batch axis"] = ((tokens[0], math.prod(tokens[1:])), tokens)
     matches = [view for shape, view in layouts.values() if shape == mask_shape]
     if not matches:
         accepted = ", ".join(f"{shape} ({name})" for name, (shape, _) in layouts.items())
-        raise ValueError(
-            f"mask has shape {mask_shape}; for input tokens {tokens} it must be one of: {accepted}"
-        )
+        raise ValueError(f"mask has shape {mask_shape}; for input tokens {tokens} it must be one of: {accepted}")
     return matches[0]
 
 
 #: The layers' per-call schedule arguments and the backend options they become.
-SCHEDULE_ARGUMENTS = {"inv_temperature": "inv_temperature", "entropy_loss_weight": "entropy_weight",
-                      "commitment_loss_weight": "commitment_weight", "diversity_gamma": "diversity_gamma"}
+SCHEDULE_ARGUMENTS = {
+    "inv_temperature": "inv_temperature",
+    "entropy_loss_weight": "entropy_weight",
+    "commitment_loss_weight": "commitment_weight",
+    "diversity_gamma": "diversity_gamma",
+}
 
 
 def schedule_options(**values) -> dict:

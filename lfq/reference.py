@@ -48,6 +48,7 @@ _LITERAL_MAX_BITS = 20
 
 # --------------------------------------------------------------------------- helpers
 
+
 def _check_z(z, cfg: Config) -> np.ndarray:
     validation.check_config(cfg)
     z = np.asarray(z)
@@ -110,6 +111,7 @@ def _ungroup_grad(grad: np.ndarray, z: np.ndarray, cfg: Config) -> np.ndarray:
 
 # --------------------------------------------------------------- quantize and index
 
+
 def quantize(z, cfg: Config) -> np.ndarray:
     """Codes of `z`: `[..., C*D]` -> same shape and dtype.
 
@@ -167,6 +169,7 @@ def indices_to_codes(indices, cfg: Config, dtype: str = "float32") -> np.ndarray
 
 # ------------------------------------------------------------------------ entropies
 
+
 def all_codes(cfg: Config) -> np.ndarray:
     """Every code of one codebook, `[2**D, D]` float64, row j = code of index j (MSB first)."""
     return np.where(factorized.subcode_bits(cfg.codebook_dim) == 1, cfg.code_magnitude, -cfg.code_magnitude)
@@ -208,7 +211,7 @@ def _entropy_literal(x: np.ndarray, w: np.ndarray | None, cfg: Config, wide=np.l
     denom = count if count > 0 else wide(1.0)
     plogp = np.where(p > 0, p * log_p, 0.0)
     per_sample = -np.sum(weights[:, None] * plogp.sum(-1)) / (denom * cfg.num_codebooks)
-    pbar = np.einsum("n,ncj->cj", weights, p) / denom                   # [C, 2^D]
+    pbar = np.einsum("n,ncj->cj", weights, p) / denom  # [C, 2^D]
     pbar = pbar.reshape((cfg.num_codebooks,) + (2,) * d)
     batch = 0.0
     for lo, hi in factorized.bit_groups(cfg):
@@ -346,6 +349,7 @@ def code_usage(indices, cfg: Config, mask=None) -> CodeUsage:
 
 # ------------------------------------------------------------------------ gradients
 
+
 def _per_token_scale(w, n: int, cfg: Config, count: float) -> np.ndarray:
     """`[N, 1, 1]` weight of each token in a mean over valid tokens and codebooks."""
     weights = np.ones(n) if w is None else w
@@ -382,14 +386,14 @@ def batch_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
     grad_a = np.zeros_like(a)
     with np.errstate(over="ignore", under="ignore"):
         for (lo, hi), hist in zip(factorized.bit_groups(cfg), sums.histograms):
-            pbar = hist / max(count, 1.0)                                   # [C, 2^A, 2^B]
+            pbar = hist / max(count, 1.0)  # [C, 2^A, 2^B]
             g = -np.log(np.where(pbar > 0, pbar, 1.0))
             split = (hi - lo + 1) // 2
-            pa = factorized.subcode_probs(a[..., lo:lo + split], np)       # [N, C, 2^A]
-            pb = factorized.subcode_probs(a[..., lo + split:hi], np)       # [N, C, 2^B]
+            pa = factorized.subcode_probs(a[..., lo : lo + split], np)  # [N, C, 2^A]
+            pb = factorized.subcode_probs(a[..., lo + split : hi], np)  # [N, C, 2^B]
             q = np.einsum("nca,cab->ncb", pa, g)
             r = np.einsum("ncb,cab->nca", pb, g)
-            total = np.sum(q * pb, axis=-1, keepdims=True)                 # sum_j G_j p_nj
+            total = np.sum(q * pb, axis=-1, keepdims=True)  # sum_j G_j p_nj
             bits_a, bits_b = factorized.subcode_bits(split), factorized.subcode_bits(hi - lo - split)
             on = np.concatenate([(r * pa) @ bits_a, (q * pb) @ bits_b], axis=-1)
             p_pos = np.exp(factorized.bit_log_probs(a[..., lo:hi], np)[0])
@@ -450,7 +454,11 @@ def vjp(term: str, z, cfg: Config, cotangent=None, mask=None) -> np.ndarray:
         def term_vjp(vjp_fn, needed):
             return vjp_fn(z, cfg, mask) if needed else np.zeros(z.shape)
 
-        g = factorized.aux_loss(term_vjp(per_sample_entropy_vjp, cfg.entropy_weight != 0),
-                                term_vjp(batch_entropy_vjp, cfg.entropy_weight * cfg.diversity_gamma != 0),
-                                term_vjp(commitment_vjp, cfg.commitment_weight != 0), cfg, np)
+        g = factorized.aux_loss(
+            term_vjp(per_sample_entropy_vjp, cfg.entropy_weight != 0),
+            term_vjp(batch_entropy_vjp, cfg.entropy_weight * cfg.diversity_gamma != 0),
+            term_vjp(commitment_vjp, cfg.commitment_weight != 0),
+            cfg,
+            np,
+        )
     return _out(scale * g, z_in)

@@ -13,8 +13,17 @@ import importlib.util
 import os
 import threading
 
-__all__ = ["BackendUnavailable", "StaticInfo", "framework", "get", "is_available", "list_backends", "register",
-           "static_info", "unavailable_reason"]
+__all__ = [
+    "BackendUnavailable",
+    "StaticInfo",
+    "framework",
+    "get",
+    "is_available",
+    "list_backends",
+    "register",
+    "static_info",
+    "unavailable_reason",
+]
 
 
 class BackendUnavailable(ImportError):
@@ -64,9 +73,11 @@ _STATIC: dict[str, StaticInfo] = {
     "numpy": StaticInfo(_ALL, ("eager",)),
     "torch": StaticInfo(_ALL, ("eager", "compiled"), ("torch",)),
     "jax": StaticInfo(_ALL[:3], ("eager", "compiled"), ("jax",), float64_env="JAX_ENABLE_X64"),
-    "tensorflow": StaticInfo(_ALL, ("eager", "compiled"),
-                             ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel",
-                              "tf-nightly", "tf-nightly-cpu")),
+    "tensorflow": StaticInfo(
+        _ALL,
+        ("eager", "compiled"),
+        ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly", "tf-nightly-cpu"),
+    ),
 }
 _ALIASES = {"np": "numpy", "reference": "numpy", "pytorch": "torch", "tf": "tensorflow"}
 _INSTANCES: dict[str, object] = {}

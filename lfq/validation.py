@@ -84,12 +84,14 @@ def foreign_array_error(x, name: str, backend: str, accepts: str, convert: str |
         convert: the framework's own conversion, e.g. "torch.as_tensor(...)".
     """
     fix = "backend.asarray(...)" + (f" or {convert}" if convert else "")
-    return TypeError(f"{name} of type {_type_name(x)} is not an array the {backend} backend takes "
-                     f"({accepts}): convert it with {fix}")
+    return TypeError(
+        f"{name} of type {_type_name(x)} is not an array the {backend} backend takes ({accepts}): convert it with {fix}"
+    )
 
 
-def check_array(x, name: str, backend: str, native=None, accepts: str | None = None,
-                convert: str | None = None) -> None:
+def check_array(
+    x, name: str, backend: str, native=None, accepts: str | None = None, convert: str | None = None
+) -> None:
     """Refuse an array argument of a type the backend does not take (see `foreign_array_error`).
 
     Args:
@@ -122,8 +124,9 @@ def check_codes_dtype(dtype) -> str:
         except TypeError:
             name = None
     if name not in FLOAT_DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not a float dtype name: the codes are floats +-m, "
-                         f"use one of {', '.join(FLOAT_DTYPES)}")
+        raise ValueError(
+            f"dtype={dtype!r} is not a float dtype name: the codes are floats +-m, use one of {', '.join(FLOAT_DTYPES)}"
+        )
     return name
 
 
@@ -131,8 +134,11 @@ def check_cotangent(shape, expected, term: str) -> None:
     """Refuse a `vjp` cotangent whose shape is not the shape of `term`'s value."""
     shape, expected = tuple(shape), tuple(expected)
     if shape != expected:
-        what = (", which is z's shape)" if term == "codes" else
-                "): the cotangent of a loss term must be a scalar, a number or a 0-d array")
+        what = (
+            ", which is z's shape)"
+            if term == "codes"
+            else "): the cotangent of a loss term must be a scalar, a number or a 0-d array"
+        )
         raise ValueError(f"cotangent has shape {shape}, expected {expected} (the shape of {term}{what}")
 
 
@@ -150,7 +156,7 @@ def token_shape(shape, cfg: Config) -> tuple[int, ...]:
     """Shape of the token axes: `z.shape` without the feature axis."""
     shape = tuple(shape)
     axis = _axis(cfg, len(shape))
-    return shape[:axis] + shape[axis + 1:]
+    return shape[:axis] + shape[axis + 1 :]
 
 
 def check_features(shape, dtype, cfg: Config, name: str = "z") -> None:
@@ -163,8 +169,7 @@ def check_features(shape, dtype, cfg: Config, name: str = "z") -> None:
         else:
             fix = "cast it to a float dtype first, e.g. float32"
         raise TypeError(
-            f"{name} has dtype {kind}; LFQ quantizes real floating-point features "
-            f"({', '.join(FLOAT_DTYPES)}): {fix}"
+            f"{name} has dtype {kind}; LFQ quantizes real floating-point features ({', '.join(FLOAT_DTYPES)}): {fix}"
         )
     shape = tuple(shape)
     if len(shape) == 0:
@@ -232,8 +237,7 @@ def check_index_dtype(bits: int, cfg: Config) -> None:
     """Refuse a codebook_dim whose indices do not fit the backend's signed index type."""
     check_config(cfg)
     if cfg.codebook_dim > bits - 1:
-        hint = " or enable 64-bit indices (jax: jax.config.update('jax_enable_x64', True))" \
-            if bits == 32 else ""
+        hint = " or enable 64-bit indices (jax: jax.config.update('jax_enable_x64', True))" if bits == 32 else ""
         raise ValueError(
             f"codebook_dim={cfg.codebook_dim} does not fit int{bits} indices (at most "
             f"{bits - 1} bits): use more codebooks with fewer bits each{hint}"

@@ -26,15 +26,28 @@ def transform(vec, d, scale, spherical, soft_clamp):
     if spherical:
         out = []
         for k in range(len(vec) // d):
-            group = vec[k * d:(k + 1) * d]
+            group = vec[k * d : (k + 1) * d]
             norm = math.sqrt(sum(v * v for v in group))
             out.extend([scale * v / norm if norm > 0 else 0.0 for v in group])
         vec = np.array(out)
     return vec
 
 
-def lfq_outputs(z, d, c, scale=1.0, spherical=False, tau=100.0, gamma=1.0, w_ent=0.1, w_commit=0.25,
-                bit_order="msb", soft_clamp=None, mask=None, feature_axis=-1):
+def lfq_outputs(
+    z,
+    d,
+    c,
+    scale=1.0,
+    spherical=False,
+    tau=100.0,
+    gamma=1.0,
+    w_ent=0.1,
+    w_commit=0.25,
+    bit_order="msb",
+    soft_clamp=None,
+    mask=None,
+    feature_axis=-1,
+):
     """Codes, indices and the four losses by literal enumeration over all 2**d codes."""
     m = scale / math.sqrt(d) if spherical else scale
     raw, token_shape = _tokens(z, feature_axis)
@@ -43,9 +56,9 @@ def lfq_outputs(z, d, c, scale=1.0, spherical=False, tau=100.0, gamma=1.0, w_ent
     indices = np.zeros((len(raw), c), dtype=np.int64)
     for n, k, i in itertools.product(range(len(raw)), range(c), range(d)):
         if raw[n, k * d + i] > 0:
-            indices[n, k] += 2 ** (d - 1 - i) if bit_order == "msb" else 2 ** i
-    patterns = list(itertools.product((-m, m), repeat=d))     # MSB first: index order
-    h_sample, commit, pbar = 0.0, 0.0, np.zeros((c, 2 ** d))
+            indices[n, k] += 2 ** (d - 1 - i) if bit_order == "msb" else 2**i
+    patterns = list(itertools.product((-m, m), repeat=d))  # MSB first: index order
+    h_sample, commit, pbar = 0.0, 0.0, np.zeros((c, 2**d))
     valid = weights.sum()
     for n in range(len(raw)):
         if weights[n] == 0:
@@ -55,7 +68,7 @@ def lfq_outputs(z, d, c, scale=1.0, spherical=False, tau=100.0, gamma=1.0, w_ent
         for k in range(c):
             logits = [2 * tau * sum(x[k * d + i] * code[i] for i in range(d)) for code in patterns]
             top = max(logits)
-            ex = [math.exp(l - top) for l in logits]
+            ex = [math.exp(logit - top) for logit in logits]
             total = sum(ex)
             p = [e / total for e in ex]
             h_sample -= sum(pj * math.log(pj) for pj in p if pj > 0)

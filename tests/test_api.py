@@ -51,13 +51,15 @@ def test_missing_framework_names_the_pip_extra():
 
 
 def test_register_third_party_backend(tmp_path, monkeypatch):
-    (tmp_path / "my_lfq_backend.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_lfq_backend.py").write_text(
+        textwrap.dedent("""
         from lfq.backends.numpy_backend import NumPyBackend
         class Wrapped:
             name = "wrapped"
             def __getattr__(self, item):
                 return getattr(NumPyBackend(), item)
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     lfq.register("wrapped", "my_lfq_backend:Wrapped")
     be = lfq.get("wrapped")
@@ -71,21 +73,25 @@ def test_register_rejects_bad_import_string():
 
 # ----------------------------------------------------------------- Config validation
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    ({"codebook_dim": 0}, r"codebook_dim=0 must be in \[1, 63\]"),
-    ({"codebook_dim": 64}, r"codebook_dim=64 .*int64"),
-    ({"codebook_dim": 2.5}, r"codebook_dim=2.5 must be an int"),
-    ({"codebook_dim": 4, "num_codebooks": 0}, r"num_codebooks=0"),
-    ({"codebook_dim": 4, "scale": 0.0}, r"scale=0.0 must be > 0"),
-    ({"codebook_dim": 4, "inv_temperature": -1.0}, r"inv_temperature=-1.0"),
-    ({"codebook_dim": 4, "entropy_weight": float("nan")}, r"entropy_weight=nan must be a finite"),
-    ({"codebook_dim": 4, "bit_order": "little"}, r"bit_order='little' is not one of \['msb', 'lsb'\]"),
-    ({"codebook_dim": 4, "activation": "relu"}, r"activation='relu'"),
-    ({"codebook_dim": 4, "soft_clamp": 0}, r"soft_clamp=0 must be > 0"),
-    ({"codebook_dim": 4, "batch_entropy": "approx"}, r"batch_entropy='approx' .*'groups:G'"),
-    ({"codebook_dim": 4, "batch_entropy": "groups:5"}, r"5 groups .*at most 4"),
-    ({"codebook_dim": 4, "spherical": 1}, r"spherical=1 must be a bool"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"codebook_dim": 0}, r"codebook_dim=0 must be in \[1, 63\]"),
+        ({"codebook_dim": 64}, r"codebook_dim=64 .*int64"),
+        ({"codebook_dim": 2.5}, r"codebook_dim=2.5 must be an int"),
+        ({"codebook_dim": 4, "num_codebooks": 0}, r"num_codebooks=0"),
+        ({"codebook_dim": 4, "scale": 0.0}, r"scale=0.0 must be > 0"),
+        ({"codebook_dim": 4, "inv_temperature": -1.0}, r"inv_temperature=-1.0"),
+        ({"codebook_dim": 4, "entropy_weight": float("nan")}, r"entropy_weight=nan must be a finite"),
+        ({"codebook_dim": 4, "bit_order": "little"}, r"bit_order='little' is not one of \['msb', 'lsb'\]"),
+        ({"codebook_dim": 4, "activation": "relu"}, r"activation='relu'"),
+        ({"codebook_dim": 4, "soft_clamp": 0}, r"soft_clamp=0 must be > 0"),
+        ({"codebook_dim": 4, "batch_entropy": "approx"}, r"batch_entropy='approx' .*'groups:G'"),
+        ({"codebook_dim": 4, "batch_entropy": "groups:5"}, r"5 groups .*at most 4"),
+        ({"codebook_dim": 4, "spherical": 1}, r"spherical=1 must be a bool"),
+    ],
+)
 def test_config_rejects_bad_options(kwargs, pattern):
     with pytest.raises((ValueError, TypeError), match=pattern):
         lfq.Config(**kwargs)

@@ -103,8 +103,9 @@ def test_conformance_framework_backend(name):
 
 
 def test_failure_exits_nonzero_with_a_runnable_reproducer():
-    proc = lfq_cli("conformance", "--register", "lsb=lfq.conformance.broken:LsbAsMsb", "--backend", "lsb",
-                   "--case", "ragged-d8-c2")
+    proc = lfq_cli(
+        "conformance", "--register", "lsb=lfq.conformance.broken:LsbAsMsb", "--backend", "lsb", "--case", "ragged-d8-c2"
+    )
     assert proc.returncode == 1, explain(proc)
     assert re.search(r"^lsb\s+codes_to_indices\s+FAIL\s", proc.stdout, re.M), explain(proc)
     block = proc.stdout.split("FAIL lsb codes_to_indices")[1].split("  reproducer:\n")[1]
@@ -116,8 +117,16 @@ def test_failure_exits_nonzero_with_a_runnable_reproducer():
 
 
 def test_cross_mode():
-    proc = lfq_cli("conformance", "--cross", "--backend", "numpy",
-                   "--register", "arr=lfq.conformance.broken:NumPyArrayBackend", "--backend", "arr")
+    proc = lfq_cli(
+        "conformance",
+        "--cross",
+        "--backend",
+        "numpy",
+        "--register",
+        "arr=lfq.conformance.broken:NumPyArrayBackend",
+        "--backend",
+        "arr",
+    )
     assert proc.returncode == 0, explain(proc)
     assert re.search(r"^numpy~arr\s+cross\.lfq\.aux_loss\s+pass", proc.stdout, re.M)
 
@@ -142,16 +151,20 @@ def test_write_and_check_golden(tmp_path):
     proc = lfq_cli("conformance", "--check-golden", str(tmp_path))
     assert proc.returncode == 0 and "golden files reproduce" in proc.stdout, explain(proc)
     # the package's files were written on another machine: float64 results within the tolerance
-    for proc in (lfq_cli("conformance", "--check-golden"),
-                 run([sys.executable, "-m", "lfq.conformance.golden", "--check"])):
+    for proc in (
+        lfq_cli("conformance", "--check-golden"),
+        run([sys.executable, "-m", "lfq.conformance.golden", "--check"]),
+    ):
         assert proc.returncode == 0, explain(proc)
-        assert re.search(r"golden files reproduce \(\d+ arrays\): integer arrays, inputs and codes bit for bit; "
-                         r"float64 results within rtol 1e-12", proc.stdout), explain(proc)
+        assert re.search(
+            r"golden files reproduce \(\d+ arrays\): integer arrays, inputs and codes bit for bit; "
+            r"float64 results within rtol 1e-12",
+            proc.stdout,
+        ), explain(proc)
 
 
 def test_check_golden_reports_a_gradient_beyond_the_tolerance(tmp_path):
     import numpy as np
-
     from lfq.conformance import golden
 
     golden.write(str(tmp_path))
@@ -160,38 +173,76 @@ def test_check_golden_reports_a_gradient_beyond_the_tolerance(tmp_path):
         arrays = {key: data[key].copy() for key in data.files}
     arrays["grad_aux_loss"].flat[0] += 1e-9 * np.abs(arrays["grad_aux_loss"]).max()
     path.write_bytes(golden._npz_bytes(arrays))
-    for proc in (lfq_cli("conformance", "--check-golden", str(tmp_path)),
-                 run([sys.executable, "-m", "lfq.conformance.golden", "--check", "--dir", str(tmp_path)])):
+    for proc in (
+        lfq_cli("conformance", "--check-golden", str(tmp_path)),
+        run([sys.executable, "-m", "lfq.conformance.golden", "--check", "--dir", str(tmp_path)]),
+    ):
         assert proc.returncode == 1, explain(proc)
-        assert re.search(r"^ragged-d8-c2\.float32\.npz:grad_aux_loss: 1 of 1024 outside .*"
-                         r"\(\d+ x the allowed error\); max difference 1e-09 of max\|stored\|$", proc.stdout, re.M), \
-            explain(proc)
+        assert re.search(
+            r"^ragged-d8-c2\.float32\.npz:grad_aux_loss: 1 of 1024 outside .*"
+            r"\(\d+ x the allowed error\); max difference 1e-09 of max\|stored\|$",
+            proc.stdout,
+            re.M,
+        ), explain(proc)
         assert "1 golden differences" in proc.stdout, explain(proc)
 
 
 def test_pytest_entry_from_outside_the_repository(tmp_path):
-    proc = run([sys.executable, "-m", "pytest", "--pyargs", "lfq.conformance", "--lfq-backend", "numpy",
-                "-q", "-p", "no:cacheprovider"], cwd=tmp_path)
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "lfq.conformance",
+            "--lfq-backend",
+            "numpy",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, explain(proc)
     assert re.search(r"\d+ passed", proc.stdout)
 
 
 def test_backend_registered_from_outside_the_package(outside):
     env = {"PYTHONPATH": str(outside)}
-    code = ("import lfq, lfq.conformance as c; lfq.register('outside', 'outside_lfq:Wrapped'); "
-            "r = c.run('outside'); print(r.ok, len(r.results))")
+    code = (
+        "import lfq, lfq.conformance as c; lfq.register('outside', 'outside_lfq:Wrapped'); "
+        "r = c.run('outside'); print(r.ok, len(r.results))"
+    )
     proc = run([sys.executable, "-c", code], cwd=outside, extra_env=env)
     assert proc.returncode == 0 and proc.stdout.startswith("True"), explain(proc)
     for target, expected in (("outside_lfq:Wrapped", 0), ("outside_lfq:TiesUp", 1)):
         # -p names the plugin explicitly, as in a checkout without the entry point: harmless here
-        proc = run([sys.executable, "-m", "pytest", "-p", "lfq.conformance.plugin", "--pyargs", "lfq.conformance",
-                    "-q", "-p", "no:cacheprovider", "--lfq-register", f"outside={target}", "--lfq-backend", "outside"],
-                   cwd=outside, extra_env=env)
+        proc = run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "lfq.conformance.plugin",
+                "--pyargs",
+                "lfq.conformance",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--lfq-register",
+                f"outside={target}",
+                "--lfq-backend",
+                "outside",
+            ],
+            cwd=outside,
+            extra_env=env,
+        )
         assert proc.returncode == expected, explain(proc)
         if expected:
             assert "quantize [edges-large-nan-masked@float32]" in proc.stdout, explain(proc)
-    proc = lfq_cli("conformance", "--register", "outside=outside_lfq:TiesUp", "--backend", "outside",
-                   cwd=outside, extra_env=env)
+    proc = lfq_cli(
+        "conformance", "--register", "outside=outside_lfq:TiesUp", "--backend", "outside", cwd=outside, extra_env=env
+    )
     assert proc.returncode == 1 and re.search(r"^outside\s+quantize\s+FAIL", proc.stdout, re.M), explain(proc)
 
 
@@ -253,8 +304,7 @@ def registry_snapshot(monkeypatch):
 def test_info_asks_a_registered_backend_and_explains_a_broken_one(capsys, registry_snapshot):
     from lfq import cli
 
-    rc = cli.main(["info", "--register", "lsb=lfq.conformance.broken:LsbAsMsb",
-                   "--register", "gone=nosuch.module:X"])
+    rc = cli.main(["info", "--register", "lsb=lfq.conformance.broken:LsbAsMsb", "--register", "gone=nosuch.module:X"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert re.search(r"^lsb\s+yes\s+\S*float32\S*\s+eager", out, re.M), out
@@ -267,10 +317,14 @@ def test_info_asks_a_registered_backend_and_explains_a_broken_one(capsys, regist
 USAGE_ERRORS = [
     (["--case", "nosuch"], "--case 'nosuch': no such case; known cases: single-token-d1, ragged-d8-c2"),
     (["--case", "ragged"], "--case 'ragged': no such case; did you mean ragged-d8-c2, d3-c3-ragged"),
-    (["--register", "mine=nosuch.module:X"],
-     "--register mine=nosuch.module:X: cannot import module 'nosuch.module' (no module named 'nosuch')"),
-    (["--register", "mine=lfq.conformance.broken:LsbAsMs", "--backend", "mine"],
-     "module 'lfq.conformance.broken' has no attribute 'LsbAsMs': did you mean LsbAsMsb?"),
+    (
+        ["--register", "mine=nosuch.module:X"],
+        "--register mine=nosuch.module:X: cannot import module 'nosuch.module' (no module named 'nosuch')",
+    ),
+    (
+        ["--register", "mine=lfq.conformance.broken:LsbAsMs", "--backend", "mine"],
+        "module 'lfq.conformance.broken' has no attribute 'LsbAsMs': did you mean LsbAsMsb?",
+    ),
     (["--register", "mine=lfq.conformance.broken"], "--register 'mine=lfq.conformance.broken': use NAME=MODULE:CLASS"),
     (["--backend", "no-such-backend"], "--backend no-such-backend: unknown backend 'no-such-backend'"),
     (["--backend", "numpy", "--json", "/no/such/folder/report.json"], "folder '/no/such/folder' does not exist"),
@@ -311,17 +365,32 @@ def test_exit_0_on_a_pass_and_1_on_a_failure(capsys, registry_snapshot):
     from lfq import cli
 
     assert cli.main(["conformance", "--backend", "numpy", "--case", "single-token-d1", "-q"]) == 0
-    assert cli.main(["conformance", "--register", "lsb=lfq.conformance.broken:LsbAsMsb", "--backend", "lsb",
-                     "--case", "ragged-d8-c2", "-q"]) == 1
+    assert (
+        cli.main(
+            [
+                "conformance",
+                "--register",
+                "lsb=lfq.conformance.broken:LsbAsMsb",
+                "--backend",
+                "lsb",
+                "--case",
+                "ragged-d8-c2",
+                "-q",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert re.search(r"^lsb\s+codes_to_indices\s+FAIL\s+0/1\s+-\s+ragged-d8-c2@float32$", out, re.M), out
 
 
 # ------------------------------------------------------------------ the case listing
 
+
 def test_list_cases(capsys):
-    from lfq import cli
     from lfq.conformance import cases
+
+    from lfq import cli
 
     assert cli.main(["conformance", "--list-cases"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -335,12 +404,25 @@ def test_list_cases(capsys):
 
 # ------------------------------------------------------------------ the report: err/tol
 
+
 def test_table_shows_error_over_tolerance_and_json_keeps_raw_errors(tmp_path, capsys):
     from lfq import cli
 
     path = tmp_path / "report.json"
-    rc = cli.main(["conformance", "--backend", "numpy", "--case", "edges-large-nan-masked", "--case",
-                   "ragged-d8-c2", "--json", str(path), "-q"])
+    rc = cli.main(
+        [
+            "conformance",
+            "--backend",
+            "numpy",
+            "--case",
+            "edges-large-nan-masked",
+            "--case",
+            "ragged-d8-c2",
+            "--json",
+            str(path),
+            "-q",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     header = out.splitlines()[0].split()
@@ -362,6 +444,7 @@ def test_table_shows_error_over_tolerance_and_json_keeps_raw_errors(tmp_path, ca
 
 # ------------------------------------------------------------------ progress on stderr
 
+
 def test_progress_goes_to_stderr_and_leaves_the_report_alone(tmp_path, capsys):
     from lfq import cli
 
@@ -370,7 +453,7 @@ def test_progress_goes_to_stderr_and_leaves_the_report_alone(tmp_path, capsys):
     plain = capsys.readouterr()
     lines = plain.err.splitlines()
     assert re.fullmatch(r"loaded numpy \(\d+\.\d s\)", lines[0]), plain.err
-    assert lines[1] == "numpy: checking, 3 steps ..."   # 2 cases, errors and dtypes (no compiled mode)
+    assert lines[1] == "numpy: checking, 3 steps ..."  # 2 cases, errors and dtypes (no compiled mode)
     assert re.fullmatch(r"numpy: done, 3 steps in \d+\.\d s", lines[2]) and len(lines) == 3, plain.err
     assert plain.out.startswith("backend ")
     path = tmp_path / "r.json"
@@ -387,8 +470,9 @@ def test_progress_goes_to_stderr_and_leaves_the_report_alone(tmp_path, capsys):
 def test_progress_counter_on_a_terminal():
     import io
 
-    from lfq import cli
     from lfq.conformance import runner
+
+    from lfq import cli
 
     stream = io.StringIO()
     progress = cli._Progress("counter", stream)
@@ -406,7 +490,11 @@ def test_runner_progress_steps_are_lines_with_counts():
 
     steps = []
     conformance.run("numpy", cases=["ragged-d8-c2", "single-token-d1"], progress=steps.append)
-    assert [str(s) for s in steps] == ["numpy: single-token-d1 float32", "numpy: ragged-d8-c2 float32",
-                                       "numpy: errors and dtypes", "numpy: done"]
+    assert [str(s) for s in steps] == [
+        "numpy: single-token-d1 float32",
+        "numpy: ragged-d8-c2 float32",
+        "numpy: errors and dtypes",
+        "numpy: done",
+    ]
     assert [(s.done, s.total) for s in steps] == [(0, 3), (1, 3), (2, 3), (3, 3)]
     assert all(s.backend == "numpy" and s.seconds >= 0 for s in steps)

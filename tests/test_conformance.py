@@ -11,15 +11,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from lfq.conformance import broken, cases, checks, runner
+from lfq.conformance.target import DeviceUnsupported, Target
 
 import lfq
 from lfq import conformance
-from lfq.conformance import broken, cases, checks, runner
-from lfq.conformance.target import DeviceUnsupported, Target
 from lfq.validation import FLOAT_DTYPES
 
-
 # ------------------------------------------------------------------ the case table
+
 
 def test_table_covers_the_required_configs_shapes_and_dtypes():
     cfgs = [c.cfg for c in cases.CASES]
@@ -31,10 +31,17 @@ def test_table_covers_the_required_configs_shapes_and_dtypes():
     assert {c.bit_order for c in cfgs} == {"msb", "lsb"}
     assert {c.mask for c in cases.CASES} == {"none", "all_true", "all_false", "ragged"}
     ranks = {len(c.tokens) for c in cases.CASES}
-    assert {0, 1, 3, 4} <= ranks                                  # [C*D], [N, C*D], image, video
-    assert any(c.cfg.feature_axis == 1 for c in cases.CASES)       # channel-first
-    assert {v for c in cases.CASES for v in c.values} == {"edges", "large", "extremes", "saturating", "nan_masked",
-                                                           "zero_groups", "tiny_groups"}
+    assert {0, 1, 3, 4} <= ranks  # [C*D], [N, C*D], image, video
+    assert any(c.cfg.feature_axis == 1 for c in cases.CASES)  # channel-first
+    assert {v for c in cases.CASES for v in c.values} == {
+        "edges",
+        "large",
+        "extremes",
+        "saturating",
+        "nan_masked",
+        "zero_groups",
+        "tiny_groups",
+    }
     default = [c for c in cases.CASES if c.dtypes]
     assert {d for c in default for d in c.dtypes} == set(FLOAT_DTYPES)
 
@@ -45,13 +52,13 @@ def test_inputs_are_deterministic_and_hold_the_edge_values():
         z1, m1 = case.inputs(dtype)
         z2, m2 = case.inputs(dtype)
         assert z1.dtype == np.dtype(z1.dtype) and z1.tobytes() == z2.tobytes() and (m1 == m2).all()
-        valid = z1[m1].astype(np.float64)                      # [valid tokens, C*D]
-        assert np.sum((valid == 0) & np.signbit(valid)) >= 1    # -0.0
-        assert np.sum((valid == 0) & ~np.signbit(valid)) >= 1   # +0.0
+        valid = z1[m1].astype(np.float64)  # [valid tokens, C*D]
+        assert np.sum((valid == 0) & np.signbit(valid)) >= 1  # -0.0
+        assert np.sum((valid == 0) & ~np.signbit(valid)) >= 1  # +0.0
         tiny = cases.smallest_subnormal(dtype)
         assert np.any(valid == tiny) and np.any(valid == -tiny)  # 1 ulp from 0
         assert np.all(np.isfinite(valid))
-        assert np.isnan(z1[~m1].astype(np.float64)).any()      # NaN only where masked out
+        assert np.isnan(z1[~m1].astype(np.float64)).any()  # NaN only where masked out
 
 
 def test_ragged_mask_has_full_partial_and_empty_rows():
@@ -69,13 +76,15 @@ def test_oracle_input_is_the_rounded_input_exactly():
 
 def test_tolerance_overrides_need_a_reason():
     base = cases.get("tokens-d4")
-    good = dataclasses.replace(base, tolerances=(
-        {"dtype": "float32", "kind": "loss", "rtol": 1e-5, "atol": 1e-5, "reason": "measured: ..."},))
+    good = dataclasses.replace(
+        base, tolerances=({"dtype": "float32", "kind": "loss", "rtol": 1e-5, "atol": 1e-5, "reason": "measured: ..."},)
+    )
     assert good.tolerance("float32", "loss") == cases.Tolerance(1e-5, 1e-5)
     assert good.tolerance("float64", "loss") == cases.DEFAULT_TOLERANCES["float64"]["loss"]
     with pytest.raises(ValueError, match="reason"):
-        dataclasses.replace(base, tolerances=({"dtype": "float32", "kind": "loss", "rtol": 1, "atol": 1,
-                                               "reason": ""},))
+        dataclasses.replace(
+            base, tolerances=({"dtype": "float32", "kind": "loss", "rtol": 1, "atol": 1, "reason": ""},)
+        )
     with pytest.raises(ValueError, match="reason"):
         dataclasses.replace(base, skip={"grads": ""})
     for case in cases.CASES:
@@ -83,6 +92,7 @@ def test_tolerance_overrides_need_a_reason():
 
 
 # ------------------------------------------------------------------ honest backends pass
+
 
 def test_reference_backend_conforms_in_the_full_run():
     report = conformance.run("numpy", full=True)
@@ -96,8 +106,11 @@ def test_float32_array_backend_conforms_with_margin():
     """The shared ArrayBackend in float32 passes, and its float32 losses stay far inside the bound."""
     report = conformance.run(broken.NumPyArrayBackend(), full=True)
     assert report.ok, report.failure_details()
-    losses = [r.ratio for r in report.results if r.dtype == "float32" and r.check.startswith(("entropy.", "lfq."))
-              and r.ratio is not None]
+    losses = [
+        r.ratio
+        for r in report.results
+        if r.dtype == "float32" and r.check.startswith(("entropy.", "lfq.")) and r.ratio is not None
+    ]
     assert losses and max(losses) < 0.2
 
 
@@ -110,6 +123,7 @@ def test_default_run_of_the_reference_takes_seconds():
 
 
 # ------------------------------------------------------------------ broken backends fail
+
 
 @pytest.mark.parametrize("cls", list(broken.BROKEN), ids=lambda c: c.__name__)
 def test_broken_backend_fails_naming_the_check(cls):
@@ -204,6 +218,7 @@ def test_device_is_passed_to_asarray_when_given():
 
     assert conformance.run(WithDevice(), cases=["tokens-d4"], device="cpu").ok
     assert seen and set(seen) == {"cpu"}
+
     class NoDevice(_Unchecked):
         def asarray(self, array, dtype=None):
             return self._ref.asarray(array, dtype)

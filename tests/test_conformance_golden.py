@@ -16,10 +16,10 @@ import sys
 
 import numpy as np
 import pytest
-
-import lfq
 from lfq.conformance import compare, golden
 from lfq.conformance.cases import Tolerance
+
+import lfq
 
 FILE = "ragged-d8-c2.float32.npz"
 
@@ -29,9 +29,11 @@ def test_regenerating_reproduces_the_stored_files(tmp_path):
     stored_manifest, stored = golden.load()
     fresh_manifest, fresh = golden.load(str(tmp_path))
     assert fresh_manifest == stored_manifest
-    with open(os.path.join(golden.golden_dir(), "manifest.json"), "rb") as a, \
-            open(tmp_path / "manifest.json", "rb") as b:
-        assert a.read() == b.read()     # no BLAS result in it: the same bytes everywhere
+    with (
+        open(os.path.join(golden.golden_dir(), "manifest.json"), "rb") as a,
+        open(tmp_path / "manifest.json", "rb") as b,
+    ):
+        assert a.read() == b.read()  # no BLAS result in it: the same bytes everywhere
     assert sorted(fresh) == sorted(stored)
     for file, arrays in stored.items():
         assert sorted(fresh[file]) == sorted(arrays), file
@@ -50,7 +52,7 @@ def test_the_tolerance_is_stated_in_the_manifest():
     manifest, _ = golden.load()
     t = golden.REGENERATION_TOLERANCE
     assert manifest["regeneration"]["tolerance"] == {"rtol": t.rtol, "atol": t.atol}
-    assert t.rtol <= 1e-12 and t.atol <= 1e-12    # far below the float64 conformance tolerances
+    assert t.rtol <= 1e-12 and t.atol <= 1e-12  # far below the float64 conformance tolerances
     assert "BLAS" in manifest["regeneration"]["reason"]
 
 
@@ -76,10 +78,12 @@ def _stored_copy(tmp_path, change):
 
 def _nudge_largest(key, relative):
     """Move the largest |entry| of a gradient by `relative` x max|gradient|."""
+
     def change(arrays):
         grad = arrays[key]
         at = np.unravel_index(int(np.argmax(np.abs(grad))), grad.shape)
         grad[at] += relative * np.abs(grad).max()
+
     return change
 
 
@@ -90,7 +94,7 @@ def test_a_gradient_perturbed_beyond_the_tolerance_is_reported(tmp_path):
     problem = result.problems[0]
     assert problem.startswith(f"{FILE}:grad_aux_loss: 1 of ")
     assert "x the allowed error" in problem and "max difference 1e-10 of max|stored|" in problem
-    assert result.worst == f"{FILE}:grad_aux_loss" and 40 < result.worst_ratio < 60   # 1e-10 / 2e-12
+    assert result.worst == f"{FILE}:grad_aux_loss" and 40 < result.worst_ratio < 60  # 1e-10 / 2e-12
     assert "1 golden differences" in result.summary()
 
 
@@ -102,6 +106,7 @@ def test_a_perturbation_within_the_tolerance_passes(tmp_path):
         small = np.unravel_index(int(np.argmin(np.where(grad != 0, np.abs(grad), np.inf))), grad.shape)
         grad[small] += 1e-13 * np.abs(grad).max()
         arrays["aux_loss"] = arrays["aux_loss"] * (1 + 1e-13)
+
     folder = _stored_copy(tmp_path, change)
     result = golden.check(folder)
     assert result.ok, result.problems
@@ -109,14 +114,17 @@ def test_a_perturbation_within_the_tolerance_passes(tmp_path):
     assert "golden files reproduce" in result.summary() and "not bit for bit" in result.summary()
 
 
-@pytest.mark.parametrize("key, change", [
-    ("aux_loss", lambda a: a * (1 + 1e-10)),
-    ("fraction_used", lambda a: a * (1 + 1e-10)),
-    ("z", lambda a: np.nextafter(a, np.inf)),                 # one ulp: bitwise arrays allow none
-    ("codes", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.nextafter(a, 0), a)),
-    ("indices", lambda a: a + (np.arange(a.size).reshape(a.shape) == 0)),
-    ("mask", lambda a: ~a),
-])
+@pytest.mark.parametrize(
+    "key, change",
+    [
+        ("aux_loss", lambda a: a * (1 + 1e-10)),
+        ("fraction_used", lambda a: a * (1 + 1e-10)),
+        ("z", lambda a: np.nextafter(a, np.inf)),  # one ulp: bitwise arrays allow none
+        ("codes", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.nextafter(a, 0), a)),
+        ("indices", lambda a: a + (np.arange(a.size).reshape(a.shape) == 0)),
+        ("mask", lambda a: ~a),
+    ],
+)
 def test_other_changes_are_reported(tmp_path, key, change):
     folder = _stored_copy(tmp_path, lambda arrays: arrays.__setitem__(key, change(arrays[key])))
     problems = golden.verify(folder)
@@ -127,14 +135,18 @@ def test_other_changes_are_reported(tmp_path, key, change):
         assert "differ bitwise" in problems[0]
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
-                    reason="OPENBLAS_CORETYPE names x86 kernels")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="OPENBLAS_CORETYPE names x86 kernels")
 @pytest.mark.parametrize("coretype", ["Sandybridge", "Prescott"])
 def test_the_stored_files_check_out_under_other_blas_kernels(coretype):
     """NumPy's OpenBLAS picks kernels by CPU; the variable forces others (ignored by other BLAS)."""
     env = dict(os.environ, OPENBLAS_CORETYPE=coretype, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-m", "lfq.conformance.golden", "--check"], capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lfq.conformance.golden", "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "golden files reproduce" in proc.stdout
 

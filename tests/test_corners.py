@@ -33,8 +33,10 @@ def _losses(name, z, cfg, dtype, mask=None):
     with _x64(name, dtype):
         out = be.lfq(be.asarray(z, dtype), cfg, None if mask is None else be.asarray(mask))
         grad = be.vjp("aux_loss", be.asarray(z, dtype), cfg, None, None if mask is None else be.asarray(mask))
-        return ([float(np.asarray(be.to_numpy(getattr(out, t)), dtype=np.float64)) for t in TERMS],
-                np.asarray(be.to_numpy(grad), dtype=np.float64))
+        return (
+            [float(np.asarray(be.to_numpy(getattr(out, t)), dtype=np.float64)) for t in TERMS],
+            np.asarray(be.to_numpy(grad), dtype=np.float64),
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -58,11 +60,11 @@ def test_saturated_bits_give_their_limits(name, z, tau, dtype):
     values, grad = _losses(name, x, cfg, dtype)
     # three bits of each token are saturated (entropy 0), the zero bit is uniform (ln 2)
     want = reference.lfq(x.astype(lfq.validation.numpy_dtype(dtype)).astype(np.float64), cfg)
-    assert values[0] == pytest.approx(math.log(2), rel=1e-2)   # a sum over bits, mean over tokens
+    assert values[0] == pytest.approx(math.log(2), rel=1e-2)  # a sum over bits, mean over tokens
     assert values[0] == pytest.approx(float(want.per_sample_entropy), rel=1e-2)
     assert values[1] == pytest.approx(float(want.batch_entropy), rel=1e-2)
-    assert values[2] == math.inf                 # the commitment loss overflows honestly ...
-    assert np.isfinite(values[3])                # ... and with weight 0 stays out of the aux loss
+    assert values[2] == math.inf  # the commitment loss overflows honestly ...
+    assert np.isfinite(values[3])  # ... and with weight 0 stays out of the aux loss
     assert np.isfinite(grad).all()
 
 
@@ -116,8 +118,7 @@ def test_zero_weights_switch_their_terms_off(name):
     assert values[2] == math.inf
     assert values[3] == pytest.approx(float(reference.lfq(z, cfg).aux_loss), abs=1e-6)
     assert np.isfinite(grad).all()
-    values, grad = _losses(name, z, lfq.Config(codebook_dim=4, commitment_weight=0.0, entropy_weight=0.0),
-                           "float32")
+    values, grad = _losses(name, z, lfq.Config(codebook_dim=4, commitment_weight=0.0, entropy_weight=0.0), "float32")
     assert values[3] == 0.0 and math.copysign(1.0, values[3]) == 1.0
     assert np.array_equal(grad, np.zeros_like(grad))
 

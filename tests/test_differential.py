@@ -17,10 +17,10 @@ import contextlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import lfq
 from lfq.conformance import generated
 from lfq.conformance.target import Target
+
+import lfq
 
 BACKENDS = [name for name in lfq.list_backends() if lfq.is_available(name)]
 #: Examples per backend and mode in CI (`--lfq-examples` overrides).
@@ -30,18 +30,20 @@ DEFAULT_EXAMPLES = 200
 def _configs(bound: bool):
     if bound:
         return st.sampled_from(generated.COMPILED_CONFIGS)
-    return st.fixed_dictionaries({
-        "codebook_dim": st.integers(1, 8),
-        "num_codebooks": st.integers(1, 3),
-        "spherical": st.booleans(),
-        "soft_clamp": st.sampled_from([None, None, 0.5, 4.0]),
-        "inv_temperature": st.sampled_from([1.0, 100.0, 1e4]),
-        "activation": st.sampled_from(["identity", "tanh"]),
-        "entropy_weight": st.sampled_from([0.1, 0.0, 1.0]),
-        "commitment_weight": st.sampled_from([0.25, 0.0]),
-        "diversity_gamma": st.sampled_from([1.0, 0.0, 2.0]),
-        "bit_order": st.sampled_from(["msb", "lsb"]),
-    })
+    return st.fixed_dictionaries(
+        {
+            "codebook_dim": st.integers(1, 8),
+            "num_codebooks": st.integers(1, 3),
+            "spherical": st.booleans(),
+            "soft_clamp": st.sampled_from([None, None, 0.5, 4.0]),
+            "inv_temperature": st.sampled_from([1.0, 100.0, 1e4]),
+            "activation": st.sampled_from(["identity", "tanh"]),
+            "entropy_weight": st.sampled_from([0.1, 0.0, 1.0]),
+            "commitment_weight": st.sampled_from([0.25, 0.0]),
+            "diversity_gamma": st.sampled_from([1.0, 0.0, 2.0]),
+            "bit_order": st.sampled_from(["msb", "lsb"]),
+        }
+    )
 
 
 #: Token shapes of the compile-bound runs: one with data, one empty batch.
@@ -74,7 +76,7 @@ def _plan(name: str, mode: str, release: bool):
         dtype=st.sampled_from(dtypes),
         mask=st.sampled_from(generated.MASKS),
         classes=st.sets(st.sampled_from(generated.CLASSES), max_size=3).map(lambda s: tuple(sorted(s))),
-        seed=st.integers(0, 2 ** 32 - 1),
+        seed=st.integers(0, 2**32 - 1),
     )
     return draws
 
@@ -100,8 +102,9 @@ def test_generated_inputs_match_the_reference(name, mode, request):
     asked = request.config.getoption("--lfq-examples")
     draws, examples = _plan(name, mode, release=asked is not None), asked or DEFAULT_EXAMPLES
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(draws)
     def conforms(draw):
         with _x64(name, draw.dtype):

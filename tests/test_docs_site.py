@@ -39,9 +39,14 @@ def site(tmp_path_factory) -> pathlib.Path:
     for needed in ("mkdocs", "mkdocstrings", "material"):
         pytest.importorskip(needed)
     out = tmp_path_factory.mktemp("docs") / "site"
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, NO_MKDOCS_2_WARNING="1"),
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out
 
@@ -72,7 +77,7 @@ def test_mathjax_is_shipped_with_the_site(site):
     assert (es5 / "tex-mml-chtml.js").stat().st_size > 500_000
     assert (es5 / "output" / "chtml" / "fonts" / "woff-v2" / "MathJax_Main-Regular.woff").is_file()
     assert (es5 / "output" / "chtml" / "fonts" / "woff-v2" / "MathJax_Math-Italic.woff").is_file()
-    assert (es5 / "input" / "tex" / "extensions").is_dir()           # loaded on demand
+    assert (es5 / "input" / "tex" / "extensions").is_dir()  # loaded on demand
     with_math = 0
     for name, text in pages(site).items():
         if 'class="arithmatex"' not in text:
@@ -80,7 +85,7 @@ def test_mathjax_is_shipped_with_the_site(site):
         with_math += 1
         config = re.search(r'<script src="([^"]*javascripts/mathjax\.js)"', text)
         loader = re.search(r'<script src="([^"]*' + re.escape(MATHJAX) + ')"', text)
-        assert config and loader and config.start() < loader.start(), name   # the config first
+        assert config and loader and config.start() < loader.start(), name  # the config first
         page_dir = (site / name).parent
         assert (page_dir / loader.group(1)).resolve() == (es5 / "tex-mml-chtml.js").resolve(), name
     assert with_math >= 10
@@ -107,8 +112,11 @@ def test_every_formula_typesets_with_the_shipped_mathjax(site, tmp_path):
         from mathjax_hook import mathjax_dir
     finally:
         sys.path.pop(0)
-    every = [{"page": name, "tex": tex, "display": display}
-             for name, text in pages(site).items() for tex, display in formulas(text)]
+    every = [
+        {"page": name, "tex": tex, "display": display}
+        for name, text in pages(site).items()
+        for tex, display in formulas(text)
+    ]
     assert len(every) > 100
     (tmp_path / "formulas.json").write_text(json.dumps(every))
     script = tmp_path / "typeset.js"
@@ -124,23 +132,44 @@ require(es5 + '/node-main.js').init({loader: {load: ['input/tex', 'adaptors/lite
   console.log(JSON.stringify({count: formulas.length, bad}));
 }).catch((e) => { console.error(e); process.exit(1); });
 """)
-    proc = subprocess.run([node, str(script), str(mathjax_dir()), str(tmp_path / "formulas.json")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [node, str(script), str(mathjax_dir()), str(tmp_path / "formulas.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["count"] == len(every) and result["bad"] == []
 
 
 def test_entropy_page_renders_offline_in_a_browser(site):
-    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "chromium-headless-shell",
-                                              "google-chrome") if shutil.which(b)), None)
+    browser = next(
+        (
+            shutil.which(b)
+            for b in ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
+            if shutil.which(b)
+        ),
+        None,
+    )
     if browser is None:
         pytest.skip("no headless Chromium installed")
     page = (site / "entropy" / "index.html").as_uri()
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--host-resolver-rules=MAP * ~NOTFOUND",      # no host name resolves: offline
-                           "--virtual-time-budget=20000", "--dump-dom", page],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--host-resolver-rules=MAP * ~NOTFOUND",  # no host name resolves: offline
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            page,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     dom = proc.stdout
     expected = len(formulas((site / "entropy" / "index.html").read_text()))
@@ -157,10 +186,11 @@ def test_api_page_has_no_emphasis_made_of_asterisks(site):
         before, tag, inner, after = match.groups()
         if not (re.search(r"[\w)\]]$", before) or re.match(r"[\w(\[]", after)):
             continue
-        anchors = re.findall(r'id="([\w.]+)"', text[:match.start()])
+        anchors = re.findall(r'id="([\w.]+)"', text[: match.start()])
         stars = "*" if tag == "em" else "**"
         shown = re.sub(r"<[^>]+>", "", f"{before}{stars}{inner}{stars}{after}")
         wrong.setdefault(anchors[-1] if anchors else "?", []).append(html.unescape(" ".join(shown.split())))
     wrong = {where: sorted(set(found)) for where, found in wrong.items()}
-    assert not wrong, ("docstrings whose asterisks became emphasis (put the expression in backticks): "
-                       + json.dumps(wrong, indent=1))
+    assert not wrong, "docstrings whose asterisks became emphasis (put the expression in backticks): " + json.dumps(
+        wrong, indent=1
+    )

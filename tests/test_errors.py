@@ -77,9 +77,12 @@ def test_cfg_that_is_not_a_config_is_refused_everywhere(target, bad):
     z = _floats(be, (4, 6))
     calls = _entry_points(be, z, be.asarray(np.ones(4, bool)), _ints(be, [[1, 7], [0, 3]]), z)
     fix = r"lfq\.Config\(\*\*your_dict\)" if isinstance(bad, dict) else r"lfq\.Config\(codebook_dim="
-    for op, call in calls:
-        with pytest.raises(TypeError, match=rf"^cfg must be an lfq\.Config, got {type(bad).__name__}: "
-                                            rf"build one with {fix}"):
+    for _op, call in calls:
+        with pytest.raises(
+            TypeError,
+            match=rf"^cfg must be an lfq\.Config, got {type(bad).__name__}: "
+            rf"build one with {fix}",
+        ):
             call(bad)
         if mode == "eager":
             call(lfq.Config(**_CFG))  # and the same call with a Config works
@@ -88,18 +91,28 @@ def test_cfg_that_is_not_a_config_is_refused_everywhere(target, bad):
 def test_cfg_dict_is_refused_by_every_reference_function():
     z, idx, mask = np.linspace(-1, 1, 24).reshape(4, 6), np.array([[1, 7]]), np.ones(4, bool)
     calls = [
-        lambda c: reference.quantize(z, c), lambda c: reference.straight_through(z, c),
-        lambda c: reference.codes_to_indices(z, c), lambda c: reference.indices_to_codes(idx, c),
-        lambda c: reference.entropy(z, c, mask), lambda c: reference.entropy(z, c, method="literal"),
-        lambda c: reference.commitment_loss(z, c), lambda c: reference.lfq(z, c, mask),
-        lambda c: reference.code_usage(idx, c), lambda c: reference.vjp("aux_loss", z, c),
-        lambda c: reference.vjp("codes", z, c, z), lambda c: reference.per_sample_entropy_vjp(z, c),
-        lambda c: reference.batch_entropy_vjp(z, c), lambda c: reference.commitment_vjp(z, c),
+        lambda c: reference.quantize(z, c),
+        lambda c: reference.straight_through(z, c),
+        lambda c: reference.codes_to_indices(z, c),
+        lambda c: reference.indices_to_codes(idx, c),
+        lambda c: reference.entropy(z, c, mask),
+        lambda c: reference.entropy(z, c, method="literal"),
+        lambda c: reference.commitment_loss(z, c),
+        lambda c: reference.lfq(z, c, mask),
+        lambda c: reference.code_usage(idx, c),
+        lambda c: reference.vjp("aux_loss", z, c),
+        lambda c: reference.vjp("codes", z, c, z),
+        lambda c: reference.per_sample_entropy_vjp(z, c),
+        lambda c: reference.batch_entropy_vjp(z, c),
+        lambda c: reference.commitment_vjp(z, c),
         lambda c: reference.straight_through_vjp(z, c, z),
     ]
     for call in calls:
-        with pytest.raises(TypeError, match=r"cfg must be an lfq\.Config, got dict: build one with "
-                                            r"lfq\.Config\(\*\*your_dict\)"):
+        with pytest.raises(
+            TypeError,
+            match=r"cfg must be an lfq\.Config, got dict: build one with "
+            r"lfq\.Config\(\*\*your_dict\)",
+        ):
             call(dict(_CFG))
 
 
@@ -114,6 +127,7 @@ def test_jax_user_jit_with_a_dict_cfg_is_refused_before_tracing():
 
 
 # --------------------------------------------------------------- foreign arrays
+
 
 def _foreign(name):
     """The kinds of argument backend `name` refuses: Python containers, other frameworks'
@@ -157,8 +171,11 @@ def test_foreign_arrays_are_refused_naming_the_argument(target):
             ("mask", lambda: be.code_usage(idx, cfg, _as_kind(np.ones(1, bool), kind))),
         ]
         for arg, call in cases:
-            with pytest.raises(TypeError, match=rf"^{arg} of type \S+ is not an array the {backend_name} "
-                                                rf"backend takes \(.+\): convert it with backend\.asarray"):
+            with pytest.raises(
+                TypeError,
+                match=rf"^{arg} of type \S+ is not an array the {backend_name} "
+                rf"backend takes \(.+\): convert it with backend\.asarray",
+            ):
                 call()
     del mask
 
@@ -173,8 +190,9 @@ def test_numpy_arrays_are_accepted_where_the_framework_takes_them():
             be = _backend(name, mode)
             out = be.lfq(z, cfg, mask)
             np.testing.assert_array_equal(be.to_numpy(out.indices), want.indices)
-            np.testing.assert_array_equal(be.to_numpy(be.indices_to_codes(np.asarray(want.indices), cfg)),
-                                          reference.quantize(z, cfg))
+            np.testing.assert_array_equal(
+                be.to_numpy(be.indices_to_codes(np.asarray(want.indices), cfg)), reference.quantize(z, cfg)
+            )
 
 
 def test_reference_takes_array_likes():
@@ -198,14 +216,15 @@ def test_jax_module_refuses_foreign_arrays():
 
 # --------------------------------------------------------------- index range and codes dtype
 
+
 @st.composite
 def _bad_indices(draw):
     """A config, an index array and one value in it outside [0, 2**D)."""
     d, c = draw(st.integers(1, 10)), draw(st.integers(1, 3))
     tokens = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2).map(tuple))
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
-    idx = rng.integers(0, 2 ** d, tokens + (c,))
-    bad = draw(st.one_of(st.integers(-(2 ** 30), -1), st.integers(2 ** d, 2 ** 30)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    idx = rng.integers(0, 2**d, tokens + (c,))
+    bad = draw(st.one_of(st.integers(-(2**30), -1), st.integers(2**d, 2**30)))
     position = tuple(draw(st.integers(0, n - 1)) for n in idx.shape)
     idx[position] = bad
     return lfq.Config(codebook_dim=d, num_codebooks=c), idx, bad
@@ -222,8 +241,11 @@ def test_out_of_range_indices_are_refused_by_code_usage_and_indices_to_codes(tar
     cfg, idx, bad = case
     native = _ints(be, idx)
     mask = be.asarray(np.zeros(idx.shape[:-1], bool))  # even where the token is masked out
-    for call in (lambda: be.code_usage(native, cfg), lambda: be.code_usage(native, cfg, mask),
-                 lambda: be.indices_to_codes(native, cfg)):
+    for call in (
+        lambda: be.code_usage(native, cfg),
+        lambda: be.code_usage(native, cfg, mask),
+        lambda: be.indices_to_codes(native, cfg),
+    ):
         with pytest.raises(ValueError, match=_range_message(bad, cfg)):
             call()
 
@@ -279,6 +301,7 @@ def test_reference_float_codes_dtypes_still_work(dtype):
 
 # --------------------------------------------------------------- vjp cotangent shape
 
+
 @st.composite
 def _wrong_cotangents(draw):
     tokens = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2).map(tuple))
@@ -294,12 +317,18 @@ def test_reference_vjp_refuses_a_cotangent_of_the_wrong_shape(case):
     z_shape, shape, scalar_bad = case
     cfg = lfq.Config(codebook_dim=4)
     z = np.linspace(-1, 1, int(np.prod(z_shape))).reshape(z_shape)
-    with pytest.raises(ValueError, match=rf"cotangent has shape {re.escape(str(shape))}, "
-                                         rf"expected {re.escape(str(z_shape))} \(the shape of codes"):
+    with pytest.raises(
+        ValueError,
+        match=rf"cotangent has shape {re.escape(str(shape))}, "
+        rf"expected {re.escape(str(z_shape))} \(the shape of codes",
+    ):
         reference.vjp("codes", z, cfg, np.ones(shape))
     for term in lfq.LOSS_TERMS:
-        with pytest.raises(ValueError, match=rf"cotangent has shape {re.escape(str(scalar_bad))}, "
-                                             rf"expected \(\) \(the shape of {term}\): .* must be a scalar"):
+        with pytest.raises(
+            ValueError,
+            match=rf"cotangent has shape {re.escape(str(scalar_bad))}, "
+            rf"expected \(\) \(the shape of {term}\): .* must be a scalar",
+        ):
             reference.vjp(term, z, cfg, np.ones(scalar_bad))
     # The right shapes still work; a number is a scalar cotangent.
     reference.vjp("codes", z, cfg, np.ones(z_shape))
@@ -319,12 +348,18 @@ def test_backends_refuse_a_cotangent_of_the_wrong_shape(target):
 
 # --------------------------------------------------------------- the conformance checks
 
+
 def test_conformance_error_checks_pass_on_every_backend_and_fail_without_validation():
     from lfq.conformance import errors
     from lfq.conformance.target import Target
 
-    new = {"errors.config_dict", "errors.code_usage_range", "errors.codes_dtype", "errors.foreign_array",
-           "errors.cotangent_shape"}
+    new = {
+        "errors.config_dict",
+        "errors.code_usage_range",
+        "errors.codes_dtype",
+        "errors.foreign_array",
+        "errors.cotangent_shape",
+    }
     assert new <= {c.name for c in errors.ERROR_CHECKS}
     for name in NAMES:
         for check in errors.ERROR_CHECKS:

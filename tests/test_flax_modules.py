@@ -16,7 +16,6 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx, serialization  # noqa: E402
-
 from lfq.backends.jax_backend import LFQ as PlainLFQ  # noqa: E402
 from lfq.backends.jax_backend import LFQResult, LossBreakdown  # noqa: E402
 from lfq.backends.jax_backend.flax_modules import LFQ, LinenLFQ  # noqa: E402
@@ -33,8 +32,10 @@ def plain_params(model: LFQ) -> dict:
     """The params pytree of the plain module holding the NNX module's parameters."""
     if model.project_in is None:
         return {}
-    return {name: {k: v[...] for k, v in nnx.state(getattr(model, name), nnx.Param).items()}
-            for name in ("project_in", "project_out")}
+    return {
+        name: {k: v[...] for k, v in nnx.state(getattr(model, name), nnx.Param).items()}
+        for name in ("project_in", "project_out")
+    }
 
 
 def inputs(shape, seed=0):
@@ -48,7 +49,8 @@ def inputs(shape, seed=0):
 def same(a, b) -> bool:
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     return jax.tree.structure(a) == jax.tree.structure(b) and all(
-        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b))
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b)
+    )
 
 
 def test_flax_is_imported_only_by_flax_modules_and_missing_flax_names_the_extra():
@@ -62,8 +64,13 @@ def test_flax_is_imported_only_by_flax_modules_and_missing_flax_names_the_extra(
         except ImportError as err:
             print(err)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     loaded, message = out.stdout.strip().split("\n", 1)
     assert loaded == "[]"
     assert "pip install 'lfq[flax]'" in message and "needs Flax" in message
@@ -75,11 +82,13 @@ def test_arguments_are_the_plain_modules():
     linen_fields = [f.name for f in dataclasses.fields(LinenLFQ) if f.name not in ("parent", "name")]
     assert nnx_args == plain + ["param_dtype", "deterministic", "rngs"]
     assert linen_fields == plain + ["param_dtype"]
-    for layer in (LFQ(codebook_dim=6, num_codebooks=2, spherical=True, bit_order="lsb"),
-                  LinenLFQ(codebook_dim=6, num_codebooks=2, spherical=True, bit_order="lsb")):
+    for layer in (
+        LFQ(codebook_dim=6, num_codebooks=2, spherical=True, bit_order="lsb"),
+        LinenLFQ(codebook_dim=6, num_codebooks=2, spherical=True, bit_order="lsb"),
+    ):
         assert layer.config == PlainLFQ(codebook_dim=6, num_codebooks=2, spherical=True, bit_order="lsb").config
     with pytest.raises(ValueError, match="codebook_size=1000 must be a power of two"):
-        LinenLFQ(codebook_size=1000)                          # checked at construction, like the others
+        LinenLFQ(codebook_size=1000)  # checked at construction, like the others
     with pytest.raises(ValueError, match="codebook_size=16 means codebook_dim=4, but codebook_dim=5"):
         LFQ(codebook_size=16, codebook_dim=5)
     with pytest.raises(ValueError, match=r"has projections .* pass rngs=nnx.Rngs\(0\)"):
@@ -102,8 +111,7 @@ def test_nnx_and_linen_equal_the_plain_module_bitwise(name):
         assert model.project_in.kernel.shape == (model.input_dim, model.config.num_features)
     expected = jax.jit(plain.apply, static_argnames=STATIC)(params, x, mask, return_loss_breakdown=True)
     got_nnx = nnx.jit(lambda m, x, mask: m(x, mask, return_loss_breakdown=True))(model, x, mask)
-    got_linen = jax.jit(linen.apply, static_argnames=STATIC)({"params": params}, x, mask,
-                                                            return_loss_breakdown=True)
+    got_linen = jax.jit(linen.apply, static_argnames=STATIC)({"params": params}, x, mask, return_loss_breakdown=True)
     assert isinstance(got_nnx[0], LFQResult) and isinstance(got_nnx[1], LossBreakdown)
     assert same(got_nnx, expected) and same(got_linen, expected)
     assert got_nnx[0].quantized.shape == shape and float(expected[0].aux_loss) != 0.0
@@ -113,7 +121,7 @@ def test_nnx_and_linen_equal_the_plain_module_bitwise(name):
     assert same(nnx.jit(lambda m, x: m(x))(model, x), expected_eval) and float(expected_eval.aux_loss) == 0.0
     assert same(jax.jit(linen.apply, static_argnames=STATIC)({"params": params}, x, train=False), expected_eval)
     model.train()
-    if name == "sequence_projections":                                              # eagerly too
+    if name == "sequence_projections":  # eagerly too
         assert same(model(x, train=False), plain.apply(params, x, train=False))
     # codes from indices
     tokens = expected_eval.indices
@@ -137,10 +145,11 @@ def test_grad_through_the_straight_through_codes_and_the_aux_loss():
     grad_model = {name: {k: v[...] for k, v in grad_model[name].items()} for name in ("project_in", "project_out")}
     for got, want in zip(jax.tree.leaves((grad_model, grad_x)), jax.tree.leaves(grads_plain)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
-    assert float(jnp.max(jnp.abs(grad_x))) > 0                 # the straight-through path reaches x
+    assert float(jnp.max(jnp.abs(grad_x))) > 0  # the straight-through path reaches x
     linen = LinenLFQ(**options)
     grads_linen = jax.jit(jax.grad(lambda v, x: objective(linen.apply(v, x, mask)), argnums=(0, 1)))(
-        {"params": params}, x)
+        {"params": params}, x
+    )
     for got, want in zip(jax.tree.leaves(grads_linen), jax.tree.leaves(grads_plain)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
     # aux alone reaches project_in only

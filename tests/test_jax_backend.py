@@ -35,7 +35,7 @@ from lfq import reference  # noqa: E402
 
 BE = lfq.get("jax")
 EPS32 = float(np.finfo(np.float32).eps)
-HALF_RTOL = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+HALF_RTOL = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
 LOSS_FIELDS = ("aux_loss", "per_sample_entropy", "batch_entropy", "commitment_loss")
 
 CONFIGS = {
@@ -101,13 +101,17 @@ def test_float32_matches_reference(no_x64, name, compiled):
             np.testing.assert_allclose(_f64(got), getattr(ref, field), rtol=0, atol=_loss_tol(cfg), err_msg=field)
     ps, batch = be.entropy(jnp.asarray(z), cfg, jnp.asarray(mask))
     commit = be.commitment_loss(jnp.asarray(z), cfg, jnp.asarray(mask))
-    np.testing.assert_allclose([_f64(ps), _f64(batch), _f64(commit)],
-                               [ref.per_sample_entropy, ref.batch_entropy, ref.commitment_loss],
-                               rtol=0, atol=_loss_tol(cfg))
+    np.testing.assert_allclose(
+        [_f64(ps), _f64(batch), _f64(commit)],
+        [ref.per_sample_entropy, ref.batch_entropy, ref.commitment_loss],
+        rtol=0,
+        atol=_loss_tol(cfg),
+    )
 
 
-X64_MODES = [(name, True) for name in ("plain", "spherical", "soft_clamp_tanh", "lsb_axis1", "groups")] \
-    + [("plain", False)]
+X64_MODES = [(name, True) for name in ("plain", "spherical", "soft_clamp_tanh", "lsb_axis1", "groups")] + [
+    ("plain", False)
+]
 
 
 @pytest.mark.parametrize("name,compiled", X64_MODES, ids=[f"{n}-{'jit' if c else 'eager'}" for n, c in X64_MODES])
@@ -121,8 +125,9 @@ def test_float64_matches_reference_to_1e12(x64, name, compiled):
     assert np.array_equal(np.asarray(out.indices), ref.indices)
     assert np.array_equal(np.asarray(out.codes), ref.codes)
     for field in LOSS_FIELDS:
-        np.testing.assert_allclose(np.asarray(getattr(out, field)), getattr(ref, field), rtol=0, atol=1e-12,
-                                   err_msg=field)
+        np.testing.assert_allclose(
+            np.asarray(getattr(out, field)), getattr(ref, field), rtol=0, atol=1e-12, err_msg=field
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -131,15 +136,16 @@ def test_half_inputs_compute_in_float32(no_x64, name, dtype):
     cfg = CONFIGS[name]
     z, mask = _inputs(cfg, dtype, seed=2)
     out = BE.lfq(jnp.asarray(z), cfg, jnp.asarray(mask))
-    ref = reference.lfq(z, cfg, mask)            # float64 inside, rounded to `dtype`
+    ref = reference.lfq(z, cfg, mask)  # float64 inside, rounded to `dtype`
     assert out.codes.dtype == z.dtype
     assert np.array_equal(np.asarray(out.codes).view(np.uint16), np.asarray(ref.codes).view(np.uint16))
     assert np.array_equal(np.asarray(out.indices), ref.indices)
     for field in LOSS_FIELDS:
         got = getattr(out, field)
         assert got.dtype == z.dtype
-        np.testing.assert_allclose(_f64(got), _f64(getattr(ref, field)), rtol=HALF_RTOL[dtype],
-                                   atol=HALF_RTOL[dtype] * 1e-3, err_msg=field)
+        np.testing.assert_allclose(
+            _f64(got), _f64(getattr(ref, field)), rtol=HALF_RTOL[dtype], atol=HALF_RTOL[dtype] * 1e-3, err_msg=field
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -153,12 +159,14 @@ def test_ties_and_nan_give_negative_code_and_zero_bit(no_x64, dtype):
         codes = np.asarray(be.quantize(jnp.asarray(z), cfg))
         expected = reference.quantize(z, cfg)
         assert codes.dtype == z.dtype
-        assert np.array_equal(codes.view(np.uint16 if z.itemsize == 2 else np.uint32),
-                              expected.view(np.uint16 if z.itemsize == 2 else np.uint32))
+        assert np.array_equal(
+            codes.view(np.uint16 if z.itemsize == 2 else np.uint32),
+            expected.view(np.uint16 if z.itemsize == 2 else np.uint32),
+        )
         idx = np.asarray(be.codes_to_indices(jnp.asarray(z), cfg))
         assert np.array_equal(idx, reference.codes_to_indices(z, cfg))
     assert idx[0, 0] == (0b00010 if dtype != "float16" else 0) and idx[1, 0] == 0b11001
-    out = BE.compiled().lfq(jnp.asarray(z[1:]), cfg)       # the codes inside lfq too
+    out = BE.compiled().lfq(jnp.asarray(z[1:]), cfg)  # the codes inside lfq too
     assert np.array_equal(np.asarray(out.indices), reference.codes_to_indices(z[1:], cfg))
     assert np.array_equal(np.asarray(out.codes, np.float32), reference.quantize(z[1:], cfg).astype(np.float32))
 
@@ -169,9 +177,24 @@ def test_positive_is_exact_for_every_bit_pattern_class(dtype):
 
     np_dtype = lfq.validation.numpy_dtype(dtype)
     info = jnp.finfo(np_dtype)
-    values = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, info.smallest_subnormal,
-                       -info.smallest_subnormal, info.smallest_normal, info.max, -info.max, 1.0, -1.0],
-                      dtype=np_dtype)
+    values = np.array(
+        [
+            0.0,
+            -0.0,
+            np.nan,
+            -np.nan,
+            np.inf,
+            -np.inf,
+            info.smallest_subnormal,
+            -info.smallest_subnormal,
+            info.smallest_normal,
+            info.max,
+            -info.max,
+            1.0,
+            -1.0,
+        ],
+        dtype=np_dtype,
+    )
     with jax.enable_x64(dtype == "float64"):
         got = np.asarray(jax.jit(positive)(jnp.asarray(values)))
     assert np.array_equal(got, values.astype(np.float64) > 0), (values, got)
@@ -228,8 +251,8 @@ def test_index_range_checked_eagerly_and_modulo_under_jit(no_x64):
         with pytest.raises(ValueError, match="indices contains -1"):
             be.indices_to_codes(jnp.asarray([[-1]]), cfg)
     # A NumPy int64 past the int32 range is seen before conversion, not wrapped.
-    with pytest.raises(ValueError, match=str(2 ** 32 + 3)):
-        BE.indices_to_codes(np.array([[2 ** 32 + 3]], dtype=np.int64), cfg)
+    with pytest.raises(ValueError, match=str(2**32 + 3)):
+        BE.indices_to_codes(np.array([[2**32 + 3]], dtype=np.int64), cfg)
     # Under a user's jit the values are tracers: no error, the index is taken mod 2**D.
     traced = jax.jit(lambda i: BE.indices_to_codes(i, cfg))(jnp.asarray([[16 + 5], [-1]]))
     expected = BE.indices_to_codes(jnp.asarray([[5], [15]]), cfg)
@@ -267,8 +290,9 @@ def test_vmap_matches_per_example_calls(no_x64):
     for i in range(z.shape[0]):
         single = BE.compiled().lfq(jnp.asarray(z[i]), cfg, jnp.asarray(mask[i]))
         assert np.array_equal(np.asarray(batched.indices[i]), np.asarray(single.indices))
-        np.testing.assert_allclose(np.asarray(batched.aux_loss[i]), np.asarray(single.aux_loss),
-                                   rtol=0, atol=_loss_tol(cfg))
+        np.testing.assert_allclose(
+            np.asarray(batched.aux_loss[i]), np.asarray(single.aux_loss), rtol=0, atol=_loss_tol(cfg)
+        )
     # indices_to_codes under vmap: tracers, so no eager range check, same values
     codes = jax.jit(jax.vmap(lambda i: BE.indices_to_codes(i, cfg)))(batched.indices)
     assert np.array_equal(np.asarray(codes), np.asarray(batched.codes))
@@ -279,8 +303,7 @@ def test_user_jit_with_static_config(no_x64):
     z, mask = _inputs(cfg, "float32", seed=7)
     step = jax.jit(lambda z, m, cfg: BE.lfq(z, cfg, m).aux_loss, static_argnames="cfg")
     got = step(jnp.asarray(z), jnp.asarray(mask), cfg=cfg)
-    np.testing.assert_allclose(_f64(got), reference.lfq(z.astype(np.float64), cfg, mask).aux_loss,
-                               atol=_loss_tol(cfg))
+    np.testing.assert_allclose(_f64(got), reference.lfq(z.astype(np.float64), cfg, mask).aux_loss, atol=_loss_tol(cfg))
     assert hash(cfg) == hash(lfq.Config(codebook_dim=6))
 
 

@@ -18,13 +18,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import bench_jax  # noqa: E402
 
 
-@pytest.mark.parametrize("cfg", [lfq.Config(codebook_dim=6), lfq.Config(codebook_dim=5, scale=0.5, inv_temperature=3.0)])
+@pytest.mark.parametrize(
+    "cfg", [lfq.Config(codebook_dim=6), lfq.Config(codebook_dim=5, scale=0.5, inv_temperature=3.0)]
+)
 def test_naive_baseline_equals_the_reference(cfg):
     """The baseline must compute the same loss (and gradient) as the library, or the speed-up means nothing."""
     with jax.enable_x64(True):
         z = np.random.default_rng(0).standard_normal((200, cfg.codebook_dim)) * 0.2
         value, grad = jax.value_and_grad(lambda z_: bench_jax.naive_aux_loss(z_, cfg, jax.lax.Precision.HIGHEST))(
-            jnp.asarray(z))
+            jnp.asarray(z)
+        )
         np.testing.assert_allclose(float(value), float(reference.lfq(z, cfg).aux_loss), rtol=0, atol=1e-12)
         np.testing.assert_allclose(np.asarray(grad), reference.vjp("aux_loss", z, cfg), rtol=1e-9, atol=1e-14)
 

@@ -20,16 +20,28 @@ def runs():
     """Start every block at once (they are independent), then collect them."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
     env["JAX_PLATFORMS"] = "cpu"
-    procs = [subprocess.Popen([sys.executable, "-c", block], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for block in BLOCKS]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", block], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for block in BLOCKS
+    ]
     return [proc.communicate(timeout=300) + (proc.returncode,) for proc in procs]
 
 
 def test_the_page_has_the_expected_examples():
     assert len(BLOCKS) >= 6
     joined = "\n".join(BLOCKS)
-    for needle in ("jax.jit", "jax.value_and_grad", "jax.vmap", "jax.shard_map", "axis_name", "enable_x64",
-                   "precision=\"default\"", "def adam_init"):
+    for needle in (
+        "jax.jit",
+        "jax.value_and_grad",
+        "jax.vmap",
+        "jax.shard_map",
+        "axis_name",
+        "enable_x64",
+        "precision=\"default\"",
+        "def adam_init",
+    ):
         assert needle in joined, needle
 
 

@@ -48,8 +48,13 @@ def _inputs(cfg, dtype, seed=0, tokens=(4, 13)):
 
 def _unit(cfg, mask):
     valid = max(int(np.sum(mask)), 1)
-    return (4 * cfg.inv_temperature * cfg.code_magnitude * max(1.0, cfg.codebook_dim * math.log(2))
-            / (valid * cfg.num_codebooks))
+    return (
+        4
+        * cfg.inv_temperature
+        * cfg.code_magnitude
+        * max(1.0, cfg.codebook_dim * math.log(2))
+        / (valid * cfg.num_codebooks)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -60,8 +65,13 @@ def test_loss_gradients_float64(name):
         for term in lfq.LOSS_TERMS:
             got = JIT.vjp(term, jnp.asarray(z), cfg, mask=jnp.asarray(mask))
             assert got.dtype == jnp.float64 and got.shape == z.shape
-            np.testing.assert_allclose(np.asarray(got), reference.vjp(term, z, cfg, mask=mask),
-                                       rtol=0, atol=1e-12 * _unit(cfg, mask), err_msg=term)
+            np.testing.assert_allclose(
+                np.asarray(got),
+                reference.vjp(term, z, cfg, mask=mask),
+                rtol=0,
+                atol=1e-12 * _unit(cfg, mask),
+                err_msg=term,
+            )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -72,9 +82,13 @@ def test_loss_gradients_float32(name):
         for term in lfq.LOSS_TERMS:
             got = JIT.vjp(term, jnp.asarray(z), cfg, mask=jnp.asarray(mask))
             assert got.dtype == jnp.float32
-            np.testing.assert_allclose(np.asarray(got, np.float64),
-                                       reference.vjp(term, z.astype(np.float64), cfg, mask=mask),
-                                       rtol=0, atol=32 * EPS32 * _unit(cfg, mask), err_msg=term)
+            np.testing.assert_allclose(
+                np.asarray(got, np.float64),
+                reference.vjp(term, z.astype(np.float64), cfg, mask=mask),
+                rtol=0,
+                atol=32 * EPS32 * _unit(cfg, mask),
+                err_msg=term,
+            )
 
 
 def test_eager_vjp_equals_jit_vjp_and_scales_with_cotangent():
@@ -83,8 +97,7 @@ def test_eager_vjp_equals_jit_vjp_and_scales_with_cotangent():
         z, mask = _inputs(cfg, "float32", seed=2)
         eager = BE.vjp("aux_loss", jnp.asarray(z), cfg, cotangent=2.5, mask=jnp.asarray(mask))
         jitted = JIT.vjp("aux_loss", jnp.asarray(z), cfg, cotangent=jnp.float32(2.5), mask=jnp.asarray(mask))
-        np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=0,
-                                   atol=8 * EPS32 * _unit(cfg, mask))
+        np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=0, atol=8 * EPS32 * _unit(cfg, mask))
         ref = reference.vjp("aux_loss", z.astype(np.float64), cfg, cotangent=2.5, mask=mask)
         np.testing.assert_allclose(np.asarray(eager, np.float64), ref, rtol=0, atol=80 * EPS32 * _unit(cfg, mask))
         with pytest.raises(ValueError, match="must be a scalar"):
@@ -98,8 +111,9 @@ def test_straight_through_gradient(name):
         z, _ = _inputs(cfg, "float64", seed=3)
         cot = np.random.default_rng(4).standard_normal(z.shape)
         got = JIT.vjp("codes", jnp.asarray(z), cfg, cotangent=jnp.asarray(cot))
-        np.testing.assert_allclose(np.asarray(got), reference.vjp("codes", z, cfg, cotangent=cot),
-                                   rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(
+            np.asarray(got), reference.vjp("codes", z, cfg, cotangent=cot), rtol=1e-13, atol=1e-15
+        )
         # The same through a user's jax.grad of the lfq output.
         user = jax.jit(jax.grad(lambda z_: jnp.sum(BE.lfq(z_, cfg).codes * cot)))(jnp.asarray(z))
         np.testing.assert_allclose(np.asarray(user), np.asarray(got), rtol=1e-13, atol=1e-15)
@@ -131,24 +145,26 @@ def test_user_loss_gradient_combines_terms():
 
         got = jax.jit(jax.grad(loss))(jnp.asarray(z))
         codes = reference.quantize(z, cfg)
-        expected = (reference.vjp("codes", z, cfg, cotangent=2 * (codes - target))
-                    + reference.vjp("aux_loss", z, cfg, mask=mask))
+        expected = reference.vjp("codes", z, cfg, cotangent=2 * (codes - target)) + reference.vjp(
+            "aux_loss", z, cfg, mask=mask
+        )
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12, atol=1e-12 * _unit(cfg, mask))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_gradients_in_input_dtype(dtype):
     cfg = CONFIGS["plain"]
-    rtol = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}[dtype]
+    rtol = {"float16": 2.0**-10, "bfloat16": 2.0**-7}[dtype]
     with jax.enable_x64(False):
         z, mask = _inputs(cfg, dtype, seed=9)
         got = JIT.vjp("aux_loss", jnp.asarray(z), cfg, mask=jnp.asarray(mask))
         assert got.dtype == z.dtype
-        ref = reference.vjp("aux_loss", z, cfg, mask=mask)          # float64 rounded to `dtype`
+        ref = reference.vjp("aux_loss", z, cfg, mask=mask)  # float64 rounded to `dtype`
         scale = np.max(np.abs(ref.astype(np.float64)))
         # one ulp of the output dtype, and float32 noise for entries far below the largest
-        np.testing.assert_allclose(np.asarray(got, np.float64), ref.astype(np.float64),
-                                   rtol=rtol, atol=rtol * scale * 2 ** -6)
+        np.testing.assert_allclose(
+            np.asarray(got, np.float64), ref.astype(np.float64), rtol=rtol, atol=rtol * scale * 2**-6
+        )
 
 
 @pytest.mark.parametrize("bits", [0, 1, 4, 7])
@@ -157,7 +173,7 @@ def test_subcode_probs_hook_matches_product_form(bits):
     cfg = lfq.Config(codebook_dim=8)
     with jax.enable_x64(True):
         a = jnp.asarray(np.random.default_rng(bits).standard_normal((11, 2, bits)) * 6)
-        cot = jnp.asarray(np.random.default_rng(99).standard_normal((11, 2, 2 ** bits)))
+        cot = jnp.asarray(np.random.default_rng(99).standard_normal((11, 2, 2**bits)))
         product = lambda a_: factorized.subcode_probs(a_, jnp)  # noqa: E731
         hooked = lambda a_: BE.subcode_probs(a_, cfg)  # noqa: E731
         assert np.array_equal(np.asarray(hooked(a)), np.asarray(product(a)))

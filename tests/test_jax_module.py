@@ -7,10 +7,10 @@ import pytest
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
+from lfq.backends.jax_backend import LFQ, LFQResult, LossBreakdown  # noqa: E402
 
 import lfq  # noqa: E402
 from lfq import reference  # noqa: E402
-from lfq.backends.jax_backend import LFQ, LFQResult, LossBreakdown  # noqa: E402
 
 BE = lfq.get("jax")
 STATIC = ("train", "compute_loss", "return_loss_breakdown", "axis_name")
@@ -22,7 +22,7 @@ def jit_apply(q):
 
 
 def test_codebook_size_and_dim_resolve_d():
-    assert LFQ(codebook_size=2 ** 10).config.codebook_dim == 10
+    assert LFQ(codebook_size=2**10).config.codebook_dim == 10
     assert LFQ(codebook_dim=7, num_codebooks=2).config.num_features == 14
     assert LFQ(codebook_size=16, codebook_dim=4).config.codebook_dim == 4
     with pytest.raises(ValueError, match="codebook_size=1000 must be a power of two"):
@@ -41,14 +41,38 @@ def test_codebook_size_and_dim_resolve_d():
 
 
 def test_config_mapping_and_hashable():
-    q = LFQ(codebook_dim=6, num_codebooks=2, entropy_loss_weight=0.3, commitment_loss_weight=0.5,
-            diversity_gamma=2.0, inv_temperature=7.0, spherical=True, codebook_scale=2.0,
-            soft_clamp_input_value=3.0, straight_through_activation="tanh", bit_order="lsb",
-            batch_entropy="groups:2", max_exact_bits=20, precision="default")
-    assert q.config == lfq.Config(codebook_dim=6, num_codebooks=2, entropy_weight=0.3, commitment_weight=0.5,
-                                  diversity_gamma=2.0, inv_temperature=7.0, spherical=True, scale=2.0,
-                                  soft_clamp=3.0, activation="tanh", bit_order="lsb",
-                                  batch_entropy="groups:2", max_exact_bits=20, precision="default")
+    q = LFQ(
+        codebook_dim=6,
+        num_codebooks=2,
+        entropy_loss_weight=0.3,
+        commitment_loss_weight=0.5,
+        diversity_gamma=2.0,
+        inv_temperature=7.0,
+        spherical=True,
+        codebook_scale=2.0,
+        soft_clamp_input_value=3.0,
+        straight_through_activation="tanh",
+        bit_order="lsb",
+        batch_entropy="groups:2",
+        max_exact_bits=20,
+        precision="default",
+    )
+    assert q.config == lfq.Config(
+        codebook_dim=6,
+        num_codebooks=2,
+        entropy_weight=0.3,
+        commitment_weight=0.5,
+        diversity_gamma=2.0,
+        inv_temperature=7.0,
+        spherical=True,
+        scale=2.0,
+        soft_clamp=3.0,
+        activation="tanh",
+        bit_order="lsb",
+        batch_entropy="groups:2",
+        max_exact_bits=20,
+        precision="default",
+    )
     assert hash(q) == hash(LFQ(**{f: getattr(q, f) for f in q.__dataclass_fields__}))
 
 
@@ -63,9 +87,12 @@ def test_without_projections_apply_is_the_functional_lfq():
     assert isinstance(out, LFQResult) and isinstance(breakdown, LossBreakdown)
     assert np.array_equal(np.asarray(out.quantized), np.asarray(ref.codes))
     assert np.array_equal(np.asarray(out.indices), np.asarray(ref.indices)) and out.indices.shape == (2, 7, 2)
-    np.testing.assert_allclose([float(out.aux_loss), *map(float, breakdown)],
-                               [float(ref.aux_loss), float(ref.per_sample_entropy), float(ref.batch_entropy),
-                                float(ref.commitment_loss)], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        [float(out.aux_loss), *map(float, breakdown)],
+        [float(ref.aux_loss), float(ref.per_sample_entropy), float(ref.batch_entropy), float(ref.commitment_loss)],
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_projections_are_created_and_applied():
@@ -83,7 +110,7 @@ def test_projections_are_created_and_applied():
     ref = BE.compiled().lfq(z, q.config)
     expected = jnp.matmul(ref.codes, params["project_out"]["kernel"], precision=hp) + params["project_out"]["bias"]
     np.testing.assert_allclose(np.asarray(out.quantized), np.asarray(expected), rtol=1e-6, atol=1e-6)
-    assert out.indices.shape == (3, 4)                   # C == 1: codebook axis dropped
+    assert out.indices.shape == (3, 4)  # C == 1: codebook axis dropped
     assert np.array_equal(np.asarray(out.indices), np.asarray(ref.indices)[..., 0])
     nobias = LFQ(dim=12, codebook_size=32, projection_has_bias=False).init(jax.random.key(1))
     assert set(nobias["project_in"]) == {"kernel"}
@@ -102,7 +129,7 @@ def test_projection_gradient_matches_reference_chain_rule():
         gz = reference.vjp("aux_loss", x @ w + b, q.config)
         np.testing.assert_allclose(np.asarray(grads["project_in"]["kernel"]), x.T @ gz, rtol=1e-11, atol=1e-14)
         np.testing.assert_allclose(np.asarray(grads["project_in"]["bias"]), gz.sum(0), rtol=1e-11, atol=1e-14)
-        assert np.all(np.asarray(grads["project_out"]["kernel"]) == 0)   # aux does not see project_out
+        assert np.all(np.asarray(grads["project_out"]["kernel"]) == 0)  # aux does not see project_out
 
 
 def test_channel_first_auto_for_images_and_video():
@@ -114,9 +141,9 @@ def test_channel_first_auto_for_images_and_video():
     assert np.array_equal(np.asarray(out.indices), np.asarray(last.indices))
     assert np.array_equal(np.asarray(out.quantized), np.moveaxis(np.asarray(last.codes), -1, 1))
     assert np.array_equal(np.asarray(q.indices_to_codes({}, out.indices)), np.asarray(out.quantized))
-    video = jnp.zeros((1, 6, 2, 3, 3))                                       # b c t h w
+    video = jnp.zeros((1, 6, 2, 3, 3))  # b c t h w
     assert jit_apply(q)({}, video).indices.shape == (1, 2, 3, 3, 2)
-    seq = jnp.zeros((2, 5, 6))                                               # b n d: channel-last
+    seq = jnp.zeros((2, 5, 6))  # b n d: channel-last
     assert jit_apply(q)({}, seq).quantized.shape == (2, 5, 6)
     forced = LFQ(codebook_dim=3, num_codebooks=2, channel_first=True)
     assert jit_apply(forced)({}, jnp.zeros((2, 6, 5))).indices.shape == (2, 5, 2)
@@ -127,11 +154,12 @@ def test_channel_first_auto_for_images_and_video():
 def test_indices_to_codes_with_projection_and_single_codebook():
     q = LFQ(dim=8, codebook_size=16)
     params = q.init(jax.random.key(6))
-    x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 8, 3, 3)), jnp.float32)   # image, C == 1
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 8, 3, 3)), jnp.float32)  # image, C == 1
     out = jit_apply(q)(params, x, train=False)
     assert out.indices.shape == (2, 3, 3)
-    np.testing.assert_allclose(np.asarray(q.indices_to_codes(params, out.indices)), np.asarray(out.quantized),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(q.indices_to_codes(params, out.indices)), np.asarray(out.quantized), rtol=1e-6, atol=1e-6
+    )
     raw = q.indices_to_codes(params, out.indices, project_out=False)
     assert raw.shape == (2, 4, 3, 3) and set(np.unique(np.asarray(raw))) == {-1.0, 1.0}
 
@@ -176,7 +204,7 @@ def test_module_bad_inputs():
 
 def test_training_step_with_adam_reduces_the_loss():
     """A jitted training step (grad + a hand-written Adam) on a tiny autoencoder."""
-    q = LFQ(dim=8, codebook_size=2 ** 6)
+    q = LFQ(dim=8, codebook_size=2**6)
     key_q, key_x = jax.random.split(jax.random.key(13))
     params = q.init(key_q)
     x = jax.random.normal(key_x, (64, 8))
@@ -191,8 +219,9 @@ def test_training_step_with_adam_reduces_the_loss():
         t = opt["t"] + 1
         m = jax.tree.map(lambda m, g: 0.9 * m + 0.1 * g, opt["m"], grads)
         v = jax.tree.map(lambda v, g: 0.999 * v + 0.001 * g * g, opt["v"], grads)
-        params = jax.tree.map(lambda p, m, v: p - 1e-2 * (m / (1 - 0.9 ** t)) / (jnp.sqrt(v / (1 - 0.999 ** t)) + 1e-8),
-                              params, m, v)
+        params = jax.tree.map(
+            lambda p, m, v: p - 1e-2 * (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8), params, m, v
+        )
         return params, {"t": t, "m": m, "v": v}, loss
 
     zeros = jax.tree.map(jnp.zeros_like, params)

@@ -216,7 +216,8 @@ def test_vmap_axis_name_reduces_over_the_mapped_axis():
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         z, mask = jnp.asarray(rng.standard_normal((3, 5, 8))), jnp.asarray(rng.random((3, 5)) > 0.5)
-        mapped = jax.jit(jax.vmap(lambda zi, mi: be.lfq(zi, cfg, mi, axis_name="shards").aux_loss,
-                                  axis_name="shards"))(z, mask)
+        mapped = jax.jit(jax.vmap(lambda zi, mi: be.lfq(zi, cfg, mi, axis_name="shards").aux_loss, axis_name="shards"))(
+            z, mask
+        )
         whole = be.compiled().lfq(z, cfg, mask).aux_loss
         np.testing.assert_allclose(np.asarray(mapped), np.full(3, float(whole)), rtol=0, atol=1e-13)

@@ -45,9 +45,15 @@ def channel_last_tensor(x):
 
 
 def ref_config(layer: LFQ, tau: float = 100.0) -> lfq.Config:
-    return lfq.Config(codebook_dim=layer.codebook_dim, num_codebooks=layer.num_codebooks,
-                      inv_temperature=tau, bit_order="lsb", entropy_weight=1.0, diversity_gamma=1.0,
-                      commitment_weight=0.0)
+    return lfq.Config(
+        codebook_dim=layer.codebook_dim,
+        num_codebooks=layer.num_codebooks,
+        inv_temperature=tau,
+        bit_order="lsb",
+        entropy_weight=1.0,
+        diversity_gamma=1.0,
+        commitment_weight=0.0,
+    )
 
 
 def close(value, expected, rtol=2e-5, atol=2e-6):
@@ -60,34 +66,38 @@ def test_importing_lfq_compat_does_not_import_torch():
 
 
 def test_constructor_attributes_and_buffers():
-    q = LFQ(dim=18, codebook_size=2 ** 18, sample_minimization_weight=1.0, batch_maximization_weight=1.0)
-    assert (q.codebook_size, q.codebook_dim, q.dim, q.num_codebooks) == (2 ** 18, 18, 18, 1)
+    q = LFQ(dim=18, codebook_size=2**18, sample_minimization_weight=1.0, batch_maximization_weight=1.0)
+    assert (q.codebook_size, q.codebook_dim, q.dim, q.num_codebooks) == (2**18, 18, 18, 1)
     assert not q.has_projections and not q.token_factorization
     assert (q.sample_minimization_weight, q.batch_maximization_weight) == (1.0, 1.0)
     assert q.dtype == torch.float32
     assert torch.equal(q.mask, 2 ** torch.arange(18))
     assert [name for name, _ in q.named_buffers()] == ["mask", "zero"]
     assert LFQ(codebook_size=16).dim == 4 and LFQ(dim=8, num_codebooks=2).codebook_size == 16
-    f = LFQ(dim=18, codebook_size=2 ** 18, token_factorization=True, factorized_bits=[6, 12])
+    f = LFQ(dim=18, codebook_size=2**18, token_factorization=True, factorized_bits=[6, 12])
     assert f.factorized_bits == [6, 12] and not hasattr(f, "mask")
     assert torch.equal(f.pre_mask, 2 ** torch.arange(6)) and torch.equal(f.post_mask, 2 ** torch.arange(12))
     with pytest.raises(ValueError, match="no projections"):
-        LFQ(dim=16, codebook_size=2 ** 18)
+        LFQ(dim=16, codebook_size=2**18)
     with pytest.raises(ValueError, match="power of two"):
         LFQ(dim=10, codebook_size=1000)
     with pytest.raises(ValueError, match="summing to codebook_dim=18"):
-        LFQ(dim=18, codebook_size=2 ** 18, token_factorization=True, factorized_bits=[9, 8])
+        LFQ(dim=18, codebook_size=2**18, token_factorization=True, factorized_bits=[9, 8])
     with pytest.raises(ValueError, match="dim or codebook_size"):
         LFQ()
 
 
 @pytest.mark.parametrize("shape", [(2, 18, 4, 4), (2, 18, 3, 2, 2), (3, 18, 5), (4, 18)])
 def test_return_structure_image_video_sequence(shape):
-    q = LFQ(dim=18, codebook_size=2 ** 18)  # their default tokenizer: 18 bits
+    q = LFQ(dim=18, codebook_size=2**18)  # their default tokenizer: 18 bits
     x = rand(*shape, seed=1)
     (quant, emb_loss, info), breakdown = q(x, return_loss_breakdown=True)
     assert isinstance(breakdown, LossBreakdown) and breakdown._fields == (
-        "per_sample_entropy", "codebook_entropy", "commitment", "avg_probs")
+        "per_sample_entropy",
+        "codebook_entropy",
+        "commitment",
+        "avg_probs",
+    )
     assert quant.shape == x.shape and quant.dtype == x.dtype
     assert torch.equal(quant, torch.where(x > 0, 1.0, -1.0))
     tokens = shape[0] * int(np.prod(shape[2:]))
@@ -99,7 +109,7 @@ def test_return_structure_image_video_sequence(shape):
 
 
 def test_lsb_indices_several_codebooks_and_reference():
-    q = LFQ(dim=12, codebook_size=2 ** 6, num_codebooks=2)
+    q = LFQ(dim=12, codebook_size=2**6, num_codebooks=2)
     x = rand(2, 12, 3, 5, seed=2)
     _, _, indices = q(x)
     expected = lsb_indices(x, 2)  # [b, h, w, C]
@@ -110,7 +120,7 @@ def test_lsb_indices_several_codebooks_and_reference():
 
 
 def test_codebook_entry_round_trip_is_bitwise():
-    q = LFQ(dim=10, codebook_size=2 ** 10)
+    q = LFQ(dim=10, codebook_size=2**10)
     x = rand(3, 10, 4, 6, seed=3)
     quant, _, indices = q(x)
     b, c, h, w = x.shape
@@ -140,11 +150,11 @@ def test_codebook_entry_several_codebooks():
 
 
 def test_token_factorization_indices_and_entries():
-    q = LFQ(dim=18, codebook_size=2 ** 18, token_factorization=True, factorized_bits=[6, 12])
+    q = LFQ(dim=18, codebook_size=2**18, token_factorization=True, factorized_bits=[6, 12])
     x = rand(2, 18, 4, 4, seed=5)
     (quant, _, (pre, post)), _ = q(x, return_loss_breakdown=True)
     full = lsb_indices(x, 1).reshape(-1)
-    assert np.array_equal(pre.numpy(), full & (2 ** 6 - 1))
+    assert np.array_equal(pre.numpy(), full & (2**6 - 1))
     assert np.array_equal(post.numpy(), full >> 6)
     # their decode_to_img: entries of both factors, concatenated on the channel axis
     b, _, h, w = x.shape
@@ -154,7 +164,7 @@ def test_token_factorization_indices_and_entries():
     with pytest.raises(ValueError, match="order='pre' or 'post'"):
         q.get_codebook_entry(pre.view(b, -1), (b, h, w, 6), None)
     # the losses are over all 2**18 codes, as without factorization
-    plain = LFQ(dim=18, codebook_size=2 ** 18)
+    plain = LFQ(dim=18, codebook_size=2**18)
     (_, loss, _), br = plain(x, return_loss_breakdown=True)
     (_, loss_f, _), br_f = q(x, return_loss_breakdown=True)
     assert torch.equal(loss, loss_f) and torch.equal(br.codebook_entropy, br_f.codebook_entropy)
@@ -162,8 +172,7 @@ def test_token_factorization_indices_and_entries():
 
 @pytest.mark.parametrize("smw,bmw", [(1.0, 1.0), (0.5, 2.0), (0.0, 1.5), (1.0, 0.0), (0.0, 0.0)])
 def test_losses_equal_reference(smw, bmw):
-    q = LFQ(dim=8, codebook_size=16, num_codebooks=2, sample_minimization_weight=smw,
-            batch_maximization_weight=bmw)
+    q = LFQ(dim=8, codebook_size=16, num_codebooks=2, sample_minimization_weight=smw, batch_maximization_weight=bmw)
     x = rand(4, 8, 3, 3, seed=6, scale=0.02)  # soft assignments: every term is sizeable
     (_, loss, _), br = q(x, return_loss_breakdown=True)
     ref = reference.lfq(channel_last(x), ref_config(q))
@@ -264,7 +273,7 @@ class _TheirBuffers(torch.nn.Module):
         super().__init__()
         self.register_buffer("mask", 2 ** torch.arange(d), persistent=False)
         self.register_buffer("zero", torch.tensor(0.0), persistent=False)
-        codebook = ((torch.arange(2 ** d)[:, None] & 2 ** torch.arange(d)) != 0) * 2.0 - 1.0
+        codebook = ((torch.arange(2**d)[:, None] & 2 ** torch.arange(d)) != 0) * 2.0 - 1.0
         self.register_buffer("codebook", codebook, persistent=False)
 
 

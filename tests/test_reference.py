@@ -3,12 +3,12 @@ definition, finite differences, and the edge cases of DESIGN.md section 2."""
 
 from __future__ import annotations
 
+import independent
 import numpy as np
 import pytest
 
 import lfq
 from lfq import reference
-import independent
 
 RTOL = 1e-12
 
@@ -30,10 +30,19 @@ def _random_config(rng, **overrides):
 
 
 def _cfg_kwargs(cfg):
-    return dict(d=cfg.codebook_dim, c=cfg.num_codebooks, scale=cfg.scale, spherical=cfg.spherical,
-                tau=cfg.inv_temperature, gamma=cfg.diversity_gamma, w_ent=cfg.entropy_weight,
-                w_commit=cfg.commitment_weight, bit_order=cfg.bit_order, soft_clamp=cfg.soft_clamp,
-                feature_axis=cfg.feature_axis)
+    return dict(
+        d=cfg.codebook_dim,
+        c=cfg.num_codebooks,
+        scale=cfg.scale,
+        spherical=cfg.spherical,
+        tau=cfg.inv_temperature,
+        gamma=cfg.diversity_gamma,
+        w_ent=cfg.entropy_weight,
+        w_commit=cfg.commitment_weight,
+        bit_order=cfg.bit_order,
+        soft_clamp=cfg.soft_clamp,
+        feature_axis=cfg.feature_axis,
+    )
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -146,9 +155,11 @@ def test_masked_batch_entropy_is_not_mean_of_token_entropies():
 
 def test_indices_round_trip_every_layout():
     rng = np.random.default_rng(1)
-    for cfg in [lfq.Config(codebook_dim=7, num_codebooks=3),
-                lfq.Config(codebook_dim=5, bit_order="lsb", spherical=True, scale=3.0),
-                lfq.Config(codebook_dim=4, num_codebooks=2, feature_axis=1)]:
+    for cfg in [
+        lfq.Config(codebook_dim=7, num_codebooks=3),
+        lfq.Config(codebook_dim=5, bit_order="lsb", spherical=True, scale=3.0),
+        lfq.Config(codebook_dim=4, num_codebooks=2, feature_axis=1),
+    ]:
         shape = (2, cfg.num_features, 3) if cfg.feature_axis == 1 else (2, 3, cfg.num_features)
         z = rng.standard_normal(shape)
         idx = reference.codes_to_indices(z, cfg)
@@ -170,8 +181,7 @@ def test_groups_is_an_upper_bound():
     z = rng.standard_normal((200, 8)) * 0.05
     exact = reference.entropy(z, lfq.Config(codebook_dim=8, inv_temperature=10.0))[1]
     for g in (2, 4, 8):
-        approx = reference.entropy(z, lfq.Config(codebook_dim=8, inv_temperature=10.0,
-                                                  batch_entropy=f"groups:{g}"))[1]
+        approx = reference.entropy(z, lfq.Config(codebook_dim=8, inv_temperature=10.0, batch_entropy=f"groups:{g}"))[1]
         assert approx >= exact - 1e-12
 
 
@@ -185,10 +195,16 @@ def _finite_difference(f, z, h=1e-6):
     return grad
 
 
-@pytest.mark.parametrize("kw", [
-    {}, {"spherical": True}, {"soft_clamp": 0.7}, {"num_codebooks": 2, "batch_entropy": "groups:2"},
-    {"spherical": True, "soft_clamp": 2.0, "bit_order": "lsb", "diversity_gamma": 0.3},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"spherical": True},
+        {"soft_clamp": 0.7},
+        {"num_codebooks": 2, "batch_entropy": "groups:2"},
+        {"spherical": True, "soft_clamp": 2.0, "bit_order": "lsb", "diversity_gamma": 0.3},
+    ],
+)
 def test_analytic_vjps_match_finite_differences(kw):
     rng = np.random.default_rng(7)
     cfg = lfq.Config(codebook_dim=5, inv_temperature=1.3, **kw)
@@ -211,8 +227,9 @@ def test_straight_through_vjp_is_activation_derivative(activation):
     cfg = lfq.Config(codebook_dim=3, num_codebooks=2, activation=activation, soft_clamp=1.5, spherical=True)
     z = rng.standard_normal((4, 6))
     cot = rng.standard_normal((4, 6))
-    f = (np.tanh if activation == "tanh" else (lambda v: v))
+    f = np.tanh if activation == "tanh" else (lambda v: v)
     from lfq import features
+
     smooth = lambda v: np.sum(cot.reshape(4, 2, 3) * f(features.transform_groups(v.reshape(4, 2, 3), cfg, np)))  # noqa: E731
     np.testing.assert_allclose(reference.vjp("codes", z, cfg, cot), _finite_difference(smooth, z), atol=1e-9)
 

@@ -47,12 +47,18 @@ def test_schedule_values_mean_the_config_with_them(name, mode):
         want = lfq.reference.lfq(exact, cfg, mask64)
         got = be.lfq(z, CFG, mask, **schedule)
         for field in ("aux_loss", "per_sample_entropy", "batch_entropy", "commitment_loss"):
-            np.testing.assert_allclose(float(be.to_numpy(getattr(got, field))), float(getattr(want, field)),
-                                       rtol=3e-6, atol=1e-6, err_msg=f"{name} {mode} {schedule} {field}")
+            np.testing.assert_allclose(
+                float(be.to_numpy(getattr(got, field))),
+                float(getattr(want, field)),
+                rtol=3e-6,
+                atol=1e-6,
+                err_msg=f"{name} {mode} {schedule} {field}",
+            )
         grad = be.to_numpy(be.vjp("aux_loss", z, CFG, mask=mask, **schedule))
         want_grad = lfq.reference.vjp("aux_loss", exact, cfg, mask=mask64)
-        np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6 * np.abs(want_grad).max(),
-                                   err_msg=f"{name} {mode} {schedule}")
+        np.testing.assert_allclose(
+            grad, want_grad, rtol=1e-4, atol=1e-6 * np.abs(want_grad).max(), err_msg=f"{name} {mode} {schedule}"
+        )
     if name != "numpy":  # a 0-d array of the backend: the same numbers
         tau = be.asarray(np.array(2.5), "float32")
         got = be.lfq(z, CFG, mask, inv_temperature=tau)

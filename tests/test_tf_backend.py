@@ -34,8 +34,17 @@ CONFIGS = {
     "codebooks": (lfq.Config(codebook_dim=4, num_codebooks=3, inv_temperature=2.0), 0.5),
     "spherical": (lfq.Config(codebook_dim=6, spherical=True, inv_temperature=1.5, scale=2.0), 1.0),
     "soft_clamp_tanh": (lfq.Config(codebook_dim=4, soft_clamp=0.7, activation="tanh", inv_temperature=1.0), 1.0),
-    "lsb_groups": (lfq.Config(codebook_dim=7, bit_order="lsb", batch_entropy="groups:2", inv_temperature=2.0,
-                              diversity_gamma=0.7, scale=0.5), 0.5),
+    "lsb_groups": (
+        lfq.Config(
+            codebook_dim=7,
+            bit_order="lsb",
+            batch_entropy="groups:2",
+            inv_temperature=2.0,
+            diversity_gamma=0.7,
+            scale=0.5,
+        ),
+        0.5,
+    ),
     "odd_bits": (lfq.Config(codebook_dim=1, num_codebooks=2, inv_temperature=1.0), 1.0),
     "feature_axis": (lfq.Config(codebook_dim=3, num_codebooks=2, feature_axis=1, inv_temperature=2.0), 0.5),
     "default_precision": (lfq.Config(codebook_dim=5, num_codebooks=2, precision="default", inv_temperature=2.0), 0.5),
@@ -65,6 +74,7 @@ def _close(actual, expected, rtol, atol=0.0):
 
 # ----------------------------------------------------------------------- values
 
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("masked", [False, True])
 def test_values_float64_match_reference(be, name, masked):
@@ -74,7 +84,7 @@ def test_values_float64_match_reference(be, name, masked):
     out = be.lfq(tf.constant(z), cfg, None if mask is None else tf.constant(mask))
     ref = reference.lfq(z, cfg, mask)
     assert out.codes.dtype == tf.float64 and out.indices.dtype == tf.int64
-    np.testing.assert_array_equal(out.codes.numpy(), ref.codes)          # bitwise
+    np.testing.assert_array_equal(out.codes.numpy(), ref.codes)  # bitwise
     np.testing.assert_array_equal(out.indices.numpy(), ref.indices)
     for term in LOSSES:
         _close(getattr(out, term).numpy(), getattr(ref, term), rtol=1e-12, atol=1e-14)
@@ -96,14 +106,17 @@ def test_batch_entropy_matches_literal_enumeration_at_d12():
     _close(batch.numpy(), literal, rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype, rtol", [
-    # float32 math throughout; entropies of a few hundred terms: ~1e-6 relative
-    ("float32", 2e-5),
-    # computed in float32, returned in the input dtype: the final rounding dominates,
-    # half an ulp = 2**-9 (bfloat16) and 2**-12 (float16) relative
-    ("bfloat16", 2.0 ** -8),
-    ("float16", 2.0 ** -10),
-])
+@pytest.mark.parametrize(
+    "dtype, rtol",
+    [
+        # float32 math throughout; entropies of a few hundred terms: ~1e-6 relative
+        ("float32", 2e-5),
+        # computed in float32, returned in the input dtype: the final rounding dominates,
+        # half an ulp = 2**-9 (bfloat16) and 2**-12 (float16) relative
+        ("bfloat16", 2.0**-8),
+        ("float16", 2.0**-10),
+    ],
+)
 @pytest.mark.parametrize("name", ["plain", "codebooks", "spherical", "soft_clamp_tanh"])
 def test_low_precision_values(be, dtype, rtol, name):
     cfg, scale = CONFIGS[name]
@@ -130,6 +143,7 @@ def test_float32_batch_entropy_at_d14_is_full_precision():
 
 # -------------------------------------------------------------------- gradients
 
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("masked", [False, True])
 def test_gradients_float64_match_reference_vjp(name, masked):
@@ -139,8 +153,7 @@ def test_gradients_float64_match_reference_vjp(name, masked):
     cot = np.random.default_rng(2).standard_normal(z.shape)
     for term in lfq.GRAD_TERMS:
         cotangent = cot if term == "codes" else 0.7
-        got = BE.vjp(term, tf.constant(z), cfg, cotangent,
-                     None if mask is None else tf.constant(mask))
+        got = BE.vjp(term, tf.constant(z), cfg, cotangent, None if mask is None else tf.constant(mask))
         want = reference.vjp(term, z, cfg, cotangent, mask)
         assert got.dtype == tf.float64
         _close(got.numpy(), want, rtol=1e-10, atol=1e-12)
@@ -159,10 +172,16 @@ def test_gradients_compiled(name):
     _close(got.numpy(), reference.vjp("codes", z, cfg, cot), rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype, atol", [
-    # relative to the largest gradient entry: float32 math ~1e-6; bf16/f16 results are
-    # rounded to the input dtype (2**-9, 2**-12) after float32 math
-    ("float32", 1e-5), ("bfloat16", 2.0 ** -7), ("float16", 2.0 ** -10)])
+@pytest.mark.parametrize(
+    "dtype, atol",
+    [
+        # relative to the largest gradient entry: float32 math ~1e-6; bf16/f16 results are
+        # rounded to the input dtype (2**-9, 2**-12) after float32 math
+        ("float32", 1e-5),
+        ("bfloat16", 2.0**-7),
+        ("float16", 2.0**-10),
+    ],
+)
 def test_low_precision_gradients(dtype, atol):
     cfg, scale = CONFIGS["codebooks"]
     z, mask = _inputs(cfg, scale, dtype=dtype)
@@ -187,18 +206,21 @@ def test_straight_through_value_is_bitwise_the_codes_for_large_inputs():
 
 # ------------------------------------------------------------ ties, NaN, masks
 
+
 def test_ties_and_nan_give_negative_code_and_bit_zero(be):
     cfg = lfq.Config(codebook_dim=4, scale=0.5)
     z = np.array([[0.0, -0.0, np.nan, 1.0], [-0.0, 2.0, 0.0, np.nan]])
     for dtype in ("float64", "float32", "bfloat16", "float16"):
         zt = be.asarray(z, dtype)
-        np.testing.assert_array_equal(be.to_numpy(be.quantize(zt, cfg)).astype(np.float64),
-                                      [[-0.5, -0.5, -0.5, 0.5], [-0.5, 0.5, -0.5, -0.5]])
+        np.testing.assert_array_equal(
+            be.to_numpy(be.quantize(zt, cfg)).astype(np.float64), [[-0.5, -0.5, -0.5, 0.5], [-0.5, 0.5, -0.5, -0.5]]
+        )
         np.testing.assert_array_equal(be.codes_to_indices(zt, cfg).numpy(), [[1], [4]])
 
 
-@pytest.mark.parametrize("dtype, tiny", [("float64", 5e-324), ("float32", 1e-40), ("bfloat16", 1e-39),
-                                         ("float16", 1e-7)])
+@pytest.mark.parametrize(
+    "dtype, tiny", [("float64", 5e-324), ("float32", 1e-40), ("bfloat16", 1e-39), ("float16", 1e-7)]
+)
 def test_subnormal_inputs_keep_their_sign(be, dtype, tiny):
     # TensorFlow's CPU kernels and XLA treat subnormals as zero in comparisons; the
     # backend decides on the bit pattern instead, as the spec asks.
@@ -236,11 +258,13 @@ def test_all_false_mask_gives_zero_losses_and_gradients(be):
 
 # ---------------------------------------------------------------------- indices
 
+
 @pytest.mark.parametrize("bit_order", ["msb", "lsb"])
 def test_indices_round_trip_up_to_63_bits(be, bit_order):
     for d, c in ((1, 1), (9, 2), (31, 1), (40, 2), (63, 1)):
-        cfg = lfq.Config(codebook_dim=d, num_codebooks=c, bit_order=bit_order, max_exact_bits=1,
-                         batch_entropy=f"groups:{d}")
+        cfg = lfq.Config(
+            codebook_dim=d, num_codebooks=c, bit_order=bit_order, max_exact_bits=1, batch_entropy=f"groups:{d}"
+        )
         z = np.random.default_rng(d).standard_normal((5, c * d))
         z[0] = 1.0  # every bit set: the largest index, 2**d - 1, never negative
         idx = be.codes_to_indices(tf.constant(z), cfg)
@@ -287,23 +311,27 @@ def test_code_usage_matches_reference():
 
 # --------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("call, error, pattern", [
-    (lambda be, c: be.lfq(tf.zeros([2, 5]), c), ValueError, r"expected feature axis .* C\*D = 1\*4 = 4, got 5"),
-    (lambda be, c: be.quantize(tf.zeros([2, 4], tf.int32), c), TypeError, r"dtype int32; .*cast it"),
-    (lambda be, c: be.lfq(tf.complex(tf.zeros([2, 4]), tf.zeros([2, 4])), c), TypeError, r"complex64.*real part"),
-    (lambda be, c: be.entropy(tf.zeros([]), c), ValueError, r"z is a scalar"),
-    (lambda be, c: be.lfq(tf.zeros([2, 4]), c, tf.ones([3], tf.bool)), ValueError, r"mask has shape \(3,\)"),
-    (lambda be, c: be.lfq(tf.zeros([2, 4]), c, tf.ones([2])), TypeError, r"mask has dtype float32"),
-    (lambda be, c: be.indices_to_codes(tf.zeros([2, 1]), c), TypeError, r"indices has dtype float32"),
-    (lambda be, c: be.indices_to_codes(tf.zeros([2, 3], tf.int64), c), ValueError, r"last axis must hold"),
-    (lambda be, c: be.indices_to_codes(tf.zeros([2, 1], tf.int64), c, "int8"), ValueError, r"dtype='int8'"),
-    (lambda be, c: be.lfq(tf.zeros([2, 30]), lfq.Config(codebook_dim=30)), ValueError, r"groups:2"),
-    (lambda be, c: be.commitment_loss(tf.zeros([2, 4]), c, group=1), TypeError, r"group"),
-    (lambda be, c: be.vjp("codes", tf.zeros([2, 4]), c), ValueError, r"needs a cotangent"),
-    (lambda be, c: be.vjp("loss", tf.zeros([2, 4]), c), ValueError, r"term='loss'"),
-    (lambda be, c: be.vjp("codes", tf.zeros([2, 4]), c, tf.zeros([4])), ValueError, r"cotangent has shape"),
-    (lambda be, c: be.lfq(object(), c), TypeError, r"z of type object"),
-])
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda be, c: be.lfq(tf.zeros([2, 5]), c), ValueError, r"expected feature axis .* C\*D = 1\*4 = 4, got 5"),
+        (lambda be, c: be.quantize(tf.zeros([2, 4], tf.int32), c), TypeError, r"dtype int32; .*cast it"),
+        (lambda be, c: be.lfq(tf.complex(tf.zeros([2, 4]), tf.zeros([2, 4])), c), TypeError, r"complex64.*real part"),
+        (lambda be, c: be.entropy(tf.zeros([]), c), ValueError, r"z is a scalar"),
+        (lambda be, c: be.lfq(tf.zeros([2, 4]), c, tf.ones([3], tf.bool)), ValueError, r"mask has shape \(3,\)"),
+        (lambda be, c: be.lfq(tf.zeros([2, 4]), c, tf.ones([2])), TypeError, r"mask has dtype float32"),
+        (lambda be, c: be.indices_to_codes(tf.zeros([2, 1]), c), TypeError, r"indices has dtype float32"),
+        (lambda be, c: be.indices_to_codes(tf.zeros([2, 3], tf.int64), c), ValueError, r"last axis must hold"),
+        (lambda be, c: be.indices_to_codes(tf.zeros([2, 1], tf.int64), c, "int8"), ValueError, r"dtype='int8'"),
+        (lambda be, c: be.lfq(tf.zeros([2, 30]), lfq.Config(codebook_dim=30)), ValueError, r"groups:2"),
+        (lambda be, c: be.commitment_loss(tf.zeros([2, 4]), c, group=1), TypeError, r"group"),
+        (lambda be, c: be.vjp("codes", tf.zeros([2, 4]), c), ValueError, r"needs a cotangent"),
+        (lambda be, c: be.vjp("loss", tf.zeros([2, 4]), c), ValueError, r"term='loss'"),
+        (lambda be, c: be.vjp("codes", tf.zeros([2, 4]), c, tf.zeros([4])), ValueError, r"cotangent has shape"),
+        (lambda be, c: be.lfq(object(), c), TypeError, r"z of type object"),
+    ],
+)
 def test_bad_input_is_refused_with_a_clear_message(be, call, error, pattern):
     with pytest.raises(error, match=pattern) as info:
         call(be, lfq.Config(codebook_dim=4))
@@ -311,6 +339,7 @@ def test_bad_input_is_refused_with_a_clear_message(be, call, error, pattern):
 
 
 # ---------------------------------------------------------- interface and modes
+
 
 def test_registry_and_interface():
     assert lfq.get("tf") is BE
@@ -357,8 +386,7 @@ def test_compiled_refuses_distributed_options():
         BE.compiled().lfq(tf.zeros([2, 4]), lfq.Config(codebook_dim=4), replica_context="auto")
 
 
-@pytest.mark.parametrize("precision, expected", [("highest", ["operand_precision={highest,highest}"]),
-                                                 ("default", [])])
+@pytest.mark.parametrize("precision, expected", [("highest", ["operand_precision={highest,highest}"]), ("default", [])])
 def test_histogram_product_precision_in_compiled_hlo(precision, expected):
     # TF32 stays enabled globally (TensorFlow's default); the product of the
     # "highest" configuration still asks XLA for full float32 operands.
@@ -378,8 +406,13 @@ def test_unknown_shapes_inside_tf_function():
 
     @tf.function(input_signature=spec, jit_compile=False)
     def run(z, mask):
-        return (BE.lfq(z, cfg, mask), BE.lfq(z, cfg).aux_loss, BE.codes_to_indices(z, cfg),
-                BE.straight_through(z, cfg), BE.vjp("aux_loss", z, cfg, mask=mask))
+        return (
+            BE.lfq(z, cfg, mask),
+            BE.lfq(z, cfg).aux_loss,
+            BE.codes_to_indices(z, cfg),
+            BE.straight_through(z, cfg),
+            BE.vjp("aux_loss", z, cfg, mask=mask),
+        )
 
     z, mask = _inputs(cfg, 0.5, tokens=(2, 3, 4))
     out, aux_unmasked, idx, codes, grad = run(z, mask)
@@ -410,7 +443,9 @@ def test_second_order_gradient_of_the_batch_entropy():
         directional = tf.reduce_sum(inner.gradient(loss, zt) * v)
     hv = outer.gradient(directional, zt).numpy()
     eps = 1e-5
-    fd = (reference.vjp("batch_entropy", z + eps * v, cfg) - reference.vjp("batch_entropy", z - eps * v, cfg)) / (2 * eps)
+    fd = (reference.vjp("batch_entropy", z + eps * v, cfg) - reference.vjp("batch_entropy", z - eps * v, cfg)) / (
+        2 * eps
+    )
     _close(hv, fd, rtol=0, atol=1e-7)
 
 
@@ -422,6 +457,7 @@ def test_variables_and_numpy_inputs():
         loss = BE.lfq(variable, cfg).aux_loss
     want = reference.vjp("aux_loss", z.astype(np.float64), cfg)
     _close(tape.gradient(loss, variable).numpy(), want, rtol=0, atol=1e-5)
-    _close(BE.compiled().lfq(variable, cfg).aux_loss.numpy(), reference.lfq(z.astype(np.float64), cfg).aux_loss,
-           rtol=2e-5)
-    assert BE.lfq(z.astype(np.float64), cfg).aux_loss.dtype == tf.float64   # NumPy arrays keep their dtype
+    _close(
+        BE.compiled().lfq(variable, cfg).aux_loss.numpy(), reference.lfq(z.astype(np.float64), cfg).aux_loss, rtol=2e-5
+    )
+    assert BE.lfq(z.astype(np.float64), cfg).aux_loss.dtype == tf.float64  # NumPy arrays keep their dtype

@@ -58,16 +58,19 @@ def test_compiled_commitment_vjp_at_d63_and_small_d():
         mask = rng.random((4, 5)) > 0.3
         for m in (None, mask):
             got = COMPILED.vjp("commitment_loss", tf.constant(z), cfg, mask=None if m is None else tf.constant(m))
-            np.testing.assert_allclose(got.numpy(), commitment_grad(z.astype(np.float64), cfg, m),
-                                       rtol=1e-5, atol=1e-9)
-            np.testing.assert_allclose(reference.vjp("commitment_loss", z.astype(np.float64), cfg, mask=m),
-                                       commitment_grad(z.astype(np.float64), cfg, m), rtol=1e-12)
+            np.testing.assert_allclose(got.numpy(), commitment_grad(z.astype(np.float64), cfg, m), rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(
+                reference.vjp("commitment_loss", z.astype(np.float64), cfg, mask=m),
+                commitment_grad(z.astype(np.float64), cfg, m),
+                rtol=1e-12,
+            )
             eager = BE.vjp("commitment_loss", tf.constant(z), cfg, mask=None if m is None else tf.constant(m))
             np.testing.assert_allclose(got.numpy(), eager.numpy(), rtol=1e-6, atol=1e-9)
         cot = tf.constant(2.5, tf.float32)
         got = COMPILED.vjp("commitment_loss", tf.constant(z), cfg, cot)
-        np.testing.assert_allclose(got.numpy(), 2.5 * commitment_grad(z.astype(np.float64), cfg, None),
-                                   rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(
+            got.numpy(), 2.5 * commitment_grad(z.astype(np.float64), cfg, None), rtol=1e-5, atol=1e-9
+        )
     with pytest.raises(ValueError, match="max_exact_bits"):
         COMPILED.vjp("aux_loss", tf.constant(z[..., :1].repeat(63, -1)), lfq.Config(codebook_dim=63))
 

@@ -35,10 +35,10 @@ def _worker() -> dict:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
     import keras
+    from lfq.backends.tf_backend import LFQLayer
 
     import lfq
     from lfq import reference
-    from lfq.backends.tf_backend import LFQLayer
 
     be = lfq.get("tensorflow")
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
@@ -52,7 +52,8 @@ def _worker() -> dict:
     def distribute(array):
         parts = np.split(array, REPLICAS)
         return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group]))
+            lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group])
+        )
 
     def step(z_local, m_local, context_arg):
         context = tf.distribute.get_replica_context()
@@ -88,8 +89,15 @@ def _worker() -> dict:
     def build(sync=True):
         inputs = keras.Input((4, 6))
         hidden = keras.layers.Dense(6)(inputs)
-        out = LFQLayer(dim=6, codebook_dim=3, num_codebooks=2, inv_temperature=2.0,
-                       entropy_loss_weight=1.0, sync_replicas=sync, name="lfq")(hidden)
+        out = LFQLayer(
+            dim=6,
+            codebook_dim=3,
+            num_codebooks=2,
+            inv_temperature=2.0,
+            entropy_loss_weight=1.0,
+            sync_replicas=sync,
+            name="lfq",
+        )(hidden)
         model = keras.Model(inputs, keras.layers.Dense(6)(out.quantized))
         model.compile(keras.optimizers.SGD(0.5), "mse")
         return model
@@ -104,7 +112,8 @@ def _worker() -> dict:
         mirrored.set_weights(initial)
         history = mirrored.fit(x, x, batch_size=8, epochs=1, shuffle=False, verbose=0)
         report[f"keras_weights_sync_{sync}"] = max(
-            float(np.max(np.abs(a - b))) for a, b in zip(single.get_weights(), mirrored.get_weights()))
+            float(np.max(np.abs(a - b))) for a, b in zip(single.get_weights(), mirrored.get_weights())
+        )
     report["keras_changed"] = max(float(np.max(np.abs(a - b))) for a, b in zip(initial, single.get_weights()))
     report["keras_metrics"] = sorted(history.history)
     return report
@@ -122,8 +131,9 @@ def test_two_replicas(report):
     assert report["replicas"] == REPLICAS
 
 
-@pytest.mark.parametrize("case", ["full_object_function", "full_auto_eager",
-                                  "masked_object_function", "masked_auto_eager"])
+@pytest.mark.parametrize(
+    "case", ["full_object_function", "full_auto_eager", "masked_object_function", "masked_auto_eager"]
+)
 def test_values_and_gradients_equal_single_replica_over_global_batch(report, case):
     # float64 throughout: the all-reduced sums differ from one sum by rounding only
     assert report[case]["value"] < 1e-12
@@ -131,7 +141,7 @@ def test_values_and_gradients_equal_single_replica_over_global_batch(report, cas
 
 
 def test_keras_training_step_equals_single_device(report):
-    assert report["keras_changed"] > 1e-3          # the step did move the weights
+    assert report["keras_changed"] > 1e-3  # the step did move the weights
     assert report["keras_weights_sync_True"] < 1e-5  # float32: the same terms summed in another order
     # Without the all-reduce each replica's batch entropy is its half-batch's: a different step.
     assert report["keras_weights_sync_False"] > 1e-3

@@ -16,10 +16,11 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
     pytest.skip("LFQLayer needs KERAS_BACKEND=tensorflow", allow_module_level=True)
 
-import lfq  # noqa: E402
-from lfq import reference  # noqa: E402
 from lfq.backends.tf_backend import LFQLayer, LFQLayerOutput, LossBreakdown  # noqa: E402
 from lfq.backends.tf_backend.layer import batch_code_usage  # noqa: E402
+
+import lfq  # noqa: E402
+from lfq import reference  # noqa: E402
 
 BE = lfq.get("tensorflow")
 
@@ -41,18 +42,21 @@ def test_sequence_layer_is_the_functional_lfq():
     cfg = lfq.Config(codebook_dim=4, num_codebooks=2, inv_temperature=2.0, entropy_weight=0.3)
     ref = reference.lfq(x, cfg, mask)
     np.testing.assert_array_equal(out.quantized.numpy(), ref.codes)
-    np.testing.assert_array_equal(out.indices.numpy(), ref.indices)           # [b, n, C]: C > 1 kept
+    np.testing.assert_array_equal(out.indices.numpy(), ref.indices)  # [b, n, C]: C > 1 kept
     _same_loss(out.aux_loss.numpy(), reference.lfq(x.astype(np.float64), cfg, mask).aux_loss)
     assert len(layer.losses) == 1
     _same_loss(layer.losses[0].numpy(), out.aux_loss.numpy(), rtol=0)
 
 
-@pytest.mark.parametrize("shape, channel_first, feature_axis", [
-    ((2, 4, 3, 5), None, 1),            # image b c h w: channel-first by default
-    ((2, 4, 2, 3, 3), None, 1),         # video b c t h w
-    ((2, 3, 5, 4), False, -1),          # image forced channel-last
-    ((2, 4, 6), True, 1),               # sequence forced channel-first
-])
+@pytest.mark.parametrize(
+    "shape, channel_first, feature_axis",
+    [
+        ((2, 4, 3, 5), None, 1),  # image b c h w: channel-first by default
+        ((2, 4, 2, 3, 3), None, 1),  # video b c t h w
+        ((2, 3, 5, 4), False, -1),  # image forced channel-last
+        ((2, 4, 6), True, 1),  # sequence forced channel-first
+    ],
+)
 def test_layouts(shape, channel_first, feature_axis):
     layer = LFQLayer(codebook_size=16, channel_first=channel_first, inv_temperature=3.0)
     x = _z(shape)
@@ -61,7 +65,7 @@ def test_layouts(shape, channel_first, feature_axis):
     ref = reference.lfq(x.astype(np.float64), cfg)
     assert out.quantized.shape == shape
     np.testing.assert_array_equal(out.quantized.numpy(), ref.codes)
-    np.testing.assert_array_equal(out.indices.numpy(), ref.indices[..., 0])   # C == 1: axis dropped
+    np.testing.assert_array_equal(out.indices.numpy(), ref.indices[..., 0])  # C == 1: axis dropped
     _same_loss(out.aux_loss.numpy(), ref.aux_loss)
     assert isinstance(breakdown, LossBreakdown)
     _same_loss(breakdown.per_sample_entropy.numpy(), ref.per_sample_entropy)
@@ -72,7 +76,7 @@ def test_layouts(shape, channel_first, feature_axis):
 
 def test_projections_and_indices_to_codes():
     layer = LFQLayer(dim=6, codebook_dim=2, num_codebooks=2, keep_num_codebooks_dim=True)
-    x = _z((2, 6, 4, 4))          # image, channel-first, 6 channels -> 2*2 features
+    x = _z((2, 6, 4, 4))  # image, channel-first, 6 channels -> 2*2 features
     out = layer(x, training=True)
     assert layer.has_projections and out.quantized.shape == x.shape
     assert out.indices.shape == (2, 4, 4, 2)
@@ -83,7 +87,7 @@ def test_projections_and_indices_to_codes():
         layer(x, training=True)
         loss = tf.add_n(layer.losses)
     grads = tape.gradient(loss, layer.project_in.trainable_variables)
-    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)   # the aux loss trains project_in
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)  # the aux loss trains project_in
 
 
 def test_keras_mask_from_embedding_excludes_padding():
@@ -98,7 +102,7 @@ def test_keras_mask_from_embedding_excludes_padding():
 def test_inference_computes_no_loss_unless_asked():
     layer = LFQLayer(codebook_dim=5)
     x = _z((4, 5))
-    out = layer(x)                          # training=None: inference
+    out = layer(x)  # training=None: inference
     assert float(out.aux_loss) == 0.0 and not layer.losses
     np.testing.assert_array_equal(out.quantized.numpy(), reference.quantize(x, lfq.Config(codebook_dim=5)))
     out = layer(x, training=False, compute_loss=True)
@@ -127,7 +131,7 @@ def test_bfloat16_layer_codes_are_bitwise_and_loss_float32():
 def test_in_graph_code_usage_matches_reference():
     cfg = lfq.Config(codebook_dim=20, num_codebooks=2)
     rng = np.random.default_rng(0)
-    idx = rng.integers(0, 6, (5, 7, 2)) * 100_000     # few distinct codes of a 2**20 codebook
+    idx = rng.integers(0, 6, (5, 7, 2)) * 100_000  # few distinct codes of a 2**20 codebook
     mask = rng.random((5, 7)) > 0.4
     for m in (None, mask, np.zeros_like(mask)):
         used, perplexity = tf.function(lambda i, m=m: batch_code_usage(i, cfg, m), jit_compile=True)(idx)
@@ -144,10 +148,13 @@ def _model(policy="float32"):
     return keras.Model(inputs, outputs)
 
 
-@pytest.mark.parametrize("policy, jit_compile, samples", [
-    ("float32", True, 32),          # XLA-compiled train step (Keras's "auto" on GPU)
-    ("mixed_bfloat16", False, 40),  # 40 = 16 + 16 + 8: the last batch retraces with an unknown size
-])
+@pytest.mark.parametrize(
+    "policy, jit_compile, samples",
+    [
+        ("float32", True, 32),  # XLA-compiled train step (Keras's "auto" on GPU)
+        ("mixed_bfloat16", False, 40),  # 40 = 16 + 16 + 8: the last batch retraces with an unknown size
+    ],
+)
 def test_model_fit(policy, jit_compile, samples):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
@@ -190,16 +197,19 @@ def test_save_and_load_keras_format(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs, error, pattern", [
-    (dict(), ValueError, "give exactly one"),
-    (dict(codebook_size=16, codebook_dim=5), ValueError, "pass only one"),
-    (dict(codebook_dim=4, num_codebooks=2, keep_num_codebooks_dim=False), ValueError, "num_codebooks == 1"),
-    (dict(codebook_dim=4, dim=6, has_projections=False), ValueError, "has_projections=False"),
-    (dict(codebook_size=12), ValueError, "power of two"),
-    (dict(codebook_dim=4, channel_first="yes"), TypeError, "channel_first"),
-    (dict(codebook_dim=4, dim=0), ValueError, "dim=0"),
-    (dict(codebook_dim=4, straight_through_activation="relu"), ValueError, "activation"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(), ValueError, "give exactly one"),
+        (dict(codebook_size=16, codebook_dim=5), ValueError, "pass only one"),
+        (dict(codebook_dim=4, num_codebooks=2, keep_num_codebooks_dim=False), ValueError, "num_codebooks == 1"),
+        (dict(codebook_dim=4, dim=6, has_projections=False), ValueError, "has_projections=False"),
+        (dict(codebook_size=12), ValueError, "power of two"),
+        (dict(codebook_dim=4, channel_first="yes"), TypeError, "channel_first"),
+        (dict(codebook_dim=4, dim=0), ValueError, "dim=0"),
+        (dict(codebook_dim=4, straight_through_activation="relu"), ValueError, "activation"),
+    ],
+)
 def test_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         LFQLayer(**kwargs)

@@ -15,11 +15,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from lfq.backends.torch_backend import TorchBackend  # noqa: E402
+from lfq.backends.torch_backend.ops import full_float32_matmuls, matmul_highest  # noqa: E402
+
 import lfq  # noqa: E402
 from lfq import reference  # noqa: E402
 from lfq.array_backend import ArrayBackend  # noqa: E402
-from lfq.backends.torch_backend import TorchBackend  # noqa: E402
-from lfq.backends.torch_backend.ops import full_float32_matmuls, matmul_highest  # noqa: E402
 from lfq.validation import numpy_dtype  # noqa: E402
 
 BE = lfq.get("torch")
@@ -32,16 +33,20 @@ _ON_DEVICE = {device: TorchBackend(device=device) for device in DEVICES}
 def be(request):
     """The backend whose `asarray` puts tensors on the parametrized device."""
     return _ON_DEVICE[request.param]
+
+
 LOSSES = ("aux_loss", "per_sample_entropy", "batch_entropy", "commitment_loss")
 
 CONFIGS = {
     "default": lfq.Config(codebook_dim=6),
     "codebooks": lfq.Config(codebook_dim=4, num_codebooks=3, inv_temperature=10.0),
     "spherical": lfq.Config(codebook_dim=5, num_codebooks=2, spherical=True, scale=2.0),
-    "clamp_tanh_lsb": lfq.Config(codebook_dim=5, soft_clamp=0.5, activation="tanh", bit_order="lsb",
-                                 scale=0.5, inv_temperature=3.0),
-    "groups": lfq.Config(codebook_dim=7, batch_entropy="groups:2", diversity_gamma=0.7,
-                         entropy_weight=0.3, commitment_weight=0.1),
+    "clamp_tanh_lsb": lfq.Config(
+        codebook_dim=5, soft_clamp=0.5, activation="tanh", bit_order="lsb", scale=0.5, inv_temperature=3.0
+    ),
+    "groups": lfq.Config(
+        codebook_dim=7, batch_entropy="groups:2", diversity_gamma=0.7, entropy_weight=0.3, commitment_weight=0.1
+    ),
     "odd_dim": lfq.Config(codebook_dim=1, num_codebooks=2),
     "feature_axis": lfq.Config(codebook_dim=3, num_codebooks=2, feature_axis=1),
 }
@@ -227,8 +232,9 @@ def test_asarray_to_numpy_round_trip_is_bitwise(dtype):
     assert back.dtype == x.dtype and np.array_equal(back.view(np.uint8), x.view(np.uint8))
     # A dtype cast happens in NumPy, so its rounding is NumPy's (ml_dtypes for bfloat16).
     wide = np.random.default_rng(1).standard_normal(33)
-    assert np.array_equal(BE.to_numpy(BE.asarray(wide, dtype)).astype(np.float64),
-                          wide.astype(numpy_dtype(dtype)).astype(np.float64))
+    assert np.array_equal(
+        BE.to_numpy(BE.asarray(wide, dtype)).astype(np.float64), wide.astype(numpy_dtype(dtype)).astype(np.float64)
+    )
 
 
 def test_autocast_does_not_lower_precision(be):
@@ -261,7 +267,7 @@ def test_highest_precision_holds_under_tf32_and_restores_settings(be):
     restore = _enable_tf32()
     try:
         cuda = torch.backends.cuda.matmul
-        setting = (cuda.fp32_precision if hasattr(cuda, "fp32_precision") else cuda.allow_tf32)
+        setting = cuda.fp32_precision if hasattr(cuda, "fp32_precision") else cuda.allow_tf32
         highest = be.lfq(z, cfg).batch_entropy
         default = be.lfq(z, cfg.replace(precision="default")).batch_entropy
         assert (cuda.fp32_precision if hasattr(cuda, "fp32_precision") else cuda.allow_tf32) == setting
@@ -332,9 +338,13 @@ def test_whole_lfq_traces_as_one_graph(masked):
 
     explained = torch._dynamo.explain(step)(z, m)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
-    for fn, args in [(BE.quantize, (z.detach(), COMPILE_CFG)), (BE.codes_to_indices, (z.detach(), COMPILE_CFG)),
-                     (BE.entropy, (z, COMPILE_CFG, m)), (BE.commitment_loss, (z, COMPILE_CFG, m)),
-                     (BE.indices_to_codes, (BE.codes_to_indices(z.detach(), COMPILE_CFG), COMPILE_CFG))]:
+    for fn, args in [
+        (BE.quantize, (z.detach(), COMPILE_CFG)),
+        (BE.codes_to_indices, (z.detach(), COMPILE_CFG)),
+        (BE.entropy, (z, COMPILE_CFG, m)),
+        (BE.commitment_loss, (z, COMPILE_CFG, m)),
+        (BE.indices_to_codes, (BE.codes_to_indices(z.detach(), COMPILE_CFG), COMPILE_CFG)),
+    ]:
         explained = torch._dynamo.explain(fn)(*args)
         assert explained.graph_break_count == 0, (fn.__name__, explained.break_reasons)
 
@@ -441,8 +451,9 @@ def test_eager_step_touches_no_host_tensor_and_reads_no_value(spherical, monkeyp
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
-                   for t in tree_flatten((args, kwargs, out))[0]):
+            if any(
+                isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in tree_flatten((args, kwargs, out))[0]
+            ):
                 self.ops.append(str(func))
             return out
 

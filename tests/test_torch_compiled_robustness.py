@@ -109,8 +109,7 @@ def test_every_operation_reuses_its_program_across_shapes_and_layouts():
             idx = COMPILED.codes_to_indices(x, cfg)
             assert torch.equal(idx, BE.codes_to_indices(x, cfg))
             assert torch.equal(COMPILED.indices_to_codes(idx, cfg), BE.indices_to_codes(idx, cfg))
-            assert torch.equal(COMPILED.indices_to_codes(idx, cfg, "float64"),
-                               BE.indices_to_codes(idx, cfg, "float64"))
+            assert torch.equal(COMPILED.indices_to_codes(idx, cfg, "float64"), BE.indices_to_codes(idx, cfg, "float64"))
             for got, want in zip(COMPILED.entropy(x, cfg, mask), BE.entropy(x, cfg, mask)):
                 assert_close(got, want, 2e-6, "entropy")
             assert_close(COMPILED.commitment_loss(x, cfg), BE.commitment_loss(x, cfg), 2e-6, "commitment")
@@ -185,8 +184,10 @@ def test_vjp_against_the_reference():
 
 NAN_CONFIGS = {
     f"{activation}{'-spherical' if spherical else ''}": lfq.Config(
-        codebook_dim=3, num_codebooks=2, activation=activation, spherical=spherical, inv_temperature=5.0)
-    for activation in ("identity", "tanh") for spherical in (False, True)
+        codebook_dim=3, num_codebooks=2, activation=activation, spherical=spherical, inv_temperature=5.0
+    )
+    for activation in ("identity", "tanh")
+    for spherical in (False, True)
 }
 
 
@@ -228,7 +229,7 @@ def test_distribution_entropy_sums_accurately_when_compiled():
     rng = np.random.default_rng(20)
     for d in range(16, 21):
         shape = (2, 2 ** ((d + 1) // 2), 2 ** (d // 2))
-        uniform = np.full(shape, 2.0 ** -d)
+        uniform = np.full(shape, 2.0**-d)
         skewed = rng.random(shape) ** 8
         skewed /= skewed.sum(axis=(1, 2), keepdims=True)
         for p in (uniform, skewed):

@@ -26,9 +26,10 @@ import pytest
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
+from lfq.backends.torch_backend import LFQ  # noqa: E402
+
 import lfq  # noqa: E402
 from lfq import reference  # noqa: E402
-from lfq.backends.torch_backend import LFQ  # noqa: E402
 
 WORLD = 2
 CFG = lfq.Config(codebook_dim=4, num_codebooks=2, inv_temperature=5.0, soft_clamp=1.5)
@@ -48,8 +49,14 @@ def global_batch():
 
 def make_layer():
     torch.manual_seed(0)
-    return LFQ(dim=6, codebook_dim=4, num_codebooks=2, inv_temperature=5.0,
-               soft_clamp_input_value=1.5, commitment_loss_weight=0.5).double()
+    return LFQ(
+        dim=6,
+        codebook_dim=4,
+        num_codebooks=2,
+        inv_temperature=5.0,
+        soft_clamp_input_value=1.5,
+        commitment_loss_weight=0.5,
+    ).double()
 
 
 def layer_inputs():
@@ -77,14 +84,15 @@ def _worker(rank, port, out_dir):
             mt = None if mask is None else torch.from_numpy(mask[shard])
             out = be.lfq(zt, CFG, mt, distributed=True)
             grad = be.vjp("aux_loss", zt, CFG, mask=mt, distributed=True)
-            results[name] = {"losses": [float(v) for v in out[2:]], "grad": grad / WORLD,
-                             "indices": out.indices}
+            results[name] = {"losses": [float(v) for v in out[2:]], "grad": grad / WORLD, "indices": out.indices}
         layer = torch.nn.parallel.DistributedDataParallel(make_layer())  # distributed=None: auto on
         x, mask = layer_inputs()
         ret = layer(x[shard], mask=mask[shard])
         layer_loss(ret, x.shape[0] * x.shape[1], WORLD).backward()
-        results["ddp"] = {"aux": float(ret.aux_loss.detach()),
-                          "grads": {k: p.grad for k, p in layer.module.named_parameters()}}
+        results["ddp"] = {
+            "aux": float(ret.aux_loss.detach()),
+            "grads": {k: p.grad for k, p in layer.module.named_parameters()},
+        }
         # The whole DDP-wrapped layer under torch.compile (DDP's optimizer splits the
         # graph at its gradient buckets; the loss sums' all-reduce is traced).
         wrapped = make_layer()
@@ -93,9 +101,11 @@ def _worker(rank, port, out_dir):
         layer_loss(ret, x.shape[0] * x.shape[1], WORLD).backward()
         from torch._dynamo.utils import counters
 
-        results["ddp_compiled"] = {"aux": float(ret.aux_loss.detach()),
-                                   "graphs": counters["stats"]["unique_graphs"],
-                                   "grads": {k: p.grad for k, p in wrapped.named_parameters()}}
+        results["ddp_compiled"] = {
+            "aux": float(ret.aux_loss.detach()),
+            "graphs": counters["stats"]["unique_graphs"],
+            "grads": {k: p.grad for k, p in wrapped.named_parameters()},
+        }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -11,8 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lfq import reference  # noqa: E402
 from lfq.backends.torch_backend import LFQ, LossBreakdown, Return  # noqa: E402
+
+from lfq import reference  # noqa: E402
 
 
 def rand(*shape, seed=0, scale=0.1):
@@ -93,8 +94,9 @@ def test_projections_gradients_and_state_dict_round_trip():
     ret = layer(x)
     h = layer.project_in(x)
     check_against_reference(layer, h, ret)
-    assert torch.equal(ret.quantized, layer.project_out(torch.from_numpy(reference.quantize(h.detach().numpy(),
-                                                                                          layer.cfg))))
+    assert torch.equal(
+        ret.quantized, layer.project_out(torch.from_numpy(reference.quantize(h.detach().numpy(), layer.cfg)))
+    )
     (ret.aux_loss + ret.quantized.square().mean()).backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.any(p.grad != 0), name
@@ -103,13 +105,19 @@ def test_projections_gradients_and_state_dict_round_trip():
     cot = rand(3, 4, 8, seed=3)
     out = layer.backend.lfq(h, layer.cfg)
     (out.aux_loss + (out.codes * cot).sum()).backward()
-    want = reference.vjp("aux_loss", h.detach().numpy(), layer.cfg) + \
-        reference.vjp("codes", h.detach().numpy(), layer.cfg, cot.numpy())
+    want = reference.vjp("aux_loss", h.detach().numpy(), layer.cfg) + reference.vjp(
+        "codes", h.detach().numpy(), layer.cfg, cot.numpy()
+    )
     np.testing.assert_allclose(h.grad.numpy(), want, rtol=1e-10, atol=1e-14)
     clone = LFQ(dim=12, codebook_dim=4, num_codebooks=2, commitment_loss_weight=0.5).double()
     clone.load_state_dict(layer.state_dict())
-    assert sorted(layer.state_dict()) == ["mask", "project_in.bias", "project_in.weight",
-                                          "project_out.bias", "project_out.weight"]
+    assert sorted(layer.state_dict()) == [
+        "mask",
+        "project_in.bias",
+        "project_in.weight",
+        "project_out.bias",
+        "project_out.weight",
+    ]
     again = clone(x)
     assert torch.equal(again.quantized, ret.quantized) and torch.equal(again.indices, ret.indices)
     assert float(again.aux_loss) == float(ret.aux_loss)

@@ -29,13 +29,27 @@ CHECKPOINTS = pathlib.Path(__file__).with_name("data") / "vqp_checkpoints.pt"
 #: vector-quantize-pytorch 1.32.0's `LFQ.__init__` arguments and defaults (checked against the
 #: installed package when there is one).
 VQP_LFQ_ARGUMENTS = {
-    "dim": None, "codebook_size": None, "entropy_loss_weight": 0.1, "commitment_loss_weight": 0.0,
-    "diversity_gamma": 1.0, "straight_through_activation": torch.nn.Identity(), "num_codebooks": 1,
-    "keep_num_codebooks_dim": None, "codebook_scale": 1.0, "frac_per_sample_entropy": 1.0,
-    "has_projections": None, "projection_has_bias": True, "soft_clamp_input_value": None,
-    "cosine_sim_project_in": False, "cosine_sim_project_in_scale": None, "channel_first": None,
-    "experimental_softplus_entropy_loss": False, "entropy_loss_offset": 5.0, "spherical": False,
-    "force_quantization_f32": True, "orthogonal_rotation": False,
+    "dim": None,
+    "codebook_size": None,
+    "entropy_loss_weight": 0.1,
+    "commitment_loss_weight": 0.0,
+    "diversity_gamma": 1.0,
+    "straight_through_activation": torch.nn.Identity(),
+    "num_codebooks": 1,
+    "keep_num_codebooks_dim": None,
+    "codebook_scale": 1.0,
+    "frac_per_sample_entropy": 1.0,
+    "has_projections": None,
+    "projection_has_bias": True,
+    "soft_clamp_input_value": None,
+    "cosine_sim_project_in": False,
+    "cosine_sim_project_in_scale": None,
+    "channel_first": None,
+    "experimental_softplus_entropy_loss": False,
+    "entropy_loss_offset": 5.0,
+    "spherical": False,
+    "force_quantization_f32": True,
+    "orthogonal_rotation": False,
 }
 
 
@@ -59,14 +73,21 @@ def test_every_vqp_constructor_argument_is_accepted():
         params = inspect.signature(theirs().LFQ.__init__).parameters
         names = {n for n in params if n != "self"}
         assert names <= set(inspect.signature(LFQ.__init__).parameters), names - set(
-            inspect.signature(LFQ.__init__).parameters)
+            inspect.signature(LFQ.__init__).parameters
+        )
     defaults = dict(VQP_LFQ_ARGUMENTS, codebook_size=256)
     layer = LFQ(**defaults)
     assert (layer.codebook_size, layer.dim, layer.has_projections) == (256, 8, False)
-    for name, value in [("frac_per_sample_entropy", 0.25), ("force_quantization_f32", False),
-                        ("experimental_softplus_entropy_loss", True), ("entropy_loss_offset", 3.0),
-                        ("cosine_sim_project_in", True), ("orthogonal_rotation", True),
-                        ("straight_through_activation", torch.nn.SiLU()), ("soft_clamp_input_value", 2.0)]:
+    for name, value in [
+        ("frac_per_sample_entropy", 0.25),
+        ("force_quantization_f32", False),
+        ("experimental_softplus_entropy_loss", True),
+        ("entropy_loss_offset", 3.0),
+        ("cosine_sim_project_in", True),
+        ("orthogonal_rotation", True),
+        ("straight_through_activation", torch.nn.SiLU()),
+        ("soft_clamp_input_value", 2.0),
+    ]:
         LFQ(codebook_size=16, dim=6, **{name: value})(torch.randn(2, 3, 6))
     with pytest.raises(ValueError, match="frac_per_sample_entropy=0"):
         LFQ(codebook_size=16, frac_per_sample_entropy=0)
@@ -80,8 +101,15 @@ def test_dim_alone_means_codebook_size_two_to_the_dim():
 
 
 def test_attributes_code_reads():
-    layer = LFQ(codebook_size=64, dim=12, num_codebooks=2, spherical=True, codebook_scale=0.5,
-                commitment_loss_weight=0.0, diversity_gamma=2.0)
+    layer = LFQ(
+        codebook_size=64,
+        dim=12,
+        num_codebooks=2,
+        spherical=True,
+        codebook_scale=0.5,
+        commitment_loss_weight=0.0,
+        diversity_gamma=2.0,
+    )
     assert (layer.codebook_dim, layer.codebook_size, layer.num_codebooks, layer.dim) == (6, 64, 2, 12)
     assert layer.spherical and layer.codebook_scale == 0.5 and layer.diversity_gamma == 2.0
     assert layer.entropy_loss_weight == 0.1 and layer.commitment_loss_weight == 0.0
@@ -133,18 +161,36 @@ def test_per_call_schedule_equals_a_layer_built_with_it():
     x = torch.randn(2, 7, 10, dtype=torch.float64)
     base = LFQ(codebook_size=32, dim=10).double()
     for tau, weight, commit, gamma in [(1.0, 0.1, 0.25, 1.0), (30.0, 0.0, 0.5, 1.0), (7.5, 0.2, 0.0, 0.5)]:
-        built = LFQ(codebook_size=32, dim=10, inv_temperature=tau, entropy_loss_weight=weight,
-                    commitment_loss_weight=commit, diversity_gamma=gamma).double()
+        built = LFQ(
+            codebook_size=32,
+            dim=10,
+            inv_temperature=tau,
+            entropy_loss_weight=weight,
+            commitment_loss_weight=commit,
+            diversity_gamma=gamma,
+        ).double()
         built.load_state_dict(base.state_dict())
-        a = base(x, inv_temperature=tau, entropy_loss_weight=weight, commitment_loss_weight=commit,
-                 diversity_gamma=gamma)
+        a = base(
+            x, inv_temperature=tau, entropy_loss_weight=weight, commitment_loss_weight=commit, diversity_gamma=gamma
+        )
         b = built(x)
         assert torch.equal(a.aux_loss, b.aux_loss) and torch.equal(a.indices, b.indices)
-        ref = reference(base, base.project_in(x), inv_temperature=tau, entropy_weight=weight,
-                        commitment_weight=commit, diversity_gamma=gamma)
+        ref = reference(
+            base,
+            base.project_in(x),
+            inv_temperature=tau,
+            entropy_weight=weight,
+            commitment_weight=commit,
+            diversity_gamma=gamma,
+        )
         np.testing.assert_allclose(a.aux_loss.item(), ref.aux_loss, rtol=1e-10, atol=1e-12)
-    tensor_tau = base(x, inv_temperature=torch.tensor(7.5, dtype=torch.float64), diversity_gamma=0.5,
-                      entropy_loss_weight=0.2, commitment_loss_weight=0.0)
+    tensor_tau = base(
+        x,
+        inv_temperature=torch.tensor(7.5, dtype=torch.float64),
+        diversity_gamma=0.5,
+        entropy_loss_weight=0.2,
+        commitment_loss_weight=0.0,
+    )
     assert torch.allclose(tensor_tau.aux_loss, a.aux_loss, rtol=1e-14)
     with pytest.raises(ValueError, match="inv_temperature=-1.0 must be a finite number > 0"):
         base(x, inv_temperature=-1.0)
@@ -160,7 +206,7 @@ def test_compiled_step_does_not_recompile_for_a_changing_temperature():
     compiled = torch.compile(layer)
     x = torch.randn(2, 8, 4)
     for step in range(50):
-        tau, weight = 100.0 * 0.9 ** step, 0.1 + 0.01 * step
+        tau, weight = 100.0 * 0.9**step, 0.1 + 0.01 * step
         a = compiled(x, inv_temperature=tau, entropy_loss_weight=weight)
         b = layer(x, inv_temperature=tau, entropy_loss_weight=weight)
         torch.testing.assert_close(a.aux_loss, b.aux_loss, rtol=1e-6, atol=1e-7)
@@ -177,8 +223,9 @@ def test_compiled_backend_takes_the_schedule_as_program_inputs():
     for step in range(50):
         tau = 1.0 + 2.0 * step
         out = be.lfq(z, cfg, inv_temperature=tau, commitment_weight=0.01 * (step + 1))
-        ref = lfq.reference.lfq(z.double().numpy(), cfg.replace(inv_temperature=tau,
-                                                                commitment_weight=0.01 * (step + 1)))
+        ref = lfq.reference.lfq(
+            z.double().numpy(), cfg.replace(inv_temperature=tau, commitment_weight=0.01 * (step + 1))
+        )
         np.testing.assert_allclose(out.aux_loss.item(), ref.aux_loss, rtol=2e-5, atol=1e-6)
     # one losses program and one straight-through program, whatever the values
     assert dynamo_utils.counters["stats"]["unique_graphs"] <= 2
@@ -227,8 +274,13 @@ def test_any_straight_through_activation():
 
     def run(act):
         x.grad = None
-        layer = LFQ(codebook_size=16, straight_through_activation=act, entropy_loss_weight=0.0,
-                    commitment_loss_weight=0.0, soft_clamp_input_value=3.0)
+        layer = LFQ(
+            codebook_size=16,
+            straight_through_activation=act,
+            entropy_loss_weight=0.0,
+            commitment_loss_weight=0.0,
+            soft_clamp_input_value=3.0,
+        )
         out = layer(x)
         (out.quantized * upstream).sum().backward()
         assert torch.equal(out.quantized, torch.where(x > 0, 1.0, -1.0))  # the value is the code
@@ -251,8 +303,9 @@ def test_frac_per_sample_entropy_is_exact():
 
 
 def test_softplus_entropy_loss():
-    layer = LFQ(codebook_size=32, experimental_softplus_entropy_loss=True, entropy_loss_offset=2.0,
-                commitment_loss_weight=0.5).double()
+    layer = LFQ(
+        codebook_size=32, experimental_softplus_entropy_loss=True, entropy_loss_offset=2.0, commitment_loss_weight=0.5
+    ).double()
     x = torch.randn(4, 3, 5, dtype=torch.float64)
     ret, parts = layer(x, return_loss_breakdown=True)
     entropy = parts.per_sample_entropy - parts.batch_entropy
@@ -261,8 +314,14 @@ def test_softplus_entropy_loss():
 
 
 def test_orthogonal_rotation_and_cosine_projection():
-    layer = LFQ(codebook_size=16, dim=6, num_codebooks=2, orthogonal_rotation=True, cosine_sim_project_in=True,
-                cosine_sim_project_in_scale=2.0).double()
+    layer = LFQ(
+        codebook_size=16,
+        dim=6,
+        num_codebooks=2,
+        orthogonal_rotation=True,
+        cosine_sim_project_in=True,
+        cosine_sim_project_in_scale=2.0,
+    ).double()
     rot = layer.orthogonal_rot
     torch.testing.assert_close(rot @ rot.T, torch.eye(4, dtype=rot.dtype), rtol=0, atol=1e-6)
     x = torch.randn(3, 5, 6, dtype=torch.float64)
@@ -273,10 +332,17 @@ def test_orthogonal_rotation_and_cosine_projection():
     assert float(cosines.abs().max()) <= 1.0
     rotated = (h.unflatten(-1, (2, 4)) @ rot).flatten(-2)
     assert torch.equal(ret.indices, lfq.get("torch").codes_to_indices(rotated, layer.cfg))
-    assert torch.equal(layer.indices_to_codes(ret.indices, project_out=False),
-                       (torch.where(rotated > 0, 1.0, -1.0).double().unflatten(-1, (2, 4)) @ rot.T).flatten(-2))
-    assert set(layer.state_dict()) == {"mask", "orthogonal_rot", "project_in.weight", "project_out.weight",
-                                       "project_out.bias"}
+    assert torch.equal(
+        layer.indices_to_codes(ret.indices, project_out=False),
+        (torch.where(rotated > 0, 1.0, -1.0).double().unflatten(-1, (2, 4)) @ rot.T).flatten(-2),
+    )
+    assert set(layer.state_dict()) == {
+        "mask",
+        "orthogonal_rot",
+        "project_in.weight",
+        "project_out.weight",
+        "project_out.bias",
+    }
 
 
 # ---------------------------------------------------------- decoder layout
@@ -285,7 +351,7 @@ def test_orthogonal_rotation_and_cosine_projection():
 def test_indices_to_codes_has_the_forward_memory_layout():
     torch.manual_seed(0)
     decoder = torch.nn.Conv2d(12, 3, 3, padding=1).double()
-    for layer in (LFQ(codebook_size=64, dim=12, num_codebooks=2).double(), LFQ(codebook_size=2 ** 12).double()):
+    for layer in (LFQ(codebook_size=64, dim=12, num_codebooks=2).double(), LFQ(codebook_size=2**12).double()):
         layer.eval()
         x = torch.randn(2, 12, 5, 6, dtype=torch.float64)
         quantized, indices, _ = layer(x)
@@ -300,8 +366,9 @@ def test_indices_to_codes_has_the_forward_memory_layout():
 def _their_checkpoints() -> dict:
     """Written now by the installed package, else the stored ones (its 1.32.0)."""
     if HAVE_VQP:
-        spec = importlib.util.spec_from_file_location("make_vqp_checkpoints",
-                                                      CHECKPOINTS.with_name("make_vqp_checkpoints.py"))
+        spec = importlib.util.spec_from_file_location(
+            "make_vqp_checkpoints", CHECKPOINTS.with_name("make_vqp_checkpoints.py")
+        )
         maker = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(maker)
         return maker.their_checkpoints(theirs())
@@ -336,7 +403,8 @@ def test_a_model_that_embeds_the_quantizer_loads_and_legacy_buffers_are_accepted
     Tokenizer(LFQ(codebook_size=1024)).load_state_dict(without_mask, strict=True)
     with pytest.raises(RuntimeError, match="bit_order='msb'.*'lsb' for weights 1, 2, 4"):
         Tokenizer(LFQ(codebook_size=1024)).load_state_dict(
-            Tokenizer(LFQ(codebook_size=1024, bit_order="lsb")).state_dict())
+            Tokenizer(LFQ(codebook_size=1024, bit_order="lsb")).state_dict()
+        )
 
 
 # ----------------------------------------------------------------- residual
@@ -353,8 +421,8 @@ def test_residual_readme_and_exact_stages():
     residual = residual_lfq.project_in(x)
     be = lfq.get("torch")
     for i, layer in enumerate(residual_lfq.layers):
-        assert layer.codebook_scale == 2.0 ** -i
-        assert torch.equal(indices[..., i:i + 1], be.codes_to_indices(residual, layer.cfg))
+        assert layer.codebook_scale == 2.0**-i
+        assert torch.equal(indices[..., i : i + 1], be.codes_to_indices(residual, layer.cfg))
         residual = residual - be.quantize(residual, layer.cfg)
     residual_lfq.train()
     _, _, losses = residual_lfq(x[:, :64])
@@ -395,9 +463,13 @@ def test_beside_vector_quantize_pytorch():
     """Same inputs and weights: indices equal; losses equal where their eps clamp does not bite."""
     vqp = theirs()
     torch.manual_seed(0)
-    for kwargs in [dict(codebook_size=16), dict(codebook_size=64, dim=10, num_codebooks=2),
-                   dict(codebook_size=32, spherical=True), dict(codebook_size=16, soft_clamp_input_value=2.0),
-                   dict(codebook_size=16, experimental_softplus_entropy_loss=True)]:
+    for kwargs in [
+        dict(codebook_size=16),
+        dict(codebook_size=64, dim=10, num_codebooks=2),
+        dict(codebook_size=32, spherical=True),
+        dict(codebook_size=16, soft_clamp_input_value=2.0),
+        dict(codebook_size=16, experimental_softplus_entropy_loss=True),
+    ]:
         kwargs = dict(kwargs, commitment_loss_weight=0.25)
         ours, them = LFQ(**kwargs), vqp.LFQ(**kwargs)
         ours.load_state_dict(them.state_dict(), strict=True)
@@ -414,9 +486,12 @@ def test_beside_vector_quantize_pytorch():
     theirs_masked = them(x, inv_temperature=0.5, mask=mask, return_loss_breakdown=True)[1]
     ours_masked = layer(x, inv_temperature=0.5, mask=mask, return_loss_breakdown=True)[1]
     torch.testing.assert_close(theirs_masked.batch_entropy, theirs_masked.per_sample_entropy)
-    torch.testing.assert_close(ours_masked.batch_entropy, them(x, inv_temperature=0.5,
-                                                               return_loss_breakdown=True)[1].batch_entropy,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ours_masked.batch_entropy,
+        them(x, inv_temperature=0.5, return_loss_breakdown=True)[1].batch_entropy,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @needs_vqp

@@ -83,7 +83,7 @@ def _subcode_probs_jvp(precision, primals, tangents):
     # dp_j = p_j * sum_i (bit_i(j) - sigmoid(a_i)) da_i
     (a,), (a_dot,) = primals, tangents
     probs = factorized.subcode_probs(a, jnp)
-    bits = jnp.asarray(factorized.subcode_bits(a.shape[-1]).T, dtype=probs.dtype)     # [k, 2^k]
+    bits = jnp.asarray(factorized.subcode_bits(a.shape[-1]).T, dtype=probs.dtype)  # [k, 2^k]
     sigmoid = jnp.exp(factorized.bit_log_probs(a, jnp)[0])
     on = jnp.matmul(a_dot, bits, precision=precision)
     return probs, probs * (on - jnp.sum(sigmoid * a_dot, axis=-1, keepdims=True))
@@ -212,8 +212,9 @@ class JaxBackend(ArrayBackend):
 
     def check_array(self, x, name: str) -> None:
         """`jax.Array` (tracers included) or `numpy.ndarray`; anything else is refused."""
-        validation.check_array(x, name, self.name, (jax.Array, np.ndarray), "jax.Array or numpy.ndarray",
-                               "jnp.asarray(...)")
+        validation.check_array(
+            x, name, self.name, (jax.Array, np.ndarray), "jax.Array or numpy.ndarray", "jnp.asarray(...)"
+        )
 
     def _entry(self, cfg, **arrays) -> None:
         """The checks every public operation makes first, before any jit (whose static
@@ -253,8 +254,7 @@ class JaxBackend(ArrayBackend):
 
     def _check(self, z, cfg: Config):
         if validation.dtype_name(z.dtype) == "float64" and not x64_enabled():
-            raise TypeError(f"z has dtype float64 but JAX's 64-bit mode is off: {_X64_FIX}, "
-                            "or cast z to float32")
+            raise TypeError(f"z has dtype float64 but JAX's 64-bit mode is off: {_X64_FIX}, or cast z to float32")
         return super()._check(z, cfg)
 
     # ------------------------------------------------- interface (jit-aware)
@@ -361,7 +361,7 @@ class JaxBackend(ArrayBackend):
 
     # ------------------------------------------------------------ the rest
 
-    def compiled(self) -> "JaxBackend":
+    def compiled(self) -> JaxBackend:
         """This backend with every operation under `jax.jit` (cfg static)."""
         return self if self.jit else _COMPILED
 
@@ -398,8 +398,10 @@ def _device(device):
     try:
         devices = jax.devices(platform)
     except RuntimeError as err:
-        raise ValueError(f"device={device!r}: JAX has no {platform!r} devices here (it has "
-                         f"{[str(d) for d in jax.devices()]}); install jax with that platform's plugin") from err
+        raise ValueError(
+            f"device={device!r}: JAX has no {platform!r} devices here (it has "
+            f"{[str(d) for d in jax.devices()]}); install jax with that platform's plugin"
+        ) from err
     if index and (not index.isdigit() or int(index) >= len(devices)):
         raise ValueError(f"device={device!r}: use an index in [0, {len(devices) - 1}]")
     return devices[int(index) if index else 0]
@@ -429,15 +431,21 @@ _COMPILED = JaxBackend(jit=True)
 def _jitted(op: str):
     """`jax.jit` of one eager operation; array arguments traced, the rest static."""
     if op in ("entropy", "commitment_loss", "lfq"):
+
         def fn(z, mask, cfg, schedule, options):
             return getattr(_EAGER, op)(z, cfg, mask, **dict(options), **schedule)
+
         return jax.jit(fn, static_argnums=(2, 4))
     if op == "vjp":
+
         def fn(z, cotangent, mask, cfg, schedule, options, *, term):
             return _EAGER._vjp(z, cotangent, mask, term, cfg, {**dict(options), **schedule})
+
         return jax.jit(fn, static_argnums=(3, 5), static_argnames=("term",))
     if op == "indices_to_codes":
+
         def fn(indices, *, cfg, dtype):
             return _EAGER.indices_to_codes(indices, cfg, dtype)
+
         return jax.jit(fn, static_argnames=("cfg", "dtype"))
     return jax.jit(lambda z, *, cfg: getattr(_EAGER, op)(z, cfg), static_argnames=("cfg",))

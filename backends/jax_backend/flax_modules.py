@@ -46,6 +46,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess test
 
 from lfq.backends.jax_backend import module as _module
 from lfq.backends.jax_backend.backend import _precision
+
 from lfq.config import Config
 
 __all__ = ["LFQ", "LinenLFQ"]
@@ -121,27 +122,57 @@ class LFQ(_PlainDelegate, nnx.Module):
         ((2, 8, 16), (2, 8))
     """
 
-    def __init__(self, *, dim: int | None = None, codebook_size: int | None = None,
-                 codebook_dim: int | None = None, num_codebooks: int = 1, entropy_loss_weight: float = 0.1,
-                 commitment_loss_weight: float = 0.25, diversity_gamma: float = 1.0,
-                 inv_temperature: float = 100.0, spherical: bool = False, codebook_scale: float = 1.0,
-                 soft_clamp_input_value: float | None = None, straight_through_activation: str = "identity",
-                 bit_order: str = "msb", batch_entropy: str = "exact", max_exact_bits: int = 24,
-                 precision: str = "highest", channel_first: bool | None = None,
-                 keep_num_codebooks_dim: bool | None = None, return_loss_breakdown: bool = False,
-                 has_projections: bool | None = None, projection_has_bias: bool = True,
-                 param_dtype: Any = jnp.float32, deterministic: bool = False,
-                 rngs: nnx.Rngs | int | None = None):
+    def __init__(
+        self,
+        *,
+        dim: int | None = None,
+        codebook_size: int | None = None,
+        codebook_dim: int | None = None,
+        num_codebooks: int = 1,
+        entropy_loss_weight: float = 0.1,
+        commitment_loss_weight: float = 0.25,
+        diversity_gamma: float = 1.0,
+        inv_temperature: float = 100.0,
+        spherical: bool = False,
+        codebook_scale: float = 1.0,
+        soft_clamp_input_value: float | None = None,
+        straight_through_activation: str = "identity",
+        bit_order: str = "msb",
+        batch_entropy: str = "exact",
+        max_exact_bits: int = 24,
+        precision: str = "highest",
+        channel_first: bool | None = None,
+        keep_num_codebooks_dim: bool | None = None,
+        return_loss_breakdown: bool = False,
+        has_projections: bool | None = None,
+        projection_has_bias: bool = True,
+        param_dtype: Any = jnp.float32,
+        deterministic: bool = False,
+        rngs: nnx.Rngs | int | None = None,
+    ):
         quantizer = _PlainLFQ(
-            dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
-            entropy_loss_weight=entropy_loss_weight, commitment_loss_weight=commitment_loss_weight,
-            diversity_gamma=diversity_gamma, inv_temperature=inv_temperature, spherical=spherical,
-            codebook_scale=codebook_scale, soft_clamp_input_value=soft_clamp_input_value,
-            straight_through_activation=straight_through_activation, bit_order=bit_order,
-            batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision,
-            channel_first=channel_first, keep_num_codebooks_dim=keep_num_codebooks_dim,
-            return_loss_breakdown=return_loss_breakdown, has_projections=has_projections,
-            projection_has_bias=projection_has_bias)
+            dim=dim,
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            num_codebooks=num_codebooks,
+            entropy_loss_weight=entropy_loss_weight,
+            commitment_loss_weight=commitment_loss_weight,
+            diversity_gamma=diversity_gamma,
+            inv_temperature=inv_temperature,
+            spherical=spherical,
+            codebook_scale=codebook_scale,
+            soft_clamp_input_value=soft_clamp_input_value,
+            straight_through_activation=straight_through_activation,
+            bit_order=bit_order,
+            batch_entropy=batch_entropy,
+            max_exact_bits=max_exact_bits,
+            precision=precision,
+            channel_first=channel_first,
+            keep_num_codebooks_dim=keep_num_codebooks_dim,
+            return_loss_breakdown=return_loss_breakdown,
+            has_projections=has_projections,
+            projection_has_bias=projection_has_bias,
+        )
         self.jax_module = quantizer
         self.deterministic = deterministic
         if not quantizer.uses_projections:
@@ -151,24 +182,35 @@ class LFQ(_PlainDelegate, nnx.Module):
             raise ValueError(
                 f"LFQ(dim={quantizer.input_dim}, ...) has projections (dim != C*D = "
                 f"{quantizer.config.num_features}, or has_projections=True): pass rngs=nnx.Rngs(0) "
-                "(any seed) to initialize project_in and project_out")
+                "(any seed) to initialize project_in and project_out"
+            )
         if isinstance(rngs, int) and not isinstance(rngs, bool):
             rngs = nnx.Rngs(rngs)
         dim, features = _projection_shapes(quantizer)
-        options = dict(use_bias=projection_has_bias, param_dtype=param_dtype,
-                       precision=_precision(quantizer.config), rngs=rngs)
-        self.project_in = nnx.Linear(dim, features, kernel_init=_uniform(dim), bias_init=_uniform(dim),
-                                     **options)
-        self.project_out = nnx.Linear(features, dim, kernel_init=_uniform(features),
-                                      bias_init=_uniform(features), **options)
+        options = dict(
+            use_bias=projection_has_bias, param_dtype=param_dtype, precision=_precision(quantizer.config), rngs=rngs
+        )
+        self.project_in = nnx.Linear(dim, features, kernel_init=_uniform(dim), bias_init=_uniform(dim), **options)
+        self.project_out = nnx.Linear(
+            features, dim, kernel_init=_uniform(features), bias_init=_uniform(features), **options
+        )
 
     def _projections(self) -> dict:
         if self.project_in is None:
             return {}
         return {"project_in": self.project_in, "project_out": self.project_out}
 
-    def __call__(self, x, mask=None, *, train: bool | None = None, compute_loss: bool | None = None,
-                 return_loss_breakdown: bool | None = None, axis_name=None, **schedule):
+    def __call__(
+        self,
+        x,
+        mask=None,
+        *,
+        train: bool | None = None,
+        compute_loss: bool | None = None,
+        return_loss_breakdown: bool | None = None,
+        axis_name=None,
+        **schedule,
+    ):
         """Quantize `x`; the arguments and result of the plain module's `apply` (without `params`).
 
         Returns:
@@ -176,9 +218,16 @@ class LFQ(_PlainDelegate, nnx.Module):
             when `return_loss_breakdown`.
         """
         train = not self.deterministic if train is None else train
-        return self.jax_module.apply(self._projections(), x, mask, train=train, compute_loss=compute_loss,
-                                     return_loss_breakdown=return_loss_breakdown, axis_name=axis_name,
-                                     **schedule)
+        return self.jax_module.apply(
+            self._projections(),
+            x,
+            mask,
+            train=train,
+            compute_loss=compute_loss,
+            return_loss_breakdown=return_loss_breakdown,
+            axis_name=axis_name,
+            **schedule,
+        )
 
     def indices_to_codes(self, indices, project_out: bool = True, dtype: str = "float32"):
         """Codes of `indices` in the input layout (see the plain module's `indices_to_codes`)."""
@@ -250,24 +299,39 @@ class LinenLFQ(_PlainDelegate, nn.Module):
         quantizer = self.jax_module
         if quantizer.uses_projections:
             dim, features = _projection_shapes(quantizer)
-            options = dict(use_bias=self.projection_has_bias, param_dtype=self.param_dtype,
-                           precision=_precision(quantizer.config))
+            options = dict(
+                use_bias=self.projection_has_bias, param_dtype=self.param_dtype, precision=_precision(quantizer.config)
+            )
             self.project_in = nn.Dense(features, kernel_init=_uniform(dim), bias_init=_uniform(dim), **options)
-            self.project_out = nn.Dense(dim, kernel_init=_uniform(features), bias_init=_uniform(features),
-                                        **options)
+            self.project_out = nn.Dense(dim, kernel_init=_uniform(features), bias_init=_uniform(features), **options)
 
     def _projections(self) -> dict:
         if not self.uses_projections:
             return {}
         return {"project_in": self.project_in, "project_out": self.project_out}
 
-    def __call__(self, x, mask=None, train: bool = True, compute_loss: bool | None = None,
-                 return_loss_breakdown: bool | None = None, axis_name=None, **schedule):
+    def __call__(
+        self,
+        x,
+        mask=None,
+        train: bool = True,
+        compute_loss: bool | None = None,
+        return_loss_breakdown: bool | None = None,
+        axis_name=None,
+        **schedule,
+    ):
         """Quantize `x`; the arguments and result of the plain module's `apply` (without `params`),
         including the per-call schedule (`inv_temperature=`, `entropy_loss_weight=`, ...)."""
-        return self.jax_module.apply(self._projections(), x, mask, train=train, compute_loss=compute_loss,
-                                     return_loss_breakdown=return_loss_breakdown, axis_name=axis_name,
-                                     **schedule)
+        return self.jax_module.apply(
+            self._projections(),
+            x,
+            mask,
+            train=train,
+            compute_loss=compute_loss,
+            return_loss_breakdown=return_loss_breakdown,
+            axis_name=axis_name,
+            **schedule,
+        )
 
     def indices_to_codes(self, indices, project_out: bool = True, dtype: str = "float32"):
         """Codes of `indices` in the input layout (see the plain module's `indices_to_codes`).

@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from lfq.backends.jax_backend.backend import _precision
 
 import lfq
 from lfq import validation
-from lfq.backends.jax_backend.backend import _precision
 from lfq.config import Config
 from lfq.layer_options import LAYER_ARGUMENTS, layer_options, mask_layout, schedule_options
 
@@ -137,8 +137,10 @@ class LFQ:
             return {}
         key_in, key_out = jax.random.split(key)
         cd = self.config.num_features
-        return {"project_in": self._dense_init(key_in, self.input_dim, cd, dtype),
-                "project_out": self._dense_init(key_out, cd, self.input_dim, dtype)}
+        return {
+            "project_in": self._dense_init(key_in, self.input_dim, cd, dtype),
+            "project_out": self._dense_init(key_out, cd, self.input_dim, dtype),
+        }
 
     def _dense_init(self, key, fan_in: int, fan_out: int, dtype) -> dict:
         bound = 1.0 / math.sqrt(fan_in)
@@ -150,18 +152,32 @@ class LFQ:
 
     def _dense(self, params: dict, name: str, x):
         if not isinstance(params, dict) or name not in params:
-            raise ValueError(f"params has no {name!r}: this module uses projections "
-                             f"(dim={self.input_dim} != C*D or has_projections=True); "
-                             "create the params with LFQ.init(key)")
+            raise ValueError(
+                f"params has no {name!r}: this module uses projections "
+                f"(dim={self.input_dim} != C*D or has_projections=True); "
+                "create the params with LFQ.init(key)"
+            )
         layer = params[name]
         if callable(layer):  # a framework's layer, e.g. the nnx.Linear / nn.Dense of flax_modules
             return layer(x)
         y = jnp.matmul(x, layer["kernel"], precision=_precision(self.config))
         return y + layer["bias"] if "bias" in layer else y
 
-    def apply(self, params: dict, x, mask=None, *, train: bool = True, compute_loss: bool | None = None,
-              return_loss_breakdown: bool | None = None, axis_name=None, inv_temperature=None,
-              entropy_loss_weight=None, commitment_loss_weight=None, diversity_gamma=None):
+    def apply(
+        self,
+        params: dict,
+        x,
+        mask=None,
+        *,
+        train: bool = True,
+        compute_loss: bool | None = None,
+        return_loss_breakdown: bool | None = None,
+        axis_name=None,
+        inv_temperature=None,
+        entropy_loss_weight=None,
+        commitment_loss_weight=None,
+        diversity_gamma=None,
+    ):
         """Quantize `x` and (when training) compute the aux loss.
 
         Args:
@@ -193,30 +209,43 @@ class LFQ:
         x = x if isinstance(x, jax.Array) else jnp.asarray(x)
         channel_first = self._is_channel_first(x.ndim)
         if x.ndim < (2 if channel_first else 1):
-            raise ValueError(f"x has shape {tuple(x.shape)}: expected [batch, ..., {self.input_dim}] "
-                             f"(or [batch, {self.input_dim}, ...] channel-first)")
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}: expected [batch, ..., {self.input_dim}] "
+                f"(or [batch, {self.input_dim}, ...] channel-first)"
+            )
         if channel_first:
             x = jnp.moveaxis(x, 1, -1)
         if x.shape[-1] != self.input_dim:
             where = "axis 1 (channel-first)" if channel_first else "the last axis"
             raise ValueError(
                 f"x: expected {self.input_dim} features on {where}, got shape {tuple(x.shape)} "
-                f"(after moving features last): pass dim={x.shape[-1]} to LFQ, or set channel_first")
+                f"(after moving features last): pass dim={x.shape[-1]} to LFQ, or set channel_first"
+            )
         if validation.dtype_name(x.dtype) not in validation.FLOAT_DTYPES:
-            raise TypeError(f"x has dtype {validation.dtype_name(x.dtype)}; LFQ quantizes real "
-                            f"floating-point features ({', '.join(validation.FLOAT_DTYPES)}): cast it first")
+            raise TypeError(
+                f"x has dtype {validation.dtype_name(x.dtype)}; LFQ quantizes real "
+                f"floating-point features ({', '.join(validation.FLOAT_DTYPES)}): cast it first"
+            )
         cfg = self.config
         if mask is not None:
             tokens = tuple(x.shape[:-1])
-            mask = mask if tuple(mask.shape) == tokens else jnp.broadcast_to(
-                jnp.reshape(mask, mask_layout(mask.shape, tokens)), tokens)
+            mask = (
+                mask
+                if tuple(mask.shape) == tokens
+                else jnp.broadcast_to(jnp.reshape(mask, mask_layout(mask.shape, tokens)), tokens)
+            )
         z = self._dense(params, "project_in", x) if self.uses_projections else x
         compute = train if compute_loss is None else compute_loss
         if compute:
             options = {} if axis_name is None else {"axis_name": axis_name}
-            options.update(schedule_options(
-                inv_temperature=inv_temperature, entropy_loss_weight=entropy_loss_weight,
-                commitment_loss_weight=commitment_loss_weight, diversity_gamma=diversity_gamma))
+            options.update(
+                schedule_options(
+                    inv_temperature=inv_temperature,
+                    entropy_loss_weight=entropy_loss_weight,
+                    commitment_loss_weight=commitment_loss_weight,
+                    diversity_gamma=diversity_gamma,
+                )
+            )
             out = backend.lfq(z, cfg, mask, **options)
             codes, indices, aux = out.codes, out.indices, out.aux_loss
             breakdown = LossBreakdown(out.per_sample_entropy, out.batch_entropy, out.commitment_loss)

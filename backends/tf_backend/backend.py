@@ -29,14 +29,14 @@ from typing import Any, NamedTuple, final
 
 import numpy as np
 import tensorflow as tf
+from lfq.backends.tf_backend import array_namespace, ops
+from lfq.backends.tf_backend.compiled import CompiledTensorFlowBackend
 
 from lfq import validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
 from lfq.factorized import LossSums
 from lfq.interface import GRAD_TERMS, LFQOutput
-from lfq.backends.tf_backend import array_namespace, ops
-from lfq.backends.tf_backend.compiled import CompiledTensorFlowBackend
 
 __all__ = ["TensorFlowBackend"]
 
@@ -137,14 +137,15 @@ class TensorFlowBackend(ArrayBackend):
         context = options.get("replica_context")
         if isinstance(context, str):
             if context != "auto":
-                raise ValueError(f"replica_context={context!r} must be a tf.distribute.ReplicaContext, "
-                                 "'auto' or None")
+                raise ValueError(f"replica_context={context!r} must be a tf.distribute.ReplicaContext, 'auto' or None")
             context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
             return sums
         if not isinstance(context, tf.distribute.ReplicaContext):
-            raise TypeError(f"replica_context={context!r} must be a tf.distribute.ReplicaContext, "
-                            "as returned by tf.distribute.get_replica_context() inside strategy.run")
+            raise TypeError(
+                f"replica_context={context!r} must be a tf.distribute.ReplicaContext, "
+                "as returned by tf.distribute.get_replica_context() inside strategy.run"
+            )
         flat = [sums.sample_entropy, sums.token_count, sums.commitment, *sums.histograms]
         # One batched collective; its gradient is again an all-reduce SUM (see the class docstring).
         total = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
@@ -202,8 +203,9 @@ class TensorFlowBackend(ArrayBackend):
         with an unknown N the count comes from an all-true mask instead.
         """
         if z.shape.rank is None:
-            raise ValueError("z has unknown rank inside tf.function: give it an input_signature "
-                             "with a known number of dimensions")
+            raise ValueError(
+                "z has unknown rank inside tf.function: give it an input_signature with a known number of dimensions"
+            )
         validation.check_features(z.shape, z.dtype, cfg)
         rank = z.shape.rank
         axis = cfg.feature_axis % rank
@@ -213,8 +215,7 @@ class TensorFlowBackend(ArrayBackend):
             mask = tf.ones(tf.shape(moved)[:-1], dtype=tf.bool)
         elif mask.dtype != tf.bool or not mask.shape.is_compatible_with(tokens):
             validation.check_mask(mask.shape, mask.dtype, z.shape, cfg)  # raises the standard message
-        flat = _Flat(tf.reshape(moved, [-1, cfg.num_features]), tf.reshape(mask, [-1]),
-                     cfg.replace(feature_axis=-1))
+        flat = _Flat(tf.reshape(moved, [-1, cfg.num_features]), tf.reshape(mask, [-1]), cfg.replace(feature_axis=-1))
         return flat, _Restore(z, moved, axis, tokens, cfg)
 
     # ------------------------------------------------------- autodiff, modes
@@ -247,7 +248,7 @@ class TensorFlowBackend(ArrayBackend):
         grad = tape.gradient(value, z, output_gradients=cotangent)
         return tf.zeros_like(z) if grad is None else grad
 
-    def compiled(self) -> "CompiledTensorFlowBackend":
+    def compiled(self) -> CompiledTensorFlowBackend:
         with self._lock:
             if self._compiled is None:
                 self._compiled = CompiledTensorFlowBackend(self)

@@ -7,12 +7,12 @@ import threading
 from typing import TYPE_CHECKING, final
 
 import tensorflow as tf
+from lfq.backends.tf_backend.ops import as_tensor
 
 from lfq import validation
 from lfq.config import Config
 from lfq.factorized import SCHEDULE_FIELDS
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
-from lfq.backends.tf_backend.ops import as_tensor
 
 if TYPE_CHECKING:  # the eager backend imports this module
     from lfq.backends.tf_backend.backend import TensorFlowBackend
@@ -39,7 +39,7 @@ class CompiledTensorFlowBackend:
     dtypes = validation.FLOAT_DTYPES
     modes = ("eager", "compiled")
 
-    def __init__(self, eager: "TensorFlowBackend"):
+    def __init__(self, eager: TensorFlowBackend):
         self._eager = eager
         self._functions: dict = {}
         self._lock = threading.Lock()
@@ -88,8 +88,9 @@ class CompiledTensorFlowBackend:
         if bounds is not None:
             validation.check_index_range(*bounds, cfg)
         dtype = validation.check_codes_dtype(dtype)
-        return self._run(("indices_to_codes", cfg, dtype),
-                         lambda i: self._eager.indices_to_codes(i, cfg, dtype), indices)
+        return self._run(
+            ("indices_to_codes", cfg, dtype), lambda i: self._eager.indices_to_codes(i, cfg, dtype), indices
+        )
 
     def straight_through(self, z, cfg: Config):
         z, _ = self._z(z, cfg)
@@ -101,8 +102,12 @@ class CompiledTensorFlowBackend:
         cfg, values, options = validation.program_schedule(cfg, options)
         self._no_options(options)
         # tf.constant for floats: tf.cast would make a float32 tensor of a Python float first
-        scalars = tf.stack([tf.constant(v, tf.float64) if isinstance(v, float) else tf.cast(v, tf.float64)
-                            for v in (values[name] for name in SCHEDULE_FIELDS)])
+        scalars = tf.stack(
+            [
+                tf.constant(v, tf.float64) if isinstance(v, float) else tf.cast(v, tf.float64)
+                for v in (values[name] for name in SCHEDULE_FIELDS)
+            ]
+        )
         return cfg, scalars
 
     def _losses(self, op, z, cfg, mask, options):
@@ -150,7 +155,7 @@ class CompiledTensorFlowBackend:
 
         return self._run(("vjp", cfg, term, has_cot, has_mask), body, *arrays)
 
-    def compiled(self) -> "CompiledTensorFlowBackend":
+    def compiled(self) -> CompiledTensorFlowBackend:
         return self
 
     def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:

@@ -69,17 +69,16 @@ def batch_code_usage(indices, cfg: Config, mask=None):
         0 and 1.
     """
     c = cfg.num_codebooks
-    keys = tf.transpose(tf.reshape(tf.cast(indices, tf.int64), [-1, c]))             # [C, N]
+    keys = tf.transpose(tf.reshape(tf.cast(indices, tf.int64), [-1, c]))  # [C, N]
     if mask is not None:
         keys = tf.where(tf.reshape(mask, [1, -1]), keys, tf.constant(-1, tf.int64))
     keys = tf.sort(keys, axis=-1)
     n = tf.shape(keys)[1]
-    starts = tf.concat([tf.ones([c, 1], tf.int32),
-                        tf.cast(keys[:, 1:] != keys[:, :-1], tf.int32)], axis=1)
+    starts = tf.concat([tf.ones([c, 1], tf.int32), tf.cast(keys[:, 1:] != keys[:, :-1], tf.int32)], axis=1)
     # Run ids, offset per codebook so that one segment sum serves every codebook.
     runs = tf.cumsum(starts, axis=1) - 1 + tf.range(c)[:, None] * n
     valid = tf.cast(keys >= 0, tf.float32)
-    counts = tf.reshape(tf.math.unsorted_segment_sum(valid, runs, c * n), [c, -1])     # [C, N]
+    counts = tf.reshape(tf.math.unsorted_segment_sum(valid, runs, c * n), [c, -1])  # [C, N]
     total = tf.reduce_sum(counts, axis=1, keepdims=True)
     p = counts / tf.maximum(total, 1.0)
     entropy = -tf.reduce_sum(tf.where(p > 0, p * tf.math.log(tf.where(p > 0, p, 1.0)), 0.0), axis=1)
@@ -127,13 +126,34 @@ class LFQLayer(keras.layers.Layer):
         `(LFQLayerOutput, LossBreakdown)` when the breakdown is asked for.
     """
 
-    def __init__(self, *, dim=None, codebook_size=None, codebook_dim=None, num_codebooks=1,
-                 entropy_loss_weight=0.1, commitment_loss_weight=0.25, diversity_gamma=1.0,
-                 inv_temperature=100.0, spherical=False, codebook_scale=1.0,
-                 soft_clamp_input_value=None, straight_through_activation="identity", bit_order="msb",
-                 batch_entropy="exact", max_exact_bits=24, precision="highest", channel_first=None,
-                 keep_num_codebooks_dim=None, has_projections=None, projection_has_bias=True,
-                 return_loss_breakdown=False, sync_replicas=True, track_code_usage=True, **kwargs):
+    def __init__(
+        self,
+        *,
+        dim=None,
+        codebook_size=None,
+        codebook_dim=None,
+        num_codebooks=1,
+        entropy_loss_weight=0.1,
+        commitment_loss_weight=0.25,
+        diversity_gamma=1.0,
+        inv_temperature=100.0,
+        spherical=False,
+        codebook_scale=1.0,
+        soft_clamp_input_value=None,
+        straight_through_activation="identity",
+        bit_order="msb",
+        batch_entropy="exact",
+        max_exact_bits=24,
+        precision="highest",
+        channel_first=None,
+        keep_num_codebooks_dim=None,
+        has_projections=None,
+        projection_has_bias=True,
+        return_loss_breakdown=False,
+        sync_replicas=True,
+        track_code_usage=True,
+        **kwargs,
+    ):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 f"LFQLayer runs on Keras's TensorFlow backend, but KERAS_BACKEND is "
@@ -143,16 +163,30 @@ class LFQLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         # get_config's dict: every constructor argument, as given
         self._config = dict(
-            dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
-            entropy_loss_weight=entropy_loss_weight, commitment_loss_weight=commitment_loss_weight,
-            diversity_gamma=diversity_gamma, inv_temperature=inv_temperature, spherical=spherical,
-            codebook_scale=codebook_scale, soft_clamp_input_value=soft_clamp_input_value,
-            straight_through_activation=straight_through_activation, bit_order=bit_order,
-            batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision,
-            channel_first=channel_first, keep_num_codebooks_dim=keep_num_codebooks_dim,
-            has_projections=has_projections, projection_has_bias=projection_has_bias,
-            return_loss_breakdown=return_loss_breakdown, sync_replicas=sync_replicas,
-            track_code_usage=track_code_usage)
+            dim=dim,
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            num_codebooks=num_codebooks,
+            entropy_loss_weight=entropy_loss_weight,
+            commitment_loss_weight=commitment_loss_weight,
+            diversity_gamma=diversity_gamma,
+            inv_temperature=inv_temperature,
+            spherical=spherical,
+            codebook_scale=codebook_scale,
+            soft_clamp_input_value=soft_clamp_input_value,
+            straight_through_activation=straight_through_activation,
+            bit_order=bit_order,
+            batch_entropy=batch_entropy,
+            max_exact_bits=max_exact_bits,
+            precision=precision,
+            channel_first=channel_first,
+            keep_num_codebooks_dim=keep_num_codebooks_dim,
+            has_projections=has_projections,
+            projection_has_bias=projection_has_bias,
+            return_loss_breakdown=return_loss_breakdown,
+            sync_replicas=sync_replicas,
+            track_code_usage=track_code_usage,
+        )
         self.options = layer_options(**{name: self._config[name] for name in LAYER_ARGUMENTS})
         self.cfg, self.dim = self.options.config, self.options.dim
         self.has_projections = self.options.has_projections
@@ -167,10 +201,12 @@ class LFQLayer(keras.layers.Layer):
         # as `mask` and then excludes padding tokens from the losses; it is passed on.
         self.supports_masking = True
         if self.has_projections:
-            self.project_in = keras.layers.Dense(features, use_bias=projection_has_bias,
-                                                 dtype=self.dtype_policy, name="project_in")
-            self.project_out = keras.layers.Dense(self.dim, use_bias=projection_has_bias,
-                                                  dtype=self.dtype_policy, name="project_out")
+            self.project_in = keras.layers.Dense(
+                features, use_bias=projection_has_bias, dtype=self.dtype_policy, name="project_in"
+            )
+            self.project_out = keras.layers.Dense(
+                self.dim, use_bias=projection_has_bias, dtype=self.dtype_policy, name="project_out"
+            )
         if track_code_usage:
             self.code_usage_metric = keras.metrics.Mean(name=f"{self.name}_code_usage")
             self.perplexity_metric = keras.metrics.Mean(name=f"{self.name}_perplexity")
@@ -183,8 +219,9 @@ class LFQLayer(keras.layers.Layer):
     def _channels_last_shape(self, input_shape) -> tuple:
         shape = tuple(input_shape)
         if len(shape) < 2:
-            raise ValueError(f"LFQLayer input has shape {shape}: it needs a batch axis and a feature "
-                             f"axis of size dim={self.dim}")
+            raise ValueError(
+                f"LFQLayer input has shape {shape}: it needs a batch axis and a feature axis of size dim={self.dim}"
+            )
         if self._is_channel_first(len(shape)):
             shape = (shape[0],) + shape[2:] + (shape[1],)
         if shape[-1] is not None and shape[-1] != self.dim:
@@ -210,8 +247,18 @@ class LFQLayer(keras.layers.Layer):
             return {}
         return {"replica_context": context}
 
-    def call(self, x, mask=None, training=None, return_loss_breakdown=None, compute_loss=False,
-             inv_temperature=None, entropy_loss_weight=None, commitment_loss_weight=None, diversity_gamma=None):
+    def call(
+        self,
+        x,
+        mask=None,
+        training=None,
+        return_loss_breakdown=None,
+        compute_loss=False,
+        inv_temperature=None,
+        entropy_loss_weight=None,
+        commitment_loss_weight=None,
+        diversity_gamma=None,
+    ):
         channel_first = self._is_channel_first(x.shape.rank)
         self._channels_last_shape(x.shape)
         if channel_first:
@@ -220,8 +267,12 @@ class LFQLayer(keras.layers.Layer):
             tokens = tuple(x.shape[:-1])
             if tuple(mask.shape) != tokens and None not in tokens:
                 mask = tf.broadcast_to(tf.reshape(mask, mask_layout(mask.shape, tokens)), tokens)
-        schedule = schedule_options(inv_temperature=inv_temperature, entropy_loss_weight=entropy_loss_weight,
-                                    commitment_loss_weight=commitment_loss_weight, diversity_gamma=diversity_gamma)
+        schedule = schedule_options(
+            inv_temperature=inv_temperature,
+            entropy_loss_weight=entropy_loss_weight,
+            commitment_loss_weight=commitment_loss_weight,
+            diversity_gamma=diversity_gamma,
+        )
         z = self.project_in(x) if self.has_projections else x
         be, cfg = self._backend, self.cfg
         if training or compute_loss:
@@ -233,8 +284,9 @@ class LFQLayer(keras.layers.Layer):
             codes = be.pass_gradient(be.quantize(z, cfg), tf.cast(out.codes, z.dtype)) if half else out.codes
             indices = out.indices
             aux_loss = tf.cast(out.aux_loss, self.dtype)
-            breakdown = LossBreakdown(*(tf.cast(v, self.dtype) for v in
-                                        (out.per_sample_entropy, out.batch_entropy, out.commitment_loss)))
+            breakdown = LossBreakdown(
+                *(tf.cast(v, self.dtype) for v in (out.per_sample_entropy, out.batch_entropy, out.commitment_loss))
+            )
             self.add_loss(aux_loss)
         else:
             codes = be.straight_through(z, cfg)

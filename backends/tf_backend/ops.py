@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from lfq.backends.tf_backend import array_namespace
 from tensorflow.compiler.tf2xla.python import xla as tf2xla
 from tensorflow.compiler.xla import xla_data_pb2
 
 from lfq import factorized, validation
-from lfq.backends.tf_backend import array_namespace
 
 __all__ = ["as_tensor", "device_name", "dot_tn", "matmul_highest", "pass_gradient", "positive", "subcode_probs"]
 
@@ -38,8 +38,7 @@ def as_tensor(x, name: str, numbers: bool = False):
         return x
     if tf.is_tensor(x):  # a variable: its value, through which gradients reach it
         return tf.convert_to_tensor(x)
-    if isinstance(x, np.ndarray) or (numbers and isinstance(x, (int, float, np.number))
-                                     and not isinstance(x, bool)):
+    if isinstance(x, np.ndarray) or (numbers and isinstance(x, (int, float, np.number)) and not isinstance(x, bool)):
         # Through NumPy, so that Python floats become float64 like NumPy's, not float32.
         return tf.convert_to_tensor(np.asarray(x))
     raise validation.foreign_array_error(x, name, "tensorflow", ACCEPTS, "tf.convert_to_tensor(...)")
@@ -54,8 +53,11 @@ def _xla_dot(a, b, lhs_contracting: int, rhs_contracting: int):
     rank = a.shape.rank
     batch = list(range(rank - 2))
     dims = xla_data_pb2.DotDimensionNumbers(
-        lhs_contracting_dimensions=[lhs_contracting % rank], rhs_contracting_dimensions=[rhs_contracting % rank],
-        lhs_batch_dimensions=batch, rhs_batch_dimensions=batch)
+        lhs_contracting_dimensions=[lhs_contracting % rank],
+        rhs_contracting_dimensions=[rhs_contracting % rank],
+        lhs_batch_dimensions=batch,
+        rhs_batch_dimensions=batch,
+    )
     return tf2xla.dot_general(a, b, dims, _HIGHEST)
 
 
@@ -63,6 +65,7 @@ def _xla_dot(a, b, lhs_contracting: int, rhs_contracting: int):
 # ("nt") and `a^T @ b` ("tn"), each differentiated into the others. TensorFlow
 # compiles XLA dots on demand outside `jit_compile` functions, but registers no
 # gradient for them.
+
 
 @tf.custom_gradient
 def _dot_nn(a, b):
@@ -94,14 +97,17 @@ def subcode_probs(a, highest: bool):
     rule is one matrix product. The gradient function uses the forward's tensors,
     which the tape recorded, so higher-order gradients stay exact.
     """
+
     @tf.custom_gradient
     def probs_with_vjp(a):
         probs = factorized.subcode_probs(a, array_namespace)
 
         def grad(cotangent):
             bits = tf.constant(factorized.subcode_bits(a.shape[-1]), dtype=probs.dtype)
-            return factorized.subcode_probs_vjp(a, probs, cotangent, bits, array_namespace,
-                                                matmul_highest if highest else tf.linalg.matmul)
+            return factorized.subcode_probs_vjp(
+                a, probs, cotangent, bits, array_namespace, matmul_highest if highest else tf.linalg.matmul
+            )
+
         return probs, grad
 
     return probs_with_vjp(a)
@@ -129,6 +135,7 @@ def pass_gradient(value, carrier):
     # upstream gradient goes unchanged to the carrier f(x) and none to the codes.
     def grad(upstream):
         return tf.zeros_like(value), upstream
+
     return tf.identity(value), grad
 
 
@@ -149,6 +156,7 @@ def device_name(device) -> str:
     if not index.isdigit() and index:
         raise ValueError(f"device={device!r}: the index after ':' must be an integer")
     if int(index or 0) >= len(found):
-        raise ValueError(f"device={device!r}: TensorFlow sees {len(found)} {kind.upper()} device(s) "
-                         f"here ({[d.name for d in found]})")
+        raise ValueError(
+            f"device={device!r}: TensorFlow sees {len(found)} {kind.upper()} device(s) here ({[d.name for d in found]})"
+        )
     return f"/{kind.upper()}:{int(index or 0)}"

@@ -190,13 +190,23 @@ class TorchBackend(ArrayBackend):
         cfg, scalars, options = _runtime_schedule(cfg, options or {}, z.device)
         inputs = (scalars,) if program == "losses" else ()
         grad = torch.is_grad_enabled() and z.requires_grad
-        signature = (program, cfg, extra, str(z.dtype), mask is not None, z.device.type, grad,
-                     tuple(sorted(options)), bool(options.get("distributed", False)))
+        signature = (
+            program,
+            cfg,
+            extra,
+            str(z.dtype),
+            mask is not None,
+            z.device.type,
+            grad,
+            tuple(sorted(options)),
+            bool(options.get("distributed", False)),
+        )
         key = (signature, z.device)
         fn = self._compiled_ops.get(key)
         if fn is None:
-            fn = self._compiled_ops[key] = torch.compile(_program(program, cfg, extra, signature),
-                                                         fullgraph=True, mode=self.compile_mode)
+            fn = self._compiled_ops[key] = torch.compile(
+                _program(program, cfg, extra, signature), fullgraph=True, mode=self.compile_mode
+            )
         torch._dynamo.mark_dynamic(z, 0)  # any N >= 2 reuses this trace
         if mask is None:
             return fn(z, *inputs, **options)
@@ -287,8 +297,7 @@ class TorchBackend(ArrayBackend):
             cotangent = torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
             if cotangent.shape != out.shape:
                 raise ValueError(
-                    f"cotangent has shape {tuple(cotangent.shape)}, expected {tuple(out.shape)} "
-                    f"(the shape of {term})"
+                    f"cotangent has shape {tuple(cotangent.shape)}, expected {tuple(out.shape)} (the shape of {term})"
                 )
         (grad,) = torch.autograd.grad(out, z, cotangent, allow_unused=True)
         return torch.zeros_like(z) if grad is None else grad
@@ -305,7 +314,7 @@ class TorchBackend(ArrayBackend):
             return values[("per_sample_entropy", "batch_entropy", "commitment_loss", "aux_loss").index(term)]
         return getattr(self.lfq(z, cfg, mask, **options), term)
 
-    def compiled(self, mode: str | None = None) -> "TorchBackend":
+    def compiled(self, mode: str | None = None) -> TorchBackend:
         """This backend with every operation run by `torch.compile(fullgraph=True)` (inductor).
 
         Arguments are checked eagerly first, so errors are the same as in eager
@@ -330,8 +339,7 @@ class TorchBackend(ArrayBackend):
             return self
         backend = self._compiled_backends.get(mode)
         if backend is None:
-            backend = self._compiled_backends[mode] = TorchBackend(self.device, mode="compiled",
-                                                                   compile_mode=mode)
+            backend = self._compiled_backends[mode] = TorchBackend(self.device, mode="compiled", compile_mode=mode)
             backend._compiled_backends = self._compiled_backends  # one family, one instance per mode
         return backend
 
@@ -375,8 +383,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def _check_compile_mode(mode) -> None:
     if mode is not None and mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode={mode!r} is not one of {[None, *COMPILE_MODES]} "
-                         "(torch.compile's modes)")
+        raise ValueError(f"compile mode={mode!r} is not one of {[None, *COMPILE_MODES]} (torch.compile's modes)")
 
 
 _EAGER = TorchBackend()

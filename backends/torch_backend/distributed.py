@@ -122,6 +122,6 @@ def all_reduce_sums(sums: LossSums, group=None) -> LossSums:
     total = _AllReduceSum.apply(flat, group)
     out, start = [], 0
     for p in parts:
-        out.append(total[start:start + p.numel()].reshape(p.shape))
+        out.append(total[start : start + p.numel()].reshape(p.shape))
         start += p.numel()
     return LossSums(out[0], out[1], out[2], tuple(out[3:]))

@@ -97,8 +97,7 @@ def _activation(value):
         return _ACTIVATION_FUNCTIONS[value], None, value
     if callable(value):  # any module or function: its gradient through a custom path
         return "identity", value, value
-    raise TypeError(f"straight_through_activation={value!r} must be a module, a callable, "
-                    "'identity' or 'tanh'")
+    raise TypeError(f"straight_through_activation={value!r} must be a module, a callable, 'identity' or 'tanh'")
 
 
 class LFQ(nn.Module):
@@ -148,29 +147,68 @@ class LFQ(nn.Module):
     buffers `codebook` / `zero` that some of its versions saved are accepted.
     """
 
-    def __init__(self, *, dim=None, codebook_size=None, entropy_loss_weight=0.1, commitment_loss_weight=0.25,
-                 diversity_gamma=1.0, straight_through_activation="identity", num_codebooks=1,
-                 keep_num_codebooks_dim=None, codebook_scale=1.0, frac_per_sample_entropy=1.0,
-                 has_projections=None, projection_has_bias=True, soft_clamp_input_value=None,
-                 cosine_sim_project_in=False, cosine_sim_project_in_scale=None, channel_first=None,
-                 experimental_softplus_entropy_loss=False, entropy_loss_offset=5.0, spherical=False,
-                 force_quantization_f32=True, orthogonal_rotation=False,
-                 codebook_dim=None, inv_temperature=100.0, bit_order="msb", batch_entropy="exact",
-                 max_exact_bits=24, precision="highest", return_loss_breakdown=False, distributed=None,
-                 process_group=None):
+    def __init__(
+        self,
+        *,
+        dim=None,
+        codebook_size=None,
+        entropy_loss_weight=0.1,
+        commitment_loss_weight=0.25,
+        diversity_gamma=1.0,
+        straight_through_activation="identity",
+        num_codebooks=1,
+        keep_num_codebooks_dim=None,
+        codebook_scale=1.0,
+        frac_per_sample_entropy=1.0,
+        has_projections=None,
+        projection_has_bias=True,
+        soft_clamp_input_value=None,
+        cosine_sim_project_in=False,
+        cosine_sim_project_in_scale=None,
+        channel_first=None,
+        experimental_softplus_entropy_loss=False,
+        entropy_loss_offset=5.0,
+        spherical=False,
+        force_quantization_f32=True,
+        orthogonal_rotation=False,
+        codebook_dim=None,
+        inv_temperature=100.0,
+        bit_order="msb",
+        batch_entropy="exact",
+        max_exact_bits=24,
+        precision="highest",
+        return_loss_breakdown=False,
+        distributed=None,
+        process_group=None,
+    ):
         super().__init__()
         activation_name, self._custom_activation, activation = _activation(straight_through_activation)
         opts = layer_options(
-            dim=dim, codebook_size=codebook_size, codebook_dim=codebook_dim, num_codebooks=num_codebooks,
-            entropy_loss_weight=entropy_loss_weight, commitment_loss_weight=commitment_loss_weight,
-            diversity_gamma=diversity_gamma, inv_temperature=inv_temperature, spherical=spherical,
-            codebook_scale=codebook_scale, soft_clamp_input_value=soft_clamp_input_value,
-            straight_through_activation=activation_name, bit_order=bit_order,
-            batch_entropy=batch_entropy, max_exact_bits=max_exact_bits, precision=precision,
-            channel_first=channel_first, keep_num_codebooks_dim=keep_num_codebooks_dim,
-            has_projections=has_projections)
-        if isinstance(frac_per_sample_entropy, bool) or not isinstance(frac_per_sample_entropy, (int, float)) \
-                or not 0 < frac_per_sample_entropy <= 1:
+            dim=dim,
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            num_codebooks=num_codebooks,
+            entropy_loss_weight=entropy_loss_weight,
+            commitment_loss_weight=commitment_loss_weight,
+            diversity_gamma=diversity_gamma,
+            inv_temperature=inv_temperature,
+            spherical=spherical,
+            codebook_scale=codebook_scale,
+            soft_clamp_input_value=soft_clamp_input_value,
+            straight_through_activation=activation_name,
+            bit_order=bit_order,
+            batch_entropy=batch_entropy,
+            max_exact_bits=max_exact_bits,
+            precision=precision,
+            channel_first=channel_first,
+            keep_num_codebooks_dim=keep_num_codebooks_dim,
+            has_projections=has_projections,
+        )
+        if (
+            isinstance(frac_per_sample_entropy, bool)
+            or not isinstance(frac_per_sample_entropy, (int, float))
+            or not 0 < frac_per_sample_entropy <= 1
+        ):
             raise ValueError(f"frac_per_sample_entropy={frac_per_sample_entropy!r} must be in (0, 1]")
         if distributed is not None and not isinstance(distributed, bool):
             raise TypeError(f"distributed={distributed!r} must be None (auto), True or False")
@@ -261,13 +299,16 @@ class LFQ(nn.Module):
     del _schedule_property
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, codebook_dim={self.codebook_dim}, num_codebooks={self.num_codebooks}, "
-                f"channel_first={self.channel_first}, distributed={self.distributed}")
+        return (
+            f"dim={self.dim}, codebook_dim={self.codebook_dim}, num_codebooks={self.num_codebooks}, "
+            f"channel_first={self.channel_first}, distributed={self.distributed}"
+        )
 
     # ---------------------------------------------------------- checkpoints
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         for name in ("codebook", "zero"):  # derived buffers that some vector-quantize-pytorch versions saved
             state_dict.pop(prefix + name, None)
         key = prefix + "mask"
@@ -278,9 +319,11 @@ class LFQ(nn.Module):
             error_msgs.append(
                 f"{key}: the checkpoint's bit weights {saved.tolist()} are not this layer's "
                 f"{self.mask.tolist()} (bit_order={self.cfg.bit_order!r}): build the layer with the bit "
-                "order the checkpoint was trained with ('lsb' for weights 1, 2, 4, ...)")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+                "order the checkpoint was trained with ('lsb' for weights 1, 2, 4, ...)"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # --------------------------------------------------------------- forward
 
@@ -294,7 +337,8 @@ class LFQ(nn.Module):
         if isinstance(tau, torch.Tensor) and (tau.ndim != 0 or not tau.is_floating_point()):
             raise TypeError(
                 f"inv_temperature got a {tuple(tau.shape)} {tau.dtype} tensor: the second positional argument "
-                "of forward is inv_temperature (vector-quantize-pytorch's order); pass a mask as mask=...")
+                "of forward is inv_temperature (vector-quantize-pytorch's order); pass a mask as mask=..."
+            )
         options = schedule_options(**values)
         if torch.compiler.is_compiling():
             for name, value in options.items():
@@ -321,8 +365,18 @@ class LFQ(nn.Module):
         carrier = self._custom_activation(x).reshape(work.shape)
         return straight_through(codes.detach(), carrier.to(codes.dtype))
 
-    def forward(self, x, inv_temperature=None, return_loss_breakdown=None, mask=None, compute_loss=None, *,
-                entropy_loss_weight=None, commitment_loss_weight=None, diversity_gamma=None):
+    def forward(
+        self,
+        x,
+        inv_temperature=None,
+        return_loss_breakdown=None,
+        mask=None,
+        compute_loss=None,
+        *,
+        entropy_loss_weight=None,
+        commitment_loss_weight=None,
+        diversity_gamma=None,
+    ):
         """Quantize `x`; see the class docstring for shapes and the return value."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -351,8 +405,14 @@ class LFQ(nn.Module):
         half = h.dtype in (torch.float16, torch.bfloat16)
         work = h.float() if half else h
         schedule = self._schedule_options(
-            {"inv_temperature": inv_temperature, "entropy_loss_weight": entropy_loss_weight,
-             "commitment_loss_weight": commitment_loss_weight, "diversity_gamma": diversity_gamma}, work.device)
+            {
+                "inv_temperature": inv_temperature,
+                "entropy_loss_weight": entropy_loss_weight,
+                "commitment_loss_weight": commitment_loss_weight,
+                "diversity_gamma": diversity_gamma,
+            },
+            work.device,
+        )
         compute_loss = self.training if compute_loss is None else compute_loss
         if compute_loss:
             out = self.backend.lfq(work, cfg, mask, **schedule, **self._distributed_options())
@@ -360,9 +420,13 @@ class LFQ(nn.Module):
             breakdown = LossBreakdown(out.per_sample_entropy, out.batch_entropy, out.commitment_loss)
             aux_loss = out.aux_loss
             if self.experimental_softplus_entropy_loss:
-                aux_loss = factorized.aux_loss(*breakdown, cfg, torch_namespace,
-                                               validation.split_schedule(schedule)[0],
-                                               softplus_offset=self.entropy_loss_offset)
+                aux_loss = factorized.aux_loss(
+                    *breakdown,
+                    cfg,
+                    torch_namespace,
+                    validation.split_schedule(schedule)[0],
+                    softplus_offset=self.entropy_loss_offset,
+                )
         else:
             if mask is not None:  # same checks as in training, though no loss uses it
                 validation.check_mask(mask.shape, mask.dtype, work.shape, cfg)

@@ -91,10 +91,22 @@ class LFQ(nn.Module):
     Half inputs are computed in float32; the losses are float32.
     """
 
-    def __init__(self, *, dim=None, codebook_size=None, num_codebooks=1, sample_minimization_weight=1.0,
-                 batch_maximization_weight=1.0, token_factorization=False, factorized_bits=(9, 9),
-                 batch_entropy="exact", max_exact_bits=24, precision="highest", distributed=None,
-                 process_group=None):
+    def __init__(
+        self,
+        *,
+        dim=None,
+        codebook_size=None,
+        num_codebooks=1,
+        sample_minimization_weight=1.0,
+        batch_maximization_weight=1.0,
+        token_factorization=False,
+        factorized_bits=(9, 9),
+        batch_entropy="exact",
+        max_exact_bits=24,
+        precision="highest",
+        distributed=None,
+        process_group=None,
+    ):
         super().__init__()
         if dim is None and codebook_size is None:
             raise ValueError("either dim or codebook_size must be specified for LFQ")
@@ -102,14 +114,22 @@ class LFQ(nn.Module):
             raise ValueError(f"num_codebooks={num_codebooks!r} must be an int >= 1")
         if codebook_size is None:
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < num_codebooks or dim % num_codebooks:
-                raise ValueError(f"dim={dim!r} must be a multiple of num_codebooks={num_codebooks} "
-                                 "when codebook_size is not given (codebook_size = 2**(dim // num_codebooks))")
+                raise ValueError(
+                    f"dim={dim!r} must be a multiple of num_codebooks={num_codebooks} "
+                    "when codebook_size is not given (codebook_size = 2**(dim // num_codebooks))"
+                )
             codebook_size = 2 ** (dim // num_codebooks)
         # Config.from_codebook_size refuses a size that is not a power of two, naming the fix.
         base = Config.from_codebook_size(
-            codebook_size, num_codebooks=num_codebooks, bit_order="lsb", feature_axis=1,
-            commitment_weight=0.0, batch_entropy=batch_entropy, max_exact_bits=max_exact_bits,
-            precision=precision)
+            codebook_size,
+            num_codebooks=num_codebooks,
+            bit_order="lsb",
+            feature_axis=1,
+            commitment_weight=0.0,
+            batch_entropy=batch_entropy,
+            max_exact_bits=max_exact_bits,
+            precision=precision,
+        )
         codebook_dims = base.num_features
         dim = codebook_dims if dim is None else dim
         if dim != codebook_dims:
@@ -120,8 +140,10 @@ class LFQ(nn.Module):
             )
         if distributed is not None and not isinstance(distributed, bool):
             raise TypeError(f"distributed={distributed!r} must be None (auto), True or False")
-        for name, value in (("sample_minimization_weight", sample_minimization_weight),
-                            ("batch_maximization_weight", batch_maximization_weight)):
+        for name, value in (
+            ("sample_minimization_weight", sample_minimization_weight),
+            ("batch_maximization_weight", batch_maximization_weight),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name}={value!r} must be a finite number")
 
@@ -147,8 +169,11 @@ class LFQ(nn.Module):
             self.register_buffer("mask", 2 ** torch.arange(self.codebook_dim), persistent=False)
         else:
             bits = self.factorized_bits
-            if len(bits) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bits) \
-                    or sum(bits) != self.codebook_dim:
+            if (
+                len(bits) != 2
+                or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bits)
+                or sum(bits) != self.codebook_dim
+            ):
                 raise ValueError(
                     f"factorized_bits={factorized_bits!r} must be two ints >= 1 summing to "
                     f"codebook_dim={self.codebook_dim} (e.g. [{self.codebook_dim // 2}, "
@@ -174,12 +199,15 @@ class LFQ(nn.Module):
         Built on demand (theirs keeps it as a non-saved buffer); 2**D rows.
         """
         all_codes = torch.arange(self.codebook_size, device=self.zero.device)
-        return self.backend.indices_to_codes(all_codes[:, None], self._codes_config(self.codebook_dim, 1),
-                                             validation.dtype_name(self.dtype))
+        return self.backend.indices_to_codes(
+            all_codes[:, None], self._codes_config(self.codebook_dim, 1), validation.dtype_name(self.dtype)
+        )
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, codebook_size={self.codebook_size}, num_codebooks={self.num_codebooks}, "
-                f"token_factorization={self.token_factorization}, distributed={self.distributed}")
+        return (
+            f"dim={self.dim}, codebook_size={self.codebook_size}, num_codebooks={self.num_codebooks}, "
+            f"token_factorization={self.token_factorization}, distributed={self.distributed}"
+        )
 
     def loss_config(self, inv_temperature: float = 100.0) -> Config:
         """The `lfq.Config` this layer runs with (LSB first, features on axis 1).
@@ -205,8 +233,7 @@ class LFQ(nn.Module):
         key = (bits, num_codebooks)
         cfg = self._codes_configs.get(key)
         if cfg is None:
-            cfg = self._codes_configs[key] = Config(codebook_dim=bits, num_codebooks=num_codebooks,
-                                                    bit_order="lsb")
+            cfg = self._codes_configs[key] = Config(codebook_dim=bits, num_codebooks=num_codebooks, bit_order="lsb")
         return cfg
 
     def _distributed_options(self) -> dict:
@@ -214,7 +241,7 @@ class LFQ(nn.Module):
 
     # --------------------------------------------------------------- forward
 
-    def forward(self, x, inv_temperature=100., return_loss_breakdown=False, mask=None, return_loss=True):
+    def forward(self, x, inv_temperature=100.0, return_loss_breakdown=False, mask=None, return_loss=True):
         """Quantize channel-first `x`; see the class docstring for the return value."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -308,8 +335,10 @@ class LFQ(nn.Module):
         b, h, w, c = (int(v) for v in bhwc)
         if self.token_factorization:
             if order not in ("pre", "post"):
-                raise ValueError(f"order={order!r}: with token_factorization=True pass order='pre' or "
-                                 "'post', the factor the indices belong to")
+                raise ValueError(
+                    f"order={order!r}: with token_factorization=True pass order='pre' or "
+                    "'post', the factor the indices belong to"
+                )
             bits = self.factorized_bits[0 if order == "pre" else 1]
         else:
             bits = self.codebook_dim
@@ -318,11 +347,14 @@ class LFQ(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor of indices, got {type(x).__name__}")
         if x.numel() != b * h * w * (c // bits):
-            raise ValueError(f"x has {x.numel()} indices ({tuple(x.shape)}); bhwc={tuple(bhwc)} needs "
-                             f"b*h*w*(c/{bits}) = {b * h * w * (c // bits)}")
+            raise ValueError(
+                f"x has {x.numel()} indices ({tuple(x.shape)}); bhwc={tuple(bhwc)} needs "
+                f"b*h*w*(c/{bits}) = {b * h * w * (c // bits)}"
+            )
         indices = x.reshape(b, h, w, c // bits)
-        codes = self.backend.indices_to_codes(indices, self._codes_config(bits, c // bits),
-                                              validation.dtype_name(self.dtype))
+        codes = self.backend.indices_to_codes(
+            indices, self._codes_config(bits, c // bits), validation.dtype_name(self.dtype)
+        )
         return codes.movedim(-1, 1)
 
     def indices_to_bits(self, x):
@@ -335,8 +367,9 @@ class LFQ(nn.Module):
         if not isinstance(bits, torch.Tensor):
             raise TypeError(f"bits must be a torch.Tensor, got {type(bits).__name__}")
         if bits.ndim == 0 or bits.shape[-1] != self.codebook_dim:
-            raise ValueError(f"bits has shape {tuple(bits.shape)}; the last axis must hold the "
-                             f"codebook_dim={self.codebook_dim} bits")
+            raise ValueError(
+                f"bits has shape {tuple(bits.shape)}; the last axis must hold the codebook_dim={self.codebook_dim} bits"
+            )
         if not bits.is_floating_point():
             bits = bits.to(torch.float32)
         return self.backend.codes_to_indices(bits, self._codes_config(self.codebook_dim, 1))[..., 0]
@@ -345,5 +378,6 @@ class LFQ(nn.Module):
         """Codes `[..., NC*D]` (layer dtype) of int indices `x` `[..., NC]`, NC codebook heads."""
         if not isinstance(x, torch.Tensor) or x.ndim == 0:
             raise ValueError("x must be a tensor of indices [..., NC] (NC codebook heads on the last axis)")
-        return self.backend.indices_to_codes(x, self._codes_config(self.codebook_dim, x.shape[-1]),
-                                             validation.dtype_name(self.dtype))
+        return self.backend.indices_to_codes(
+            x, self._codes_config(self.codebook_dim, x.shape[-1]), validation.dtype_name(self.dtype)
+        )

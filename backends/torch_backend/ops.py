@@ -24,8 +24,15 @@ import torch
 
 from lfq import factorized
 
-__all__ = ["device_constant", "full_float32_matmuls", "matmul", "matmul_highest", "no_autocast", "straight_through",
-           "subcode_probs"]
+__all__ = [
+    "device_constant",
+    "full_float32_matmuls",
+    "matmul",
+    "matmul_highest",
+    "no_autocast",
+    "straight_through",
+    "subcode_probs",
+]
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -155,8 +162,9 @@ class _SubcodeProbs(torch.autograd.Function):
         a, probs = ctx.saved_tensors
         k = a.shape[-1]
         bits = device_constant(("subcode_bits", k), lambda: factorized.subcode_bits(k), probs.dtype, probs.device)
-        grad = factorized.subcode_probs_vjp(a, probs, cotangent, bits, torch_namespace,
-                                            functools.partial(matmul, highest=ctx.highest))
+        grad = factorized.subcode_probs_vjp(
+            a, probs, cotangent, bits, torch_namespace, functools.partial(matmul, highest=ctx.highest)
+        )
         return grad, None
 
 

@@ -56,9 +56,19 @@ class ResidualLFQ(nn.Module):
     loss); all codes are `[Q, ...tokens, D]`.
     """
 
-    def __init__(self, *, dim, num_quantizers, codebook_size=None, quantize_dropout=False,
-                 quantize_dropout_cutoff_index=0, quantize_dropout_multiple_of=1, soft_clamp_input_value=None,
-                 channel_first=None, **kwargs):
+    def __init__(
+        self,
+        *,
+        dim,
+        num_quantizers,
+        codebook_size=None,
+        quantize_dropout=False,
+        quantize_dropout_cutoff_index=0,
+        quantize_dropout_multiple_of=1,
+        soft_clamp_input_value=None,
+        channel_first=None,
+        **kwargs,
+    ):
         super().__init__()
         if isinstance(num_quantizers, bool) or not isinstance(num_quantizers, int) or num_quantizers < 1:
             raise ValueError(f"num_quantizers={num_quantizers!r} must be an int >= 1")
@@ -70,17 +80,26 @@ class ResidualLFQ(nn.Module):
             codebook_dim = kwargs.pop("codebook_dim", None)
             if codebook_dim is None:
                 raise ValueError("pass codebook_size (a power of two) or codebook_dim (bits per stage)")
-            codebook_size = 2 ** codebook_dim
+            codebook_size = 2**codebook_dim
         self.layers = nn.ModuleList()
         for index in range(num_quantizers):
-            self.layers.append(LFQ(codebook_size=codebook_size, codebook_scale=2.0 ** -index,
-                                   soft_clamp_input_value=soft_clamp_input_value, channel_first=False, **kwargs))
+            self.layers.append(
+                LFQ(
+                    codebook_size=codebook_size,
+                    codebook_scale=2.0**-index,
+                    soft_clamp_input_value=soft_clamp_input_value,
+                    channel_first=False,
+                    **kwargs,
+                )
+            )
             if soft_clamp_input_value is not None:
                 soft_clamp_input_value *= 0.5
         first = self.layers[0]
         if first.has_projections:
-            raise ValueError("the stages of ResidualLFQ have no projections of their own: pass dim (the "
-                             "input size) to ResidualLFQ, not a dim other than C*D to the stages")
+            raise ValueError(
+                "the stages of ResidualLFQ have no projections of their own: pass dim (the "
+                "input size) to ResidualLFQ, not a dim other than C*D to the stages"
+            )
         features = first.cfg.num_features
         self.dim = dim
         self.has_projections = dim != features
@@ -153,7 +172,8 @@ class ResidualLFQ(nn.Module):
         if given > self.num_quantizers or (given < self.num_quantizers and not self.quantize_dropout):
             raise ValueError(
                 f"indices has {given} stages on its last axis, the layer {self.num_quantizers}: fewer are "
-                "allowed only with quantize_dropout=True (the coarse stages of a dropout-trained stack)")
+                "allowed only with quantize_dropout=True (the coarse stages of a dropout-trained stack)"
+            )
         codes = []
         for index, layer in enumerate(self.layers):
             if index >= given:
@@ -213,11 +233,15 @@ class GroupedResidualLFQ(nn.Module):
 
     def forward(self, x, mask=None, return_all_codes=False):
         if x.shape[self.split_dim] != self.dim:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected dim={self.dim} features on axis "
-                             f"{self.split_dim} (accept_image_fmap={self.accept_image_fmap})")
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; expected dim={self.dim} features on axis "
+                f"{self.split_dim} (accept_image_fmap={self.accept_image_fmap})"
+            )
         seed = _dropout_seed(x.device) if self.training else None  # one dropout draw for every group
-        outs = [rvq(part, mask=mask, return_all_codes=return_all_codes, rand_quantize_dropout_fixed_seed=seed)
-                for rvq, part in zip(self.rvqs, x.chunk(self.groups, dim=self.split_dim))]
+        outs = [
+            rvq(part, mask=mask, return_all_codes=return_all_codes, rand_quantize_dropout_fixed_seed=seed)
+            for rvq, part in zip(self.rvqs, x.chunk(self.groups, dim=self.split_dim))
+        ]
         quantized, indices, losses, *codes = zip(*outs)
         ret = (torch.cat(quantized, dim=self.split_dim), torch.stack(indices), torch.stack(losses))
         return (*ret, torch.stack(codes[0])) if codes else ret

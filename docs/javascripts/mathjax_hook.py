@@ -24,8 +24,18 @@ DISTRIBUTION = "django-static-mathjax"
 TARGET = "javascripts/mathjax"
 # The other ready-made combined components: never loaded by the site (which
 # loads tex-mml-chtml.js), and 15 MB of the 24 MB.
-UNUSED = {"latest.js", "node-main.js", "tex-chtml.js", "tex-chtml-full.js", "tex-chtml-full-speech.js",
-          "tex-svg.js", "tex-svg-full.js", "tex-mml-svg.js", "mml-chtml.js", "mml-svg.js"}
+UNUSED = {
+    "latest.js",
+    "node-main.js",
+    "tex-chtml.js",
+    "tex-chtml-full.js",
+    "tex-chtml-full-speech.js",
+    "tex-svg.js",
+    "tex-svg-full.js",
+    "tex-mml-svg.js",
+    "mml-chtml.js",
+    "mml-svg.js",
+}
 INLINE_MATH = re.compile(r"\\\((.*?)\\\)")
 
 
@@ -34,8 +44,9 @@ def mathjax_dir() -> pathlib.Path:
     try:
         dist = importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise PluginError(f"the docs render their math with a local MathJax: pip install -e '.[docs]' "
-                          f"(it brings {DISTRIBUTION})") from None
+        raise PluginError(
+            f"the docs render their math with a local MathJax: pip install -e '.[docs]' (it brings {DISTRIBUTION})"
+        ) from None
     es5 = pathlib.Path(dist.locate_file("mathjax/static/mathjax/es5"))
     if not (es5 / "tex-mml-chtml.js").is_file():
         raise PluginError(f"{DISTRIBUTION} {dist.version} has no mathjax/static/mathjax/es5/tex-mml-chtml.js")

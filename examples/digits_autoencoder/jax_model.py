@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from lfq.backends.jax_backend import LFQ
 from spec import Data, Spec, batches
 
@@ -13,8 +12,10 @@ from spec import Data, Spec, batches
 def dense_init(key, fan_in, fan_out):
     bound = 1.0 / np.sqrt(fan_in)  # the PyTorch / Keras-like uniform fan-in init
     wkey, bkey = jax.random.split(key)
-    return {"kernel": jax.random.uniform(wkey, (fan_in, fan_out), minval=-bound, maxval=bound),
-            "bias": jax.random.uniform(bkey, (fan_out,), minval=-bound, maxval=bound)}
+    return {
+        "kernel": jax.random.uniform(wkey, (fan_in, fan_out), minval=-bound, maxval=bound),
+        "bias": jax.random.uniform(bkey, (fan_out,), minval=-bound, maxval=bound),
+    }
 
 
 def dense(p, x):
@@ -22,12 +23,19 @@ def dense(p, x):
 
 
 def train(spec: Spec, data: Data, progress) -> dict:
-    quantizer = LFQ(dim=spec.hidden, codebook_size=2 ** spec.codebook_dim,
-                    entropy_loss_weight=spec.entropy_weight, commitment_loss_weight=spec.commitment_weight,
-                    inv_temperature=spec.inv_temperature)
+    quantizer = LFQ(
+        dim=spec.hidden,
+        codebook_size=2**spec.codebook_dim,
+        entropy_loss_weight=spec.entropy_weight,
+        commitment_loss_weight=spec.commitment_weight,
+        inv_temperature=spec.inv_temperature,
+    )
     k_enc, k_q, k_dec = jax.random.split(jax.random.key(spec.seed), 3)
-    params = {"encoder": dense_init(k_enc, 64, spec.hidden), "quantizer": quantizer.init(k_q),
-              "decoder": dense_init(k_dec, spec.hidden, 64)}
+    params = {
+        "encoder": dense_init(k_enc, 64, spec.hidden),
+        "quantizer": quantizer.init(k_q),
+        "decoder": dense_init(k_dec, spec.hidden, 64),
+    }
 
     def forward(params, x, train):
         out = quantizer.apply(params["quantizer"], jax.nn.relu(dense(params["encoder"], x)), train=train)
@@ -45,11 +53,19 @@ def train(spec: Spec, data: Data, progress) -> dict:
     @jax.jit
     def step(params, moments, t, x):
         (_, (mse, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x)
-        moments = jax.tree.map(lambda g, m: (b1 * m[0] + (1 - b1) * g, b2 * m[1] + (1 - b2) * g * g),
-                               grads, moments, is_leaf=lambda v: isinstance(v, jax.Array))
-        scale = spec.learning_rate * jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-        params = jax.tree.map(lambda p, m: p - scale * m[0] / (jnp.sqrt(m[1]) + eps), params, moments,
-                              is_leaf=lambda v: isinstance(v, jax.Array))
+        moments = jax.tree.map(
+            lambda g, m: (b1 * m[0] + (1 - b1) * g, b2 * m[1] + (1 - b2) * g * g),
+            grads,
+            moments,
+            is_leaf=lambda v: isinstance(v, jax.Array),
+        )
+        scale = spec.learning_rate * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        params = jax.tree.map(
+            lambda p, m: p - scale * m[0] / (jnp.sqrt(m[1]) + eps),
+            params,
+            moments,
+            is_leaf=lambda v: isinstance(v, jax.Array),
+        )
         return params, moments, mse, aux
 
     stream = batches(data, spec)

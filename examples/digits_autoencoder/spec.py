@@ -40,7 +40,7 @@ class Spec:
 @dataclasses.dataclass
 class Data:
     train: np.ndarray  # [n_train, 64] float32 in [0, 1]
-    test: np.ndarray   # [n_test, 64]
+    test: np.ndarray  # [n_test, 64]
 
 
 def load_digits_data(spec: Spec) -> Data:
@@ -50,7 +50,7 @@ def load_digits_data(spec: Spec) -> Data:
     images = load_digits().data.astype(np.float32) / 16.0
     order = np.random.default_rng(spec.seed).permutation(len(images))
     images = images[order]
-    return Data(train=images[spec.test_size:], test=images[:spec.test_size])
+    return Data(train=images[spec.test_size :], test=images[: spec.test_size])
 
 
 def batches(data: Data, spec: Spec):
@@ -59,4 +59,4 @@ def batches(data: Data, spec: Spec):
     while True:
         order = rng.permutation(len(data.train))
         for start in range(0, len(order) - spec.batch_size + 1, spec.batch_size):
-            yield data.train[order[start:start + spec.batch_size]]
+            yield data.train[order[start : start + spec.batch_size]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-
 from lfq.backends.tf_backend import LFQLayer
 from spec import Data, Spec, batches
 
@@ -13,10 +12,13 @@ from spec import Data, Spec, batches
 def train(spec: Spec, data: Data, progress) -> dict:
     keras.utils.set_random_seed(spec.seed)
     encoder = keras.layers.Dense(spec.hidden, activation="relu")
-    quantizer = LFQLayer(dim=spec.hidden, codebook_size=2 ** spec.codebook_dim,
-                         entropy_loss_weight=spec.entropy_weight,
-                         commitment_loss_weight=spec.commitment_weight,
-                         inv_temperature=spec.inv_temperature)
+    quantizer = LFQLayer(
+        dim=spec.hidden,
+        codebook_size=2**spec.codebook_dim,
+        entropy_loss_weight=spec.entropy_weight,
+        commitment_loss_weight=spec.commitment_weight,
+        inv_temperature=spec.inv_temperature,
+    )
     decoder = keras.layers.Dense(64, activation="sigmoid")
 
     def forward(x, training):

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
-
 from lfq.backends.torch_backend import LFQ
 from spec import Data, Spec, batches
+from torch import nn
 
 
 class Autoencoder(nn.Module):
     def __init__(self, spec: Spec):
         super().__init__()
         self.encoder = nn.Linear(64, spec.hidden)
-        self.quantizer = LFQ(dim=spec.hidden, codebook_size=2 ** spec.codebook_dim,
-                             entropy_loss_weight=spec.entropy_weight,
-                             commitment_loss_weight=spec.commitment_weight,
-                             inv_temperature=spec.inv_temperature)
+        self.quantizer = LFQ(
+            dim=spec.hidden,
+            codebook_size=2**spec.codebook_dim,
+            entropy_loss_weight=spec.entropy_weight,
+            commitment_loss_weight=spec.commitment_weight,
+            inv_temperature=spec.inv_temperature,
+        )
         self.decoder = nn.Linear(spec.hidden, 64)
 
     def forward(self, x):

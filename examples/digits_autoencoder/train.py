@@ -94,19 +94,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=Spec.steps)
     parser.add_argument("--entropy-weight", type=float, default=Spec.entropy_weight)
     parser.add_argument("--commitment-weight", type=float, default=Spec.commitment_weight)
-    parser.add_argument("--inv-temperature", type=float, default=Spec.inv_temperature,
-                        help="tau of the soft assignment (default %(default)s; the library's default is 100)")
+    parser.add_argument(
+        "--inv-temperature",
+        type=float,
+        default=Spec.inv_temperature,
+        help="tau of the soft assignment (default %(default)s; the library's default is 100)",
+    )
     parser.add_argument("--seed", type=int, default=Spec.seed)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for the framework (default 1; 0: the framework's own default)")
-    parser.add_argument("--out", default=None,
-                        help="PNG path (default: digits_<backend>.png in the current directory)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for the framework (default 1; 0: the framework's own default)",
+    )
+    parser.add_argument("--out", default=None, help="PNG path (default: digits_<backend>.png in the current directory)")
     parser.add_argument("--json", default=None, help="also write the report to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    spec = dataclasses.replace(Spec(), steps=args.steps, entropy_weight=args.entropy_weight, seed=args.seed,
-                               commitment_weight=args.commitment_weight, inv_temperature=args.inv_temperature)
+    spec = dataclasses.replace(
+        Spec(),
+        steps=args.steps,
+        entropy_weight=args.entropy_weight,
+        seed=args.seed,
+        commitment_weight=args.commitment_weight,
+        inv_temperature=args.inv_temperature,
+    )
     backend = "tensorflow" if args.backend == "tf" else args.backend
     if backend == "tensorflow":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -116,8 +129,7 @@ def main(argv=None) -> dict:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=spec.steps, desc=f"{args.backend} LFQ autoencoder", disable=args.no_progress,
-               mininterval=0.5)
+    bar = tqdm(total=spec.steps, desc=f"{args.backend} LFQ autoencoder", disable=args.no_progress, mininterval=0.5)
 
     def progress(mse: float, aux: float) -> None:
         bar.update(1)
@@ -127,20 +139,39 @@ def main(argv=None) -> dict:
     bar.close()
     metrics = report(spec, data, result)
     out = args.out or f"digits_{args.backend}.png"
-    save_png(out, data.test, result["recon"],
-             f"{args.backend}: test MSE {metrics['test_mse']:.4f}, {metrics['codes_used']}/"
-             f"{2 ** spec.codebook_dim} codes used, perplexity {metrics['perplexity']:.1f}")
-    print(f"backend={args.backend} steps={spec.steps} entropy_weight={spec.entropy_weight} "
-          f"commitment_weight={spec.commitment_weight} inv_temperature={spec.inv_temperature} seed={spec.seed}")
+    save_png(
+        out,
+        data.test,
+        result["recon"],
+        f"{args.backend}: test MSE {metrics['test_mse']:.4f}, {metrics['codes_used']}/"
+        f"{2**spec.codebook_dim} codes used, perplexity {metrics['perplexity']:.1f}",
+    )
+    print(
+        f"backend={args.backend} steps={spec.steps} entropy_weight={spec.entropy_weight} "
+        f"commitment_weight={spec.commitment_weight} inv_temperature={spec.inv_temperature} seed={spec.seed}"
+    )
     print(f"test reconstruction MSE: {metrics['test_mse']:.4f}")
-    print(f"codes used: {metrics['codes_used']} of {2 ** spec.codebook_dim} "
-          f"({100 * metrics['code_usage']:.1f}%), perplexity {metrics['perplexity']:.1f}")
+    print(
+        f"codes used: {metrics['codes_used']} of {2**spec.codebook_dim} "
+        f"({100 * metrics['code_usage']:.1f}%), perplexity {metrics['perplexity']:.1f}"
+    )
     print(f"wrote {out}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(metrics, backend=args.backend, steps=spec.steps, entropy_weight=spec.entropy_weight,
-                           commitment_weight=spec.commitment_weight, inv_temperature=spec.inv_temperature,
-                           seed=spec.seed, threads=args.threads), f, indent=1)
+            json.dump(
+                dict(
+                    metrics,
+                    backend=args.backend,
+                    steps=spec.steps,
+                    entropy_weight=spec.entropy_weight,
+                    commitment_weight=spec.commitment_weight,
+                    inv_temperature=spec.inv_temperature,
+                    seed=spec.seed,
+                    threads=args.threads,
+                ),
+                f,
+                indent=1,
+            )
     return metrics
 
 

@@ -8,7 +8,6 @@ outputs, so that the checkpoint format stays tested where the package is absent.
 """
 
 import pathlib
-
 from importlib.metadata import version
 
 import torch
@@ -20,8 +19,11 @@ def their_checkpoints(vqp) -> dict:
     cases = {
         "plain": (vqp.LFQ, dict(codebook_size=256, dim=8), (2, 8, 4, 4)),
         "projected_codebooks": (vqp.LFQ, dict(codebook_size=16, dim=12, num_codebooks=2), (2, 5, 12)),
-        "rotated_cosine": (vqp.LFQ, dict(codebook_size=32, dim=10, orthogonal_rotation=True,
-                                         cosine_sim_project_in=True), (3, 4, 10)),
+        "rotated_cosine": (
+            vqp.LFQ,
+            dict(codebook_size=32, dim=10, orthogonal_rotation=True, cosine_sim_project_in=True),
+            (3, 4, 10),
+        ),
         "spherical": (vqp.LFQ, dict(codebook_size=64, spherical=True, codebook_scale=2.0), (2, 7, 6)),
         "residual": (vqp.ResidualLFQ, dict(dim=24, codebook_size=64, num_quantizers=3), (2, 9, 24)),
     }
@@ -30,8 +32,13 @@ def their_checkpoints(vqp) -> dict:
         layer = cls(**kwargs).eval()
         x = torch.randn(shape)
         quantized, indices, _ = layer(x)
-        out[name] = {"kwargs": kwargs, "state_dict": layer.state_dict(), "x": x,
-                     "quantized": quantized.detach(), "indices": indices}
+        out[name] = {
+            "kwargs": kwargs,
+            "state_dict": layer.state_dict(),
+            "x": x,
+            "quantized": quantized.detach(),
+            "indices": indices,
+        }
     return out
 
 
