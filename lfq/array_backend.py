@@ -180,6 +180,10 @@ class ArrayBackend:
 
         return xp, raw, features.transform_groups(raw, cfg, xp, self.stop_gradient, rescale), weights
 
+    def transformed_features(self, z, cfg: Config):
+        """Compute-dtype `[N, C, D]` transformed features of `z` (soft clamp / sphere applied, no mask)."""
+        return self._features(z, cfg, None)[2]
+
     def _losses(self, z, cfg: Config, mask, options, batch_entropy: bool = True):
         """`(xp, x, [per_sample, batch, commitment, aux])` in z's dtype; without
         `batch_entropy` the batch term (and so aux) is left out, which any D allows."""
