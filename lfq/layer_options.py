@@ -1,20 +1,299 @@
-"""The arguments of the LFQ layers, validated and resolved once for every framework.
+"""The arguments of the LFQ layers: declared once, validated and resolved once for every framework.
 
-The torch `nn.Module`, the JAX module and the Keras layer take the same
-arguments, named as in vector-quantize-pytorch's `LFQ` where they mean the same
-thing. `layer_options` turns them into an `lfq.Config` plus the layout decisions
-the layers share, so the three cannot drift apart.
+`LAYER_ARGUMENTS` is the table of the arguments every framework's layer takes
+(the torch `nn.Module`, the plain JAX module, the Flax NNX and Linen modules,
+the Keras layer), named as in vector-quantize-pytorch's `LFQ` where they mean
+the same thing: each `LayerArgument` gives a name, its default and its meaning.
+The layers build their signatures and the "Args:" section of their docstrings
+from it (`signature`, `document`, `declare_fields`), so that `help()` on any of
+them lists every argument, and a new option is one declaration here plus what
+its framework does with it. `layer_options` turns the arguments into an
+`lfq.Config` plus the layout decisions the layers share, so the layers cannot
+drift apart; `schedule_options` turns a call's schedule arguments into the
+backend's options.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import math
+import textwrap
+from typing import Any
 
 from lfq.config import Config
 
-__all__ = ["LAYER_ARGUMENTS", "LayerOptions", "SCHEDULE_ARGUMENTS", "layer_options", "mask_layout", "schedule_options"]
+__all__ = [
+    "LAYER_ARGUMENTS",
+    "LayerArgument",
+    "LayerOptions",
+    "SCHEDULE_ARGUMENTS",
+    "arguments",
+    "bind",
+    "declare_fields",
+    "document",
+    "layer_options",
+    "mask_layout",
+    "schedule_options",
+    "signature",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerArgument:
+    """One constructor argument of a layer.
+
+    Attributes:
+        name: the keyword.
+        default: its default value.
+        doc: its meaning, one paragraph (the text of the "Args:" entry).
+        annotation: its type as text (shown in signatures and dataclass fields).
+        config_field: the `lfq.Config` field it sets, where it sets one.
+        per_call: whether a call may override it (a schedule value, see
+            `schedule_options`; `config_field` is then the backend's option name).
+    """
+
+    name: str
+    default: Any
+    doc: str
+    annotation: str = "Any"
+    config_field: str | None = None
+    per_call: bool = False
+
+
+_A = LayerArgument
+
+#: The arguments of every framework's LFQ layer, in the order of their signatures.
+LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
+    _A(
+        "dim",
+        None,
+        "input feature size; default C*D. When it differs from C*D, learned projections `project_in` "
+        "(dim -> C*D) and `project_out` (C*D -> dim) are created (see `has_projections`). Given alone "
+        "(no codebook_size or codebook_dim) it also sets D = dim, as in vector-quantize-pytorch "
+        "(codebook_size = 2**dim).",
+        "int | None",
+    ),
+    _A("codebook_size", None, "codes per codebook, a power of two (2**D); or give `codebook_dim`.", "int | None"),
+    _A(
+        "codebook_dim",
+        None,
+        "D, bits per codebook (codebook_size and codebook_dim may both be given if they agree).",
+        "int | None",
+        "codebook_dim",
+    ),
+    _A(
+        "num_codebooks",
+        1,
+        "C, the number of codebooks; codebook k owns features k*D .. k*D+D-1.",
+        "int",
+        "num_codebooks",
+    ),
+    _A(
+        "entropy_loss_weight",
+        0.1,
+        "weight of the entropy term `H_sample - gamma*H_batch` in the aux loss.",
+        "float",
+        "entropy_weight",
+        True,
+    ),
+    _A(
+        "commitment_loss_weight",
+        0.25,
+        "weight of the commitment loss (mean squared distance of the features to their codes) in the aux "
+        "loss; vector-quantize-pytorch's default is 0.",
+        "float",
+        "commitment_weight",
+        True,
+    ),
+    _A(
+        "diversity_gamma",
+        1.0,
+        "gamma of the entropy term `H_sample - gamma*H_batch`.",
+        "float",
+        "diversity_gamma",
+        True,
+    ),
+    _A(
+        "inv_temperature",
+        100.0,
+        "tau, the inverse temperature of the soft assignment (logits 2*tau*x.c).",
+        "float",
+        "inv_temperature",
+        True,
+    ),
+    _A(
+        "spherical",
+        False,
+        "the BSQ variant: features and codes are normalized per codebook to the unit sphere.",
+        "bool",
+        "spherical",
+    ),
+    _A("codebook_scale", 1.0, "s, the magnitude of the code entries (+-s).", "float", "scale"),
+    _A(
+        "soft_clamp_input_value",
+        None,
+        "v of the soft clamp `v*tanh(z/v)` of the features; None: no clamp.",
+        "float | None",
+        "soft_clamp",
+    ),
+    _A(
+        "straight_through_activation",
+        "identity",
+        'f of the straight-through rule (codes with the gradient of f), "identity" or "tanh".',
+        "str",
+        "activation",
+    ),
+    _A(
+        "bit_order",
+        "msb",
+        '"msb" (default: the first feature is the highest bit of the index) or "lsb".',
+        "str",
+        "bit_order",
+    ),
+    _A(
+        "batch_entropy",
+        "exact",
+        '"exact", or "groups:G", the upper bound over G groups of bits (large D).',
+        "str",
+        "batch_entropy",
+    ),
+    _A(
+        "max_exact_bits",
+        24,
+        'the largest D of the exact batch entropy (larger D need batch_entropy="groups:G").',
+        "int",
+        "max_exact_bits",
+    ),
+    _A(
+        "precision",
+        "highest",
+        '"highest" (full float32 matrix products) or "default" (the device\'s fastest).',
+        "str",
+        "precision",
+    ),
+    _A(
+        "channel_first",
+        None,
+        "None (auto): images `[b, dim, h, w]` and video `[b, dim, t, h, w]` (ndim >= 4) are channel-first, "
+        "sequences `[b, n, dim]` channel-last; True/False forces the layout.",
+        "bool | None",
+    ),
+    _A(
+        "keep_num_codebooks_dim",
+        None,
+        "None (auto): the indices keep their codebook axis `[..., C]` only when num_codebooks > 1 (image "
+        "tokenizers expect `[b, h, w]` indices); True/False forces it.",
+        "bool | None",
+    ),
+    _A(
+        "has_projections",
+        None,
+        "None (auto): projections exist when dim != C*D; True/False forces them.",
+        "bool | None",
+    ),
+    _A("projection_has_bias", True, "whether the projections have a bias.", "bool"),
+    _A(
+        "return_loss_breakdown",
+        False,
+        "default of the call argument of the same name: also return the unweighted loss terms.",
+        "bool",
+    ),
+)
+del _A
+
+_TABLE = {argument.name: argument for argument in LAYER_ARGUMENTS}
+
+#: The arguments `layer_options` resolves (the table's, less the layers' own plumbing).
+_RESOLVED = tuple(name for name in _TABLE if name not in ("projection_has_bias", "return_loss_breakdown"))
+
+
+def arguments(*names: str) -> tuple[LayerArgument, ...]:
+    """The table's records of `names` (all of them when none is given), in the order given."""
+    return LAYER_ARGUMENTS if not names else tuple(_TABLE[name] for name in names)
+
+
+def signature(*groups, order=None, var_keyword: str | None = None, self_: bool = False) -> inspect.Signature:
+    """A keyword-only signature of the `LayerArgument` records in `groups`.
+
+    Args:
+        *groups: sequences of `LayerArgument`.
+        order: names in the order to list them (default: the groups' order); it
+            must name every record.
+        var_keyword: the name of a trailing `**` parameter, if any.
+        self_: start with a positional `self` (for an `__init__`).
+    """
+    records = {record.name: record for group in groups for record in group}
+    if order is not None:
+        if sorted(order) != sorted(records):
+            raise ValueError(f"order lists {sorted(set(order) ^ set(records))} differently from the records")
+        records = {name: records[name] for name in order}
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] if self_ else []
+    params += [
+        inspect.Parameter(r.name, inspect.Parameter.KEYWORD_ONLY, default=r.default, annotation=r.annotation)
+        for r in records.values()
+    ]
+    if var_keyword:
+        params.append(inspect.Parameter(var_keyword, inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(params)
+
+
+def bind(sig: inspect.Signature, given: dict, owner: str) -> tuple[dict, dict]:
+    """`(values, rest)`: every keyword-only argument of `sig` (given, else its default), and the
+    given keywords that are not in `sig` (for a `**` parameter).
+
+    Raises:
+        TypeError: a keyword not in `sig` when `sig` has no `**` parameter, as Python would.
+    """
+    names = [n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    rest = {k: v for k, v in given.items() if k not in names}
+    if rest and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        hints = {k: difflib.get_close_matches(k, names, 1) for k in sorted(rest)}
+        raise TypeError(
+            f"{owner}() got unexpected keyword argument(s) "
+            + ", ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for k, m in hints.items())
+            + f"; help({owner}) lists its arguments"
+        )
+    return {n: given.get(n, sig.parameters[n].default) for n in names}, rest
+
+
+def _entries(records, indent: str) -> str:
+    lines = []
+    for record in records:
+        text = f"{record.name}: {record.doc} Default: {record.default!r}."
+        lines.append(
+            textwrap.fill(text, 100, initial_indent=indent, subsequent_indent=indent + "    ", break_long_words=False)
+        )
+    return "\n".join(lines) + "\n"
+
+
+def document(*groups, marker: str = "Args:", last: bool = False):
+    """Decorator: insert the entries of the records in `groups` into the docstring's "Args:"
+    section (its `marker` line): first, or after the docstring's own entries when `last`."""
+
+    def decorate(obj):
+        doc = obj.__doc__ or ""
+        at = doc.find(marker + "\n")
+        if at < 0:
+            raise ValueError(f"{getattr(obj, '__qualname__', obj)}'s docstring has no {marker!r} line")
+        line_start = doc.rfind("\n", 0, at) + 1
+        indent = doc[line_start:at] + "    "
+        end = at + len(marker) + 1
+        if last:  # the section ends at its first blank line
+            blank = doc.find("\n\n", end - 1)
+            end = len(doc) if blank < 0 else blank + 1
+        obj.__doc__ = doc[:end] + _entries([r for group in groups for r in group], indent) + doc[end:]
+        return obj
+
+    return decorate
+
+
+def declare_fields(namespace: dict, records=LAYER_ARGUMENTS) -> None:
+    """Declare the records as dataclass fields (annotation and default) in a class body:
+    `declare_fields(locals())` as the first statement of a dataclass or Flax Linen module."""
+    namespace.setdefault("__annotations__", {}).update({r.name: r.annotation for r in records})
+    namespace.update({r.name: r.default for r in records})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,81 +349,24 @@ def _codebook_dim(codebook_size, codebook_dim, dim) -> int:
     return resolved
 
 
-def layer_options(
-    *,
-    dim=None,
-    codebook_size=None,
-    codebook_dim=None,
-    num_codebooks=1,
-    entropy_loss_weight=0.1,
-    commitment_loss_weight=0.25,
-    diversity_gamma=1.0,
-    inv_temperature=100.0,
-    spherical=False,
-    codebook_scale=1.0,
-    soft_clamp_input_value=None,
-    straight_through_activation="identity",
-    bit_order="msb",
-    batch_entropy="exact",
-    max_exact_bits=24,
-    precision="highest",
-    channel_first=None,
-    keep_num_codebooks_dim=None,
-    has_projections=None,
-) -> LayerOptions:
-    """Validate and resolve the arguments shared by every LFQ layer.
+@document(arguments(*_RESOLVED))
+def layer_options(**given) -> LayerOptions:
+    """Validate and resolve the arguments shared by every LFQ layer (keywords only).
 
     Args:
-        dim: input feature size; default `C*D`. When it differs from `C*D`, learned
-            projections are created (see `has_projections`). Given alone (no
-            codebook_size or codebook_dim) it also sets D = dim, as in
-            vector-quantize-pytorch (`codebook_size = 2**dim`).
-        codebook_size: codes per codebook, a power of two; or give `codebook_dim`.
-        codebook_dim: D, bits per codebook (both may be given if they agree).
-        num_codebooks: C.
-        entropy_loss_weight: weight of the entropy loss (`Config.entropy_weight`).
-        commitment_loss_weight: weight of the commitment loss (`Config.commitment_weight`).
-        diversity_gamma: gamma of `H_sample - gamma*H_batch`.
-        inv_temperature: tau of the soft assignment.
-        spherical: the BSQ variant.
-        codebook_scale: s, the code magnitude (`Config.scale`).
-        soft_clamp_input_value: v of the soft clamp `v*tanh(z/v)` (`Config.soft_clamp`).
-        straight_through_activation: f of the straight-through rule, "identity" or "tanh".
-        bit_order: "msb" (default) or "lsb" index bit order.
-        batch_entropy: "exact" or the upper-bound approximation "groups:G".
-        max_exact_bits: largest D of the exact batch entropy.
-        precision: "highest" (full float32 matrix products) or "default".
-        channel_first: None = auto (see `LayerOptions.is_channel_first`); True/False forces it.
-        keep_num_codebooks_dim: None = keep the codebook axis of the indices only
-            when num_codebooks > 1 (image tokenizers expect `b h w` indices).
-        has_projections: None = auto (when `dim != C*D`); True/False forces it.
 
     Raises:
         ValueError, TypeError: naming the argument, its value and the fix.
     """
-    for name, value in (
-        ("channel_first", channel_first),
-        ("keep_num_codebooks_dim", keep_num_codebooks_dim),
-        ("has_projections", has_projections),
-    ):
-        _flag(name, value)
-    config = Config(
-        codebook_dim=_codebook_dim(codebook_size, codebook_dim, dim),
-        num_codebooks=num_codebooks,
-        scale=codebook_scale,
-        spherical=spherical,
-        inv_temperature=inv_temperature,
-        diversity_gamma=diversity_gamma,
-        entropy_weight=entropy_loss_weight,
-        commitment_weight=commitment_loss_weight,
-        bit_order=bit_order,
-        soft_clamp=soft_clamp_input_value,
-        activation=straight_through_activation,
-        batch_entropy=batch_entropy,
-        max_exact_bits=max_exact_bits,
-        precision=precision,
-    )
+    values, _ = bind(layer_options.__signature__, given, "layer_options")
+    for name in ("channel_first", "keep_num_codebooks_dim", "has_projections"):
+        _flag(name, values[name])
+    fields = {_TABLE[name].config_field: values[name] for name in _RESOLVED if _TABLE[name].config_field}
+    fields["codebook_dim"] = _codebook_dim(values["codebook_size"], values["codebook_dim"], values["dim"])
+    config = Config(**fields)
     features = config.num_features
+    dim, num_codebooks = values["dim"], values["num_codebooks"]
+    has_projections, keep = values["has_projections"], values["keep_num_codebooks_dim"]
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
         raise ValueError(f"dim={dim!r} must be a positive int (the input feature size) or None")
     dim = features if dim is None else dim
@@ -153,7 +375,7 @@ def layer_options(
             f"has_projections=False but dim={dim} != C*D = {features}: without projections the input "
             "must have C*D features; drop has_projections (auto) or make them equal"
         )
-    if keep_num_codebooks_dim is False and num_codebooks > 1:
+    if keep is False and num_codebooks > 1:
         raise ValueError(
             f"keep_num_codebooks_dim=False with num_codebooks={num_codebooks}: the indices of several "
             "codebooks need their own axis (it needs num_codebooks == 1); use None or True"
@@ -162,13 +384,17 @@ def layer_options(
         config=config,
         dim=dim,
         has_projections=dim != features if has_projections is None else has_projections,
-        keep_num_codebooks_dim=num_codebooks > 1 if keep_num_codebooks_dim is None else keep_num_codebooks_dim,
-        channel_first=channel_first,
+        keep_num_codebooks_dim=num_codebooks > 1 if keep is None else keep,
+        channel_first=values["channel_first"],
     )
 
 
-#: Names of the arguments `layer_options` takes, in order.
-LAYER_ARGUMENTS = tuple(inspect.signature(layer_options).parameters)
+layer_options.__signature__ = signature(arguments(*_RESOLVED))
+
+
+def resolve(values: dict) -> LayerOptions:
+    """`layer_options` of the table's arguments found in `values` (a layer's bound arguments)."""
+    return layer_options(**{name: values[name] for name in _RESOLVED})
 
 
 def mask_layout(mask_shape, tokens) -> tuple[int, ...]:
@@ -210,18 +436,23 @@ def mask_layout(mask_shape, tokens) -> tuple[int, ...]:
     return matches[0]
 
 
-#: The layers' per-call schedule arguments and the backend options they become.
-SCHEDULE_ARGUMENTS = {
-    "inv_temperature": "inv_temperature",
-    "entropy_loss_weight": "entropy_weight",
-    "commitment_loss_weight": "commitment_weight",
-    "diversity_gamma": "diversity_gamma",
-}
+#: The layers' per-call schedule arguments and the backend options (`lfq.factorized.Schedule`
+#: fields) they set: the table's `per_call` records.
+SCHEDULE_ARGUMENTS = {r.name: r.config_field for r in LAYER_ARGUMENTS if r.per_call}
 
 
 def schedule_options(**values) -> dict:
-    """The layers' per-call schedule arguments (`SCHEDULE_ARGUMENTS`, None = the layer's
-    value) as the backend options of `lfq.factorized.Schedule`."""
+    """A call's schedule arguments as the backend's per-call options, the one place they are named.
+
+    Args:
+        **values: the layer's call arguments of `SCHEDULE_ARGUMENTS` (`inv_temperature=`,
+            `entropy_loss_weight=`, ...); None keeps the layer's value.
+
+    Returns:
+        Keyword options of the backends' `lfq` / `entropy` / `commitment_loss`
+        (the fields of `lfq.factorized.Schedule`: `inv_temperature`,
+        `diversity_gamma`, `entropy_weight`, `commitment_weight`), without the Nones.
+    """
     unknown = sorted(set(values) - set(SCHEDULE_ARGUMENTS))
     if unknown:
         raise TypeError(f"unexpected schedule argument(s) {unknown}; known: {list(SCHEDULE_ARGUMENTS)}")

@@ -141,6 +141,51 @@ def test_codebook_entry_round_trip_is_bitwise():
     assert torch.equal(book[1], torch.tensor([1.0] + [-1.0] * 9))  # index 1 = first feature set (LSB)
 
 
+def their_layout(values: torch.Tensor) -> torch.Tensor:
+    """`values` (`[b, c, ...]`) in the memory layout Open-MAGVIT2's LFQ gives its output.
+
+    Their forward rearranges `b d ... -> b ... d`, packs the tokens (`einops.pack`, which
+    concatenates into a new tensor), and unpacks and rearranges back as views; the same
+    einops steps, applied here to a contiguous copy of the values, give that layout.
+    """
+    einops = pytest.importorskip("einops")
+    last = einops.rearrange(values.contiguous(), "b d ... -> b ... d")
+    packed, ps = einops.pack([last], "b * d")
+    return einops.rearrange(einops.unpack(packed, ps, "b * d")[0], "b ... d -> b d ...")
+
+
+def _decoder(ndim: int, channels: int, seed: int):
+    """A convolution over the spatial axes of a `[b, channels, ...]` input (the first layer of a decoder)."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn((7, channels) + (3,) * (ndim - 2), generator=g)
+    conv = getattr(torch.nn.functional, f"conv{ndim - 2}d")
+    return lambda z: conv(z, weight, padding=1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_quantized_and_codebook_entries_have_their_memory_layout(seed):
+    rng = np.random.default_rng(seed)
+    ndim = int(rng.integers(2, 6))  # [b, dim], sequences, images, video
+    num_codebooks, bits = int(rng.integers(1, 3)), int(rng.integers(2, 6))
+    dim = num_codebooks * bits
+    shape = (int(rng.integers(1, 4)), dim) + tuple(int(n) for n in rng.integers(1, 6, ndim - 2))
+    q = LFQ(dim=dim, codebook_size=2**bits, num_codebooks=num_codebooks)
+    x = rand(*shape, seed=seed)
+    for training in (True, False):
+        q.train(training)
+        quant, _, indices = q(x)
+        theirs = their_layout(quant.detach())
+        assert quant.stride() == theirs.stride() and torch.equal(quant, theirs), (shape, quant.stride())
+    if ndim < 3:
+        return
+    decode = _decoder(ndim, dim, seed)
+    assert torch.equal(decode(quant.detach()), decode(theirs))  # a decoder gives their output bitwise
+    if ndim == 4:  # get_codebook_entry takes image indices
+        b, _, h, w = shape
+        entry = q.get_codebook_entry(indices.view(b, -1), (b, h, w, dim), None)
+        assert entry.stride() == quant.stride() and torch.equal(decode(entry), decode(quant.detach()))
+
+
 def test_codebook_entry_several_codebooks():
     q = LFQ(dim=8, codebook_size=16, num_codebooks=2)
     x = rand(2, 8, 3, 3, seed=4)

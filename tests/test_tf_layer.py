@@ -48,17 +48,25 @@ def test_sequence_layer_is_the_functional_lfq():
     _same_loss(layer.losses[0].numpy(), out.aux_loss.numpy(), rtol=0)
 
 
-@pytest.mark.parametrize(
-    "shape, channel_first, feature_axis",
-    [
-        ((2, 4, 3, 5), None, 1),  # image b c h w: channel-first by default
-        ((2, 4, 2, 3, 3), None, 1),  # video b c t h w
-        ((2, 3, 5, 4), False, -1),  # image forced channel-last
-        ((2, 4, 6), True, 1),  # sequence forced channel-first
-    ],
-)
-def test_layouts(shape, channel_first, feature_axis):
+@pytest.fixture(params=["channels_last", "channels_first"])
+def image_data_format(request):
+    """Keras's global image data format, set for the test and restored after it."""
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format(request.param)
+    yield request.param
+    keras.config.set_image_data_format(previous)
+
+
+@pytest.mark.parametrize("ndim", [3, 4, 5])
+@pytest.mark.parametrize("channel_first", [None, True, False])
+def test_layouts(image_data_format, ndim, channel_first):
+    # None follows keras.config.image_data_format() for every rank, as Keras's convolutions do.
+    first = image_data_format == "channels_first" if channel_first is None else channel_first
+    feature_axis = 1 if first else -1
+    tokens = (2, 3, 2, 5)[: ndim - 1]
+    shape = tokens[:1] + (4,) + tokens[1:] if first else tokens + (4,)
     layer = LFQLayer(codebook_size=16, channel_first=channel_first, inv_temperature=3.0)
+    assert layer.get_config()["channel_first"] is first  # recorded, so a reload keeps the layout
     x = _z(shape)
     out, breakdown = layer(x, training=True, return_loss_breakdown=True)
     cfg = lfq.Config(codebook_dim=4, inv_temperature=3.0, feature_axis=feature_axis)
@@ -75,7 +83,7 @@ def test_layouts(shape, channel_first, feature_axis):
 
 
 def test_projections_and_indices_to_codes():
-    layer = LFQLayer(dim=6, codebook_dim=2, num_codebooks=2, keep_num_codebooks_dim=True)
+    layer = LFQLayer(dim=6, codebook_dim=2, num_codebooks=2, keep_num_codebooks_dim=True, channel_first=True)
     x = _z((2, 6, 4, 4))  # image, channel-first, 6 channels -> 2*2 features
     out = layer(x, training=True)
     assert layer.has_projections and out.quantized.shape == x.shape
@@ -185,7 +193,7 @@ def test_model_fit(policy, jit_compile, samples):
 def test_save_and_load_keras_format(tmp_path):
     keras.utils.set_random_seed(1)
     inputs = keras.Input((6, 3, 3))
-    out = LFQLayer(dim=6, codebook_size=8, num_codebooks=2, spherical=True, name="lfq")(inputs)
+    out = LFQLayer(dim=6, codebook_size=8, num_codebooks=2, spherical=True, channel_first=True, name="lfq")(inputs)
     model = keras.Model(inputs, [out.quantized, out.indices])
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -195,6 +203,30 @@ def test_save_and_load_keras_format(tmp_path):
     x = _z((2, 6, 3, 3))
     for a, b in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_saved_model_of_a_module_with_the_default_layer(tmp_path):
+    """tf.saved_model.save of a tf.Module holding the layer (code-usage metrics on, the default),
+    traced in training and in inference: the reloaded functions give the same outputs."""
+
+    class Holder(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = LFQLayer(dim=6, codebook_dim=2, num_codebooks=2)
+            spec = [tf.TensorSpec([None, 5, 6], tf.float32)]
+            self.train = tf.function(lambda x: tuple(self.layer(x, training=True)), input_signature=spec)
+            self.infer = tf.function(lambda x: tuple(self.layer(x, training=False)), input_signature=spec)
+
+    keras.utils.set_random_seed(3)
+    holder = Holder()
+    x = tf.constant(_z((3, 5, 6)))
+    want = {"train": holder.train(x), "infer": holder.infer(x)}
+    tf.saved_model.save(holder, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    for name, expected in want.items():
+        for a, b in zip(getattr(loaded, name)(x), expected):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert float(want["train"][2]) > 0 and float(want["infer"][2]) == 0
 
 
 @pytest.mark.parametrize(
@@ -217,11 +249,13 @@ def test_bad_arguments(kwargs, error, pattern):
 
 def test_wrong_input_size_names_dim_and_axis():
     with pytest.raises(ValueError, match=r"expected dim=8 features on axis 1 \(channel-first\)"):
-        LFQLayer(codebook_dim=4, num_codebooks=2)(_z((2, 3, 4, 4)))
+        LFQLayer(codebook_dim=4, num_codebooks=2, channel_first=True)(_z((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"expected dim=8 features on axis -1 \(channel-last\)"):
+        LFQLayer(codebook_dim=4, num_codebooks=2)(_z((2, 8, 4, 4)))  # Keras's default: channels-last
 
 
 def test_per_call_schedule_and_vqp_mask_layouts():
-    layer = LFQLayer(codebook_dim=4, commitment_loss_weight=0.5)
+    layer = LFQLayer(codebook_dim=4, commitment_loss_weight=0.5, channel_first=True)
     x = tf.constant(np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32))
     own = np.random.default_rng(1).random((2, 3, 3)) > 0.3
     tau = tf.Variable(5.0)

@@ -1,7 +1,7 @@
 """The quantizer as Flax modules: `LFQ` (Flax NNX) and `LinenLFQ` (Flax Linen).
 
 Both take the layer arguments shared with the plain JAX module, the torch module
-and the Keras layer (documented once in `lfq.layer_options.layer_options`), hold
+and the Keras layer (declared once in `lfq.layer_options.LAYER_ARGUMENTS`), hold
 the optional projections as Flax layers (`project_in`: dim -> C*D and
 `project_out`: C*D -> dim, an `nnx.Linear` / `nn.Dense` each, created when
 dim != C*D or `has_projections=True`), and run the plain module
@@ -48,8 +48,9 @@ from lfq.backends.jax_backend import module as _module
 from lfq.backends.jax_backend.backend import _precision
 
 from lfq.config import Config
+from lfq.layer_options import LAYER_ARGUMENTS, LayerArgument, bind, declare_fields, document, signature
 
-__all__ = ["LFQ", "LinenLFQ"]
+__all__ = ["LFQ", "LinenLFQ", "NNX_ARGUMENTS"]
 
 _PlainLFQ = _module.LFQ
 
@@ -87,23 +88,38 @@ class _PlainDelegate:
         return self.jax_module.uses_projections
 
 
+_PARAM_DTYPE = LayerArgument("param_dtype", jnp.float32, "dtype of the projection parameters.", "Any")
+
+#: The Flax NNX module's own arguments (beside `lfq.layer_options.LAYER_ARGUMENTS`).
+NNX_ARGUMENTS = (
+    _PARAM_DTYPE,
+    LayerArgument(
+        "deterministic",
+        False,
+        "True = inference, no loss computed (`aux_loss` is 0); `model.eval()` sets it, `model.train()` "
+        "clears it. The call argument `train` overrides it.",
+        "bool",
+    ),
+    LayerArgument(
+        "rngs",
+        None,
+        "`nnx.Rngs` (or an int seed) for the projections; needed only when the module has projections. "
+        "Kernel and bias are drawn uniformly from +-1/sqrt(fan_in), as in the plain module and PyTorch.",
+        "nnx.Rngs | int | None",
+    ),
+)
+_NNX_SIGNATURE = signature(LAYER_ARGUMENTS, NNX_ARGUMENTS, self_=True)
+_NAMES = tuple(argument.name for argument in LAYER_ARGUMENTS)
+
+
+@document(LAYER_ARGUMENTS, NNX_ARGUMENTS)
 class LFQ(_PlainDelegate, nnx.Module):
     """Lookup-free quantizer as a Flax NNX module, with optional input/output projections.
 
-    The layer arguments (`dim` to `keep_num_codebooks_dim`) are those of every
-    framework's layer, documented once in `lfq.layer_options.layer_options`.
+    Its arguments (keywords only) are those of every framework's layer, declared
+    once in `lfq.layer_options.LAYER_ARGUMENTS`, then its own.
 
     Args:
-        return_loss_breakdown: default of the call argument of that name.
-        has_projections: None = auto (dim given and != C*D).
-        projection_has_bias: whether the projections have a bias.
-        param_dtype: dtype of the projection parameters.
-        deterministic: True = inference, no loss computed (`aux_loss` is 0);
-            `model.eval()` sets it, `model.train()` clears it. The call
-            argument `train` overrides it.
-        rngs: `nnx.Rngs` (or an int seed) for the projections; needed only
-            when the module has projections. Kernel and bias are drawn uniformly
-            from +-1/sqrt(fan_in), as in the plain module and PyTorch.
 
     Attributes:
         project_in, project_out: `nnx.Linear` layers, or None without projections.
@@ -111,8 +127,8 @@ class LFQ(_PlainDelegate, nnx.Module):
             module runs.
 
     Call: `model(x, mask=None, *, train=None, compute_loss=None,
-    return_loss_breakdown=None, axis_name=None)`, the arguments of the plain
-    module's `apply` (`train=None`: `not model.deterministic`).
+    return_loss_breakdown=None, axis_name=None, inv_temperature=None, ...)`, the
+    arguments of the plain module's `apply` (`train=None`: `not model.deterministic`).
 
     Example:
         >>> from flax import nnx
@@ -122,62 +138,15 @@ class LFQ(_PlainDelegate, nnx.Module):
         ((2, 8, 16), (2, 8))
     """
 
-    def __init__(
-        self,
-        *,
-        dim: int | None = None,
-        codebook_size: int | None = None,
-        codebook_dim: int | None = None,
-        num_codebooks: int = 1,
-        entropy_loss_weight: float = 0.1,
-        commitment_loss_weight: float = 0.25,
-        diversity_gamma: float = 1.0,
-        inv_temperature: float = 100.0,
-        spherical: bool = False,
-        codebook_scale: float = 1.0,
-        soft_clamp_input_value: float | None = None,
-        straight_through_activation: str = "identity",
-        bit_order: str = "msb",
-        batch_entropy: str = "exact",
-        max_exact_bits: int = 24,
-        precision: str = "highest",
-        channel_first: bool | None = None,
-        keep_num_codebooks_dim: bool | None = None,
-        return_loss_breakdown: bool = False,
-        has_projections: bool | None = None,
-        projection_has_bias: bool = True,
-        param_dtype: Any = jnp.float32,
-        deterministic: bool = False,
-        rngs: nnx.Rngs | int | None = None,
-    ):
-        quantizer = _PlainLFQ(
-            dim=dim,
-            codebook_size=codebook_size,
-            codebook_dim=codebook_dim,
-            num_codebooks=num_codebooks,
-            entropy_loss_weight=entropy_loss_weight,
-            commitment_loss_weight=commitment_loss_weight,
-            diversity_gamma=diversity_gamma,
-            inv_temperature=inv_temperature,
-            spherical=spherical,
-            codebook_scale=codebook_scale,
-            soft_clamp_input_value=soft_clamp_input_value,
-            straight_through_activation=straight_through_activation,
-            bit_order=bit_order,
-            batch_entropy=batch_entropy,
-            max_exact_bits=max_exact_bits,
-            precision=precision,
-            channel_first=channel_first,
-            keep_num_codebooks_dim=keep_num_codebooks_dim,
-            return_loss_breakdown=return_loss_breakdown,
-            has_projections=has_projections,
-            projection_has_bias=projection_has_bias,
-        )
+    def __init__(self, **arguments):
+        values, _ = bind(_NNX_SIGNATURE, arguments, "LFQ")
+        quantizer = _PlainLFQ(**{name: values[name] for name in _NAMES})
         self.jax_module = quantizer
-        self.deterministic = deterministic
+        self.deterministic = values["deterministic"]
         if not quantizer.uses_projections:
             self.project_in = self.project_out = None
             return
+        rngs = values["rngs"]
         if rngs is None:
             raise ValueError(
                 f"LFQ(dim={quantizer.input_dim}, ...) has projections (dim != C*D = "
@@ -188,12 +157,17 @@ class LFQ(_PlainDelegate, nnx.Module):
             rngs = nnx.Rngs(rngs)
         dim, features = _projection_shapes(quantizer)
         options = dict(
-            use_bias=projection_has_bias, param_dtype=param_dtype, precision=_precision(quantizer.config), rngs=rngs
+            use_bias=quantizer.projection_has_bias,
+            param_dtype=values["param_dtype"],
+            precision=_precision(quantizer.config),
+            rngs=rngs,
         )
         self.project_in = nnx.Linear(dim, features, kernel_init=_uniform(dim), bias_init=_uniform(dim), **options)
         self.project_out = nnx.Linear(
             features, dim, kernel_init=_uniform(features), bias_init=_uniform(features), **options
         )
+
+    __init__.__signature__ = _NNX_SIGNATURE
 
     def _projections(self) -> dict:
         if self.project_in is None:
@@ -234,25 +208,26 @@ class LFQ(_PlainDelegate, nnx.Module):
         return self.jax_module.indices_to_codes(self._projections(), indices, project_out, dtype)
 
 
-class LinenLFQ(_PlainDelegate, nn.Module):
+# nnx.Module's metaclass wraps construction in (*args, **kwargs): name the arguments for help().
+LFQ.__signature__ = signature(LAYER_ARGUMENTS, NNX_ARGUMENTS)
+
+
+@document(LAYER_ARGUMENTS, (_PARAM_DTYPE,))
+class LinenLFQ(_PlainDelegate, nn.Module, kw_only=True):
     """Lookup-free quantizer as a Flax Linen module, with optional input/output projections.
 
-    The layer arguments (`dim` to `keep_num_codebooks_dim`) are those of every
-    framework's layer, documented once in `lfq.layer_options.layer_options`;
-    they are checked when the module is constructed.
+    Its arguments (attributes) are those of every framework's layer, declared
+    once in `lfq.layer_options.LAYER_ARGUMENTS`, then `param_dtype`; they are
+    checked when the module is constructed. The projections are `nn.Dense`
+    submodules `project_in` and `project_out`, drawn uniformly from
+    +-1/sqrt(fan_in), as in the plain module and PyTorch.
 
-    Attributes:
-        return_loss_breakdown: default of the call argument of that name.
-        has_projections: None = auto (dim given and != C*D).
-        projection_has_bias: whether the projections (`nn.Dense` submodules
-            `project_in` and `project_out`) have a bias.
-        param_dtype: dtype of the projection parameters (drawn uniformly from
-            +-1/sqrt(fan_in), as in the plain module and PyTorch).
+    Args:
 
     Call: `model.apply(variables, x, mask=None, train=True, compute_loss=None,
-    return_loss_breakdown=None, axis_name=None)`, the arguments of the plain
-    module's `apply`; `variables = model.init(key, x)`. Codes from indices:
-    `model.apply(variables, indices, method=LinenLFQ.indices_to_codes)`.
+    return_loss_breakdown=None, axis_name=None, inv_temperature=None, ...)`, the
+    arguments of the plain module's `apply`; `variables = model.init(key, x)`.
+    Codes from indices: `model.apply(variables, indices, method=LinenLFQ.indices_to_codes)`.
 
     Example:
         >>> model = LinenLFQ(dim=16, codebook_size=256)
@@ -262,27 +237,7 @@ class LinenLFQ(_PlainDelegate, nn.Module):
         ((2, 8, 16), (2, 8))
     """
 
-    dim: int | None = None
-    codebook_size: int | None = None
-    codebook_dim: int | None = None
-    num_codebooks: int = 1
-    entropy_loss_weight: float = 0.1
-    commitment_loss_weight: float = 0.25
-    diversity_gamma: float = 1.0
-    inv_temperature: float = 100.0
-    spherical: bool = False
-    codebook_scale: float = 1.0
-    soft_clamp_input_value: float | None = None
-    straight_through_activation: str = "identity"
-    bit_order: str = "msb"
-    batch_entropy: str = "exact"
-    max_exact_bits: int = 24
-    precision: str = "highest"
-    channel_first: bool | None = None
-    keep_num_codebooks_dim: bool | None = None
-    return_loss_breakdown: bool = False
-    has_projections: bool | None = None
-    projection_has_bias: bool = True
+    declare_fields(locals())  # the fields: lfq.layer_options.LAYER_ARGUMENTS, in its order
     param_dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -292,8 +247,7 @@ class LinenLFQ(_PlainDelegate, nn.Module):
     @property
     def jax_module(self) -> _PlainLFQ:
         """The plain `lfq.backends.jax_backend.LFQ` (options only) this module runs."""
-        names = [name for name in _PlainLFQ.__dataclass_fields__ if not name.startswith("_")]
-        return _PlainLFQ(**{name: getattr(self, name) for name in names})
+        return _PlainLFQ(**{name: getattr(self, name) for name in _NAMES})
 
     def setup(self) -> None:
         quantizer = self.jax_module

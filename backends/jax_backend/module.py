@@ -26,7 +26,7 @@ from lfq.backends.jax_backend.backend import _precision
 import lfq
 from lfq import validation
 from lfq.config import Config
-from lfq.layer_options import LAYER_ARGUMENTS, layer_options, mask_layout, schedule_options
+from lfq.layer_options import LAYER_ARGUMENTS, declare_fields, document, mask_layout, resolve, schedule_options
 
 __all__ = ["LFQ", "LFQResult", "LossBreakdown"]
 
@@ -55,17 +55,18 @@ class LFQResult(NamedTuple):
     aux_loss: Any
 
 
-@dataclasses.dataclass(frozen=True)
+_NAMES = tuple(argument.name for argument in LAYER_ARGUMENTS)
+
+
+@document(LAYER_ARGUMENTS)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LFQ:
     """Lookup-free quantizer with optional input/output projections.
 
-    Its arguments are those of every framework's layer, documented once in
-    `lfq.layer_options.layer_options`.
+    Its arguments (keywords only) are those of every framework's layer,
+    declared once in `lfq.layer_options.LAYER_ARGUMENTS`.
 
     Args:
-        return_loss_breakdown: default of the `apply` argument of that name.
-        has_projections: None = auto (dim given and `!= C*D`).
-        projection_has_bias: whether the projections have a bias.
 
     Example:
         >>> quantizer = LFQ(dim=16, codebook_size=256)
@@ -75,30 +76,10 @@ class LFQ:
         ((2, 8, 16), (2, 8))
     """
 
-    dim: int | None = None
-    codebook_size: int | None = None
-    codebook_dim: int | None = None
-    num_codebooks: int = 1
-    entropy_loss_weight: float = 0.1
-    commitment_loss_weight: float = 0.25
-    diversity_gamma: float = 1.0
-    inv_temperature: float = 100.0
-    spherical: bool = False
-    codebook_scale: float = 1.0
-    soft_clamp_input_value: float | None = None
-    straight_through_activation: str = "identity"
-    bit_order: str = "msb"
-    batch_entropy: str = "exact"
-    max_exact_bits: int = 24
-    precision: str = "highest"
-    channel_first: bool | None = None
-    keep_num_codebooks_dim: bool | None = None
-    return_loss_breakdown: bool = False
-    has_projections: bool | None = None
-    projection_has_bias: bool = True
+    declare_fields(locals())  # the fields: lfq.layer_options.LAYER_ARGUMENTS, in its order
 
     def __post_init__(self) -> None:
-        options = layer_options(**{name: getattr(self, name) for name in LAYER_ARGUMENTS})
+        options = resolve({name: getattr(self, name) for name in _NAMES})
         object.__setattr__(self, "_options", options)
 
     # -------------------------------------------------------------- properties

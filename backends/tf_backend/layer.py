@@ -3,7 +3,7 @@
 The layer builds one `lfq.Config` from its arguments (the names of
 vector-quantize-pytorch's LFQ, shared with lfq's torch and JAX modules) and
 calls the TensorFlow backend's functional `lfq`; it adds what a model needs:
-optional learned projections, channel-first image / video layouts, the aux loss
+optional learned projections, Keras's image data format (channels-last by default), the aux loss
 through `add_loss`, code-usage metrics, and the global-batch entropy under
 `tf.distribute`.
 
@@ -13,6 +13,7 @@ through `add_loss`, code-usage metrics, and the global-batch entropy under
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import keras
@@ -20,9 +21,19 @@ import tensorflow as tf
 
 import lfq
 from lfq.config import Config
-from lfq.layer_options import LAYER_ARGUMENTS, layer_options, mask_layout, schedule_options
+from lfq.layer_options import (
+    LAYER_ARGUMENTS,
+    LayerArgument,
+    arguments,
+    bind,
+    document,
+    mask_layout,
+    resolve,
+    schedule_options,
+    signature,
+)
 
-__all__ = ["LFQLayer", "LFQLayerOutput", "LossBreakdown", "batch_code_usage"]
+__all__ = ["KERAS_ARGUMENTS", "LFQLayer", "LFQLayerOutput", "LossBreakdown", "batch_code_usage"]
 
 _HALF = (tf.float16, tf.bfloat16)
 
@@ -86,21 +97,45 @@ def batch_code_usage(indices, cfg: Config, mask=None):
     return used, tf.exp(entropy)
 
 
+#: The Keras layer's own arguments (beside `lfq.layer_options.LAYER_ARGUMENTS`).
+KERAS_ARGUMENTS = (
+    LayerArgument(
+        "sync_replicas",
+        True,
+        "under `tf.distribute` (replica context, more than one replica), compute the losses over the global batch.",
+        "bool",
+    ),
+    LayerArgument(
+        "track_code_usage",
+        True,
+        "update the metrics `<name>_code_usage` (fraction of codes used per batch) and `<name>_perplexity`, "
+        "averaged over codebooks and batches; per replica under `tf.distribute`.",
+        "bool",
+    ),
+)
+
+_CHANNEL_FIRST = dataclasses.replace(
+    arguments("channel_first")[0],
+    doc="None (default) follows Keras's `keras.config.image_data_format()`, read when the layer is constructed "
+    'as for Keras\'s convolutions: "channels_last" (Keras\'s default) reads every input `[b, ..., dim]`, '
+    '"channels_first" every input `[b, dim, ...]`. True/False forces the layout; `get_config` records '
+    "the layout chosen.",
+)
+_ARGUMENTS = tuple(_CHANNEL_FIRST if a.name == "channel_first" else a for a in LAYER_ARGUMENTS) + KERAS_ARGUMENTS
+_SIGNATURE = signature(_ARGUMENTS, var_keyword="kwargs", self_=True)
+
+
 @keras.saving.register_keras_serializable(package="lfq")
+@document(_ARGUMENTS)
 class LFQLayer(keras.layers.Layer):
     """Lookup-free quantization (MAGVIT-v2 LFQ) for Keras 3 on TensorFlow.
 
-    Its arguments are those of every framework's layer, documented once in
-    `lfq.layer_options.layer_options`.
+    Its arguments (keywords only) are those of every framework's layer,
+    declared once in `lfq.layer_options.LAYER_ARGUMENTS`, then its own. The
+    layout follows Keras: channels-last unless `keras.config.image_data_format()`
+    is "channels_first" (or `channel_first=True`).
 
     Args:
-        projection_has_bias: whether the projections have a bias.
-        return_loss_breakdown: default of the call argument of the same name.
-        sync_replicas: under `tf.distribute` (replica context, more than one
-            replica), compute the losses over the global batch.
-        track_code_usage: update the metrics `<name>_code_usage` (fraction of
-            codes used per batch) and `<name>_perplexity`, averaged over
-            codebooks and batches; per replica under `tf.distribute`.
         **kwargs: `keras.layers.Layer` arguments (name, dtype, ...).
 
     Call arguments:
@@ -126,90 +161,43 @@ class LFQLayer(keras.layers.Layer):
         `(LFQLayerOutput, LossBreakdown)` when the breakdown is asked for.
     """
 
-    def __init__(
-        self,
-        *,
-        dim=None,
-        codebook_size=None,
-        codebook_dim=None,
-        num_codebooks=1,
-        entropy_loss_weight=0.1,
-        commitment_loss_weight=0.25,
-        diversity_gamma=1.0,
-        inv_temperature=100.0,
-        spherical=False,
-        codebook_scale=1.0,
-        soft_clamp_input_value=None,
-        straight_through_activation="identity",
-        bit_order="msb",
-        batch_entropy="exact",
-        max_exact_bits=24,
-        precision="highest",
-        channel_first=None,
-        keep_num_codebooks_dim=None,
-        has_projections=None,
-        projection_has_bias=True,
-        return_loss_breakdown=False,
-        sync_replicas=True,
-        track_code_usage=True,
-        **kwargs,
-    ):
+    def __init__(self, **kwargs):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 f"LFQLayer runs on Keras's TensorFlow backend, but KERAS_BACKEND is "
                 f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow (lfq's JAX and torch "
                 "backends have their own modules)"
             )
-        super().__init__(**kwargs)
-        # get_config's dict: every constructor argument, as given
-        self._config = dict(
-            dim=dim,
-            codebook_size=codebook_size,
-            codebook_dim=codebook_dim,
-            num_codebooks=num_codebooks,
-            entropy_loss_weight=entropy_loss_weight,
-            commitment_loss_weight=commitment_loss_weight,
-            diversity_gamma=diversity_gamma,
-            inv_temperature=inv_temperature,
-            spherical=spherical,
-            codebook_scale=codebook_scale,
-            soft_clamp_input_value=soft_clamp_input_value,
-            straight_through_activation=straight_through_activation,
-            bit_order=bit_order,
-            batch_entropy=batch_entropy,
-            max_exact_bits=max_exact_bits,
-            precision=precision,
-            channel_first=channel_first,
-            keep_num_codebooks_dim=keep_num_codebooks_dim,
-            has_projections=has_projections,
-            projection_has_bias=projection_has_bias,
-            return_loss_breakdown=return_loss_breakdown,
-            sync_replicas=sync_replicas,
-            track_code_usage=track_code_usage,
-        )
-        self.options = layer_options(**{name: self._config[name] for name in LAYER_ARGUMENTS})
+        values, rest = bind(_SIGNATURE, kwargs, "LFQLayer")
+        super().__init__(**rest)
+        if values["channel_first"] is None:  # Keras's convention, as Conv2D(data_format=None)
+            values["channel_first"] = keras.config.image_data_format() == "channels_first"
+        self._config = values  # get_config's dict: every argument (channel_first resolved)
+        self.options = resolve(values)
         self.cfg, self.dim = self.options.config, self.options.dim
         self.has_projections = self.options.has_projections
-        self.channel_first = channel_first
+        self.channel_first = values["channel_first"]
         self.keep_num_codebooks_dim = self.options.keep_num_codebooks_dim
         features = self.cfg.num_features
-        self.return_loss_breakdown = return_loss_breakdown
-        self.sync_replicas = sync_replicas
-        self.track_code_usage = track_code_usage
+        self.return_loss_breakdown = values["return_loss_breakdown"]
+        self.sync_replicas = values["sync_replicas"]
+        self.track_code_usage = values["track_code_usage"]
         self._backend = lfq.get("tensorflow")
         # A Keras mask from upstream layers (Embedding(mask_zero=True), Masking) arrives
         # as `mask` and then excludes padding tokens from the losses; it is passed on.
         self.supports_masking = True
         if self.has_projections:
             self.project_in = keras.layers.Dense(
-                features, use_bias=projection_has_bias, dtype=self.dtype_policy, name="project_in"
+                features, use_bias=values["projection_has_bias"], dtype=self.dtype_policy, name="project_in"
             )
             self.project_out = keras.layers.Dense(
-                self.dim, use_bias=projection_has_bias, dtype=self.dtype_policy, name="project_out"
+                self.dim, use_bias=values["projection_has_bias"], dtype=self.dtype_policy, name="project_out"
             )
-        if track_code_usage:
+        if self.track_code_usage:
             self.code_usage_metric = keras.metrics.Mean(name=f"{self.name}_code_usage")
             self.perplexity_metric = keras.metrics.Mean(name=f"{self.name}_perplexity")
+
+    __init__.__signature__ = _SIGNATURE
 
     # ------------------------------------------------------------------ layout
 
@@ -306,6 +294,17 @@ class LFQLayer(keras.layers.Layer):
         if return_loss_breakdown is None:
             return_loss_breakdown = self.return_loss_breakdown
         return (result, breakdown) if return_loss_breakdown else result
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "savedmodel" and self.track_code_usage:
+            # A traced call updates the metrics' variables; Keras does not list metrics as
+            # trackable children, so tf.saved_model.save would refuse the functions that
+            # capture them ("untracked resource"). Checkpoints keep Keras's children.
+            for attribute in ("code_usage_metric", "perplexity_metric"):
+                for variable in getattr(self, attribute).variables:
+                    children[f"{attribute}_{variable.name}"] = variable
+        return children
 
     def compute_mask(self, inputs, mask=None):
         """The token mask of `quantized` and `indices` (the aux loss has none)."""

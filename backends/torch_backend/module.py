@@ -17,6 +17,7 @@ trailing codebook axis `[..., C]` when num_codebooks > 1 (or
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import NamedTuple
 
 import array_api_compat.torch as torch_namespace
@@ -25,13 +26,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfq import factorized, features, validation
-from lfq.layer_options import layer_options, mask_layout, schedule_options
+from lfq.layer_options import (
+    LAYER_ARGUMENTS,
+    LayerArgument,
+    arguments,
+    bind,
+    document,
+    mask_layout,
+    resolve,
+    schedule_options,
+    signature,
+)
 
 from . import distributed as _dist
 from .backend import TorchBackend
 from .ops import straight_through
 
-__all__ = ["CosineSimLinear", "LFQ", "LossBreakdown", "Return"]
+__all__ = ["ARGUMENTS", "CosineSimLinear", "LFQ", "LossBreakdown", "Return", "TORCH_ARGUMENTS"]
 
 
 class Return(NamedTuple):
@@ -100,36 +111,111 @@ def _activation(value):
     raise TypeError(f"straight_through_activation={value!r} must be a module, a callable, 'identity' or 'tanh'")
 
 
+#: The torch layer's own arguments: vector-quantize-pytorch's that the other frameworks lack, and
+#: torch.distributed's.
+TORCH_ARGUMENTS = (
+    LayerArgument(
+        "frac_per_sample_entropy",
+        1.0,
+        "accepted for compatibility (0 < value <= 1); the exact entropy needs no sampled subset of "
+        "tokens, so it changes nothing.",
+        "float",
+    ),
+    LayerArgument(
+        "cosine_sim_project_in",
+        False,
+        "`project_in` is a `CosineSimLinear`, scaled by `cosine_sim_project_in_scale`.",
+        "bool",
+    ),
+    LayerArgument(
+        "cosine_sim_project_in_scale",
+        None,
+        "the scale of the cosine projection; None: `codebook_scale`.",
+        "float | None",
+    ),
+    LayerArgument(
+        "experimental_softplus_entropy_loss",
+        False,
+        "the entropy term of the aux loss is softplus(H_sample - gamma H_batch + entropy_loss_offset).",
+        "bool",
+    ),
+    LayerArgument("entropy_loss_offset", 5.0, "the offset of the softplus variant.", "float"),
+    LayerArgument("force_quantization_f32", True, "accepted; half inputs are always computed in float32.", "bool"),
+    LayerArgument(
+        "orthogonal_rotation",
+        False,
+        "a fixed random orthogonal `[D, D]` matrix (buffer `orthogonal_rot`) rotates each codebook's "
+        "features before quantizing and the codes back after.",
+        "bool",
+    ),
+    LayerArgument(
+        "distributed",
+        None,
+        "sum the losses over the data-parallel group (global batch entropy, DDP-exact gradients). "
+        "None (auto) = on when torch.distributed is initialized with more than one process in "
+        "`process_group`; True/False forces it.",
+        "bool | None",
+    ),
+    LayerArgument("process_group", None, "the group for `distributed`; None: the world.", "Any"),
+)
+
+_STRAIGHT_THROUGH = dataclasses.replace(
+    arguments("straight_through_activation")[0],
+    doc='f of the straight-through rule: "identity", "tanh", or any module or callable '
+    "(`nn.Identity()`, `nn.Tanh()`, `nn.SiLU()`, a function): the codes' value is exactly the code, "
+    "their gradient is `f'(x) * upstream`.",
+    annotation="str | Callable",
+)
+
+#: vector-quantize-pytorch's order of its `LFQ` arguments, then lfq's.
+_ORDER = (
+    "dim",
+    "codebook_size",
+    "entropy_loss_weight",
+    "commitment_loss_weight",
+    "diversity_gamma",
+    "straight_through_activation",
+    "num_codebooks",
+    "keep_num_codebooks_dim",
+    "codebook_scale",
+    "frac_per_sample_entropy",
+    "has_projections",
+    "projection_has_bias",
+    "soft_clamp_input_value",
+    "cosine_sim_project_in",
+    "cosine_sim_project_in_scale",
+    "channel_first",
+    "experimental_softplus_entropy_loss",
+    "entropy_loss_offset",
+    "spherical",
+    "force_quantization_f32",
+    "orthogonal_rotation",
+    "codebook_dim",
+    "inv_temperature",
+    "bit_order",
+    "batch_entropy",
+    "max_exact_bits",
+    "precision",
+    "return_loss_breakdown",
+    "distributed",
+    "process_group",
+)
+_RECORDS = {r.name: r for r in (*LAYER_ARGUMENTS, *TORCH_ARGUMENTS, _STRAIGHT_THROUGH)}
+#: Every argument of `LFQ`, in the order of its signature.
+ARGUMENTS = tuple(_RECORDS[name] for name in _ORDER)
+_SIGNATURE = signature(ARGUMENTS, self_=True)
+
+
+@document(ARGUMENTS)
 class LFQ(nn.Module):
     """Lookup-free quantization layer (MAGVIT-v2), exact entropy, torch backend.
 
-    The arguments shared by every framework's layer are documented once in
-    `lfq.layer_options.layer_options`. The rest are vector-quantize-pytorch's
-    (docs/migration.md says what each does here):
+    Takes every argument of vector-quantize-pytorch's `LFQ` (keywords only, in
+    its order; docs/migration.md says what each does here), then lfq's; the
+    arguments shared with the other frameworks' layers are declared once in
+    `lfq.layer_options.LAYER_ARGUMENTS`.
 
     Args:
-        straight_through_activation: `f` of the straight-through rule: "identity"
-            (default), "tanh", or any module or callable (`nn.Identity()`,
-            `nn.Tanh()`, `nn.SiLU()`, a function): the codes' value is exactly the
-            code, their gradient is `f'(x) * upstream`.
-        frac_per_sample_entropy: accepted for compatibility (0 < value <= 1); the
-            exact entropy needs no sampled subset of tokens, so it changes nothing.
-        projection_has_bias: bias of the projections.
-        cosine_sim_project_in: `project_in` is a `CosineSimLinear`, scaled by
-            `cosine_sim_project_in_scale` (default `codebook_scale`).
-        experimental_softplus_entropy_loss: the entropy term of the aux loss is
-            softplus(H_sample - gamma H_batch + entropy_loss_offset).
-        entropy_loss_offset: the offset of the softplus variant (default 5).
-        force_quantization_f32: accepted; half inputs are always computed in float32.
-        orthogonal_rotation: a fixed random orthogonal `[D, D]` matrix (buffer
-            `orthogonal_rot`) rotates each codebook's features before quantizing
-            and the codes back after.
-        return_loss_breakdown: default of the call argument of the same name.
-        distributed: sum the losses over the data-parallel group (global batch
-            entropy, DDP-exact gradients). None (default) = on when
-            torch.distributed is initialized with more than one process in
-            `process_group`; True/False forces it.
-        process_group: the group for `distributed` (default: the world).
 
     Call: `layer(x, inv_temperature=None, return_loss_breakdown=None, mask=None,
     compute_loss=None, *, entropy_loss_weight=None, commitment_loss_weight=None,
@@ -147,103 +233,50 @@ class LFQ(nn.Module):
     buffers `codebook` / `zero` that some of its versions saved are accepted.
     """
 
-    def __init__(
-        self,
-        *,
-        dim=None,
-        codebook_size=None,
-        entropy_loss_weight=0.1,
-        commitment_loss_weight=0.25,
-        diversity_gamma=1.0,
-        straight_through_activation="identity",
-        num_codebooks=1,
-        keep_num_codebooks_dim=None,
-        codebook_scale=1.0,
-        frac_per_sample_entropy=1.0,
-        has_projections=None,
-        projection_has_bias=True,
-        soft_clamp_input_value=None,
-        cosine_sim_project_in=False,
-        cosine_sim_project_in_scale=None,
-        channel_first=None,
-        experimental_softplus_entropy_loss=False,
-        entropy_loss_offset=5.0,
-        spherical=False,
-        force_quantization_f32=True,
-        orthogonal_rotation=False,
-        codebook_dim=None,
-        inv_temperature=100.0,
-        bit_order="msb",
-        batch_entropy="exact",
-        max_exact_bits=24,
-        precision="highest",
-        return_loss_breakdown=False,
-        distributed=None,
-        process_group=None,
-    ):
+    def __init__(self, **arguments):
         super().__init__()
-        activation_name, self._custom_activation, activation = _activation(straight_through_activation)
-        opts = layer_options(
-            dim=dim,
-            codebook_size=codebook_size,
-            codebook_dim=codebook_dim,
-            num_codebooks=num_codebooks,
-            entropy_loss_weight=entropy_loss_weight,
-            commitment_loss_weight=commitment_loss_weight,
-            diversity_gamma=diversity_gamma,
-            inv_temperature=inv_temperature,
-            spherical=spherical,
-            codebook_scale=codebook_scale,
-            soft_clamp_input_value=soft_clamp_input_value,
-            straight_through_activation=activation_name,
-            bit_order=bit_order,
-            batch_entropy=batch_entropy,
-            max_exact_bits=max_exact_bits,
-            precision=precision,
-            channel_first=channel_first,
-            keep_num_codebooks_dim=keep_num_codebooks_dim,
-            has_projections=has_projections,
-        )
-        if (
-            isinstance(frac_per_sample_entropy, bool)
-            or not isinstance(frac_per_sample_entropy, (int, float))
-            or not 0 < frac_per_sample_entropy <= 1
-        ):
-            raise ValueError(f"frac_per_sample_entropy={frac_per_sample_entropy!r} must be in (0, 1]")
-        if distributed is not None and not isinstance(distributed, bool):
-            raise TypeError(f"distributed={distributed!r} must be None (auto), True or False")
+        args = types.SimpleNamespace(**bind(_SIGNATURE, arguments, "LFQ")[0])
+        activation_name, self._custom_activation, activation = _activation(args.straight_through_activation)
+        opts = resolve({**vars(args), "straight_through_activation": activation_name})
+        frac = args.frac_per_sample_entropy
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+            raise ValueError(f"frac_per_sample_entropy={frac!r} must be in (0, 1]")
+        if args.distributed is not None and not isinstance(args.distributed, bool):
+            raise TypeError(f"distributed={args.distributed!r} must be None (auto), True or False")
         self.cfg, self.dim, self.has_projections = opts.config, opts.dim, opts.has_projections
         features_ = self.cfg.num_features
         if self.has_projections:
-            if cosine_sim_project_in:
-                scale = codebook_scale if cosine_sim_project_in_scale is None else cosine_sim_project_in_scale
-                self.project_in = CosineSimLinear(self.dim, features_, scale)
+            if args.cosine_sim_project_in:
+                scale = args.cosine_sim_project_in_scale
+                self.project_in = CosineSimLinear(self.dim, features_, args.codebook_scale if scale is None else scale)
             else:
-                self.project_in = nn.Linear(self.dim, features_, bias=projection_has_bias)
-            self.project_out = nn.Linear(features_, self.dim, bias=projection_has_bias)
+                self.project_in = nn.Linear(self.dim, features_, bias=args.projection_has_bias)
+            self.project_out = nn.Linear(features_, self.dim, bias=args.projection_has_bias)
         else:
             self.project_in = self.project_out = nn.Identity()
         self.activation = activation
         self.options = opts
         self.keep_num_codebooks_dim = opts.keep_num_codebooks_dim
-        self.channel_first = channel_first
-        self.frac_per_sample_entropy = frac_per_sample_entropy
-        self.experimental_softplus_entropy_loss = bool(experimental_softplus_entropy_loss)
-        self.entropy_loss_offset = float(entropy_loss_offset)
-        self.force_quantization_f32 = force_quantization_f32
-        self.orthogonal_rotation = orthogonal_rotation
-        self.return_loss_breakdown = return_loss_breakdown
-        self.distributed = distributed
-        self.process_group = process_group
+        self.channel_first = args.channel_first
+        self.frac_per_sample_entropy = frac
+        self.experimental_softplus_entropy_loss = bool(args.experimental_softplus_entropy_loss)
+        self.entropy_loss_offset = float(args.entropy_loss_offset)
+        self.force_quantization_f32 = args.force_quantization_f32
+        self.orthogonal_rotation = args.orthogonal_rotation
+        self.return_loss_breakdown = args.return_loss_breakdown
+        self.distributed = args.distributed
+        self.process_group = args.process_group
         self.backend = TorchBackend()
         # vector-quantize-pytorch's buffers: `mask` (saved) holds each bit's index weight;
         # `zero` (not saved) follows .to()/.double(), so it also gives the layer's dtype.
         self.register_buffer("mask", torch.tensor(features.bit_weights(self.cfg), dtype=torch.int64))
         self.register_buffer("zero", torch.tensor(0.0), persistent=False)
-        if orthogonal_rotation:
+        if args.orthogonal_rotation:
             rotation = torch.empty(self.cfg.codebook_dim, self.cfg.codebook_dim)
             nn.init.orthogonal_(rotation)
             self.register_buffer("orthogonal_rot", rotation)
+
+    __init__.__signature__ = _SIGNATURE
 
     # ------------------------------------------------------------ attributes
 
@@ -280,7 +313,9 @@ class LFQ(nn.Module):
         index = torch.arange(self.codebook_size, device=self.zero.device)[:, None]
         return self.backend.indices_to_codes(index, cfg, validation.dtype_name(self.dtype))
 
-    def _schedule_property(name, field):  # noqa: N805 - builds properties at class creation
+    def _schedule_property(name):  # noqa: N805 - builds properties at class creation
+        field = arguments(name)[0].config_field
+
         def get(self):
             return getattr(self.cfg, field)
 
@@ -290,12 +325,12 @@ class LFQ(nn.Module):
 
         return property(get, set_, doc=f"`Config.{field}`; assigning it changes the layer's config.")
 
-    entropy_loss_weight = _schedule_property("entropy_loss_weight", "entropy_weight")
-    commitment_loss_weight = _schedule_property("commitment_loss_weight", "commitment_weight")
-    diversity_gamma = _schedule_property("diversity_gamma", "diversity_gamma")
-    inv_temperature = _schedule_property("inv_temperature", "inv_temperature")
-    codebook_scale = _schedule_property("codebook_scale", "scale")
-    soft_clamp_input_value = _schedule_property("soft_clamp_input_value", "soft_clamp")
+    entropy_loss_weight = _schedule_property("entropy_loss_weight")
+    commitment_loss_weight = _schedule_property("commitment_loss_weight")
+    diversity_gamma = _schedule_property("diversity_gamma")
+    inv_temperature = _schedule_property("inv_temperature")
+    codebook_scale = _schedule_property("codebook_scale")
+    soft_clamp_input_value = _schedule_property("soft_clamp_input_value")
     del _schedule_property
 
     def extra_repr(self) -> str:
@@ -330,16 +365,10 @@ class LFQ(nn.Module):
     def _distributed_options(self) -> dict:
         return _dist.layer_options(self.distributed, self.process_group)
 
-    def _schedule_options(self, values: dict, device) -> dict:
-        """The per-call schedule values as backend options; under torch.compile, as tensors
-        (graph inputs that change without recompiling, not constants)."""
-        tau = values["inv_temperature"]
-        if isinstance(tau, torch.Tensor) and (tau.ndim != 0 or not tau.is_floating_point()):
-            raise TypeError(
-                f"inv_temperature got a {tuple(tau.shape)} {tau.dtype} tensor: the second positional argument "
-                "of forward is inv_temperature (vector-quantize-pytorch's order); pass a mask as mask=..."
-            )
-        options = schedule_options(**values)
+    @staticmethod
+    def _compiled_schedule(options: dict, device) -> dict:
+        """The backend's schedule options; under torch.compile, as tensors (graph inputs that
+        change without recompiling, not constants)."""
         if torch.compiler.is_compiling():
             for name, value in options.items():
                 if not isinstance(value, torch.Tensor):
@@ -361,7 +390,7 @@ class LFQ(nn.Module):
 
     def _custom_straight_through(self, work, codes, cfg):
         """Codes' value with the gradient of the user's activation at the transformed features."""
-        _, _, x, _ = self.backend._features(work, cfg, None)  # [N, C, D], soft clamp / sphere applied
+        x = self.backend.transformed_features(work, cfg)  # [N, C, D], soft clamp / sphere applied
         carrier = self._custom_activation(x).reshape(work.shape)
         return straight_through(codes.detach(), carrier.to(codes.dtype))
 
@@ -380,6 +409,14 @@ class LFQ(nn.Module):
         """Quantize `x`; see the class docstring for shapes and the return value."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if isinstance(inv_temperature, torch.Tensor) and (
+            inv_temperature.ndim != 0 or not inv_temperature.is_floating_point()
+        ):
+            raise TypeError(
+                f"inv_temperature got a {tuple(inv_temperature.shape)} {inv_temperature.dtype} tensor: the second "
+                "positional argument of forward is inv_temperature (vector-quantize-pytorch's order); pass a "
+                "mask as mask=..."
+            )
         channel_first = self.options.is_channel_first(x.ndim)
         if channel_first:
             if x.ndim < 2:
@@ -404,13 +441,13 @@ class LFQ(nn.Module):
         # returns the losses in float32 too (a bf16 loss keeps 3 digits).
         half = h.dtype in (torch.float16, torch.bfloat16)
         work = h.float() if half else h
-        schedule = self._schedule_options(
-            {
-                "inv_temperature": inv_temperature,
-                "entropy_loss_weight": entropy_loss_weight,
-                "commitment_loss_weight": commitment_loss_weight,
-                "diversity_gamma": diversity_gamma,
-            },
+        schedule = self._compiled_schedule(
+            schedule_options(
+                inv_temperature=inv_temperature,
+                entropy_loss_weight=entropy_loss_weight,
+                commitment_loss_weight=commitment_loss_weight,
+                diversity_gamma=diversity_gamma,
+            ),
             work.device,
         )
         compute_loss = self.training if compute_loss is None else compute_loss

@@ -26,11 +26,26 @@ from torch import nn
 
 from lfq import validation
 from lfq.config import Config
+from lfq.layer_options import arguments, document
 
 from . import distributed as _dist
 from .backend import TorchBackend
 
 __all__ = ["LFQ", "LossBreakdown"]
+
+
+def _their_layout(z):
+    """`z` (`[b, c, ...]`, any strides) in Open-MAGVIT2's memory layout: features last in
+    memory (a contiguous `[b, ..., c]` viewed channel-first; `channels_last` for images).
+
+    Their layer moves the features last, packs the tokens into a new tensor, and moves the
+    features back as a view; so do their `get_codebook_entry` codes. Giving a decoder the
+    same layout makes its output bitwise theirs (a convolution's summation order follows
+    the memory layout), and `decode(get_codebook_entry(indices))` bitwise `decode(quantized)`.
+    """
+    last = z.movedim(1, -1)
+    # A new tensor, as their pack makes: canonical strides, size-1 axes included.
+    return torch.empty(last.shape, dtype=z.dtype, device=z.device).copy_(last).movedim(-1, 1)
 
 
 class LossBreakdown(NamedTuple):
@@ -49,8 +64,12 @@ class LossBreakdown(NamedTuple):
     avg_probs: torch.Tensor
 
 
+@document(arguments("batch_entropy", "max_exact_bits", "precision"), last=True)
 class LFQ(nn.Module):
     """Lookup-free quantizer with Open-MAGVIT2's interface; exact entropies by lfq.
+
+    Its arguments are Open-MAGVIT2's, then three of lfq's (declared, as every
+    layer's, in `lfq.layer_options.LAYER_ARGUMENTS`).
 
     Args:
         dim: input features (axis 1 of the input); must be
@@ -65,8 +84,6 @@ class LFQ(nn.Module):
             `factorized_bits[1]` bits of each codebook. The losses are unchanged
             (the entropy is over all 2**D codes, as in theirs).
         factorized_bits: `[bits_pre, bits_post]`, summing to D.
-        batch_entropy, max_exact_bits, precision: lfq's options (`lfq.Config`);
-            the defaults are exact at D <= 24.
         distributed: batch entropy over the data-parallel group (global batch).
             None (default): on when torch.distributed runs more than one process
             in `process_group`; False gives theirs, a per-process batch entropy.
@@ -77,7 +94,9 @@ class LFQ(nn.Module):
     `[b, dim, h, w]` or `[b, dim, t, h, w]`. Returns `(quantized, entropy_aux_loss,
     indices)`, or `((quantized, entropy_aux_loss, indices), LossBreakdown)`:
 
-    * `quantized`: x's shape and dtype, exactly +-1, straight-through gradient;
+    * `quantized`: x's shape and dtype, exactly +-1, straight-through gradient,
+      in their memory layout (features last in memory: `channels_last` for
+      images), as `get_codebook_entry` returns codes;
     * `entropy_aux_loss`: `sample_minimization_weight * H_sample -
       batch_maximization_weight * H_batch` when training with `return_loss`, else 0
       (the commitment loss is only in the breakdown, as in theirs);
@@ -272,7 +291,7 @@ class LFQ(nn.Module):
             if indices is None:
                 indices = self.backend.codes_to_indices(work, cfg)
             indices = indices.flatten()
-        quantized = codes.to(x.dtype) if half else codes
+        quantized = _their_layout(codes.to(x.dtype) if half else codes)
         ret = (quantized, entropy_aux_loss, indices)
         if not return_loss_breakdown:
             return ret
@@ -323,7 +342,8 @@ class LFQ(nn.Module):
             shape: another name for `bhwc` (their older transformer passes `shape=`).
 
         Returns:
-            `[b, c, h, w]` codes +-1 in the layer's dtype (float32 unless converted).
+            `[b, c, h, w]` codes +-1 in the layer's dtype (float32 unless converted),
+            in the memory layout of `forward`'s `quantized` (`channels_last`).
 
         Raises:
             ValueError: an index outside [0, 2**bits), x's size not b*h*w*(c/bits),
@@ -355,7 +375,7 @@ class LFQ(nn.Module):
         codes = self.backend.indices_to_codes(
             indices, self._codes_config(bits, c // bits), validation.dtype_name(self.dtype)
         )
-        return codes.movedim(-1, 1)
+        return _their_layout(codes.movedim(-1, 1))
 
     def indices_to_bits(self, x):
         """Bool bits `[..., D]` of int indices `x` `[...]`, LSB first (bit i is 2**i)."""
