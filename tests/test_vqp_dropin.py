@@ -446,7 +446,8 @@ def test_grouped_residual_sequences_and_images():
     grouped = GroupedResidualLFQ(dim=32, groups=2, codebook_size=16, num_quantizers=3).eval()
     x = torch.randn(2, 9, 32)
     quantized, indices, losses, codes = grouped(x, return_all_codes=True)
-    assert indices.shape == (2, 2, 9, 3) and losses.shape == (2, 3) and codes.shape == (2, 3, 2, 9, 4)
+    assert indices.shape == (2, 2, 9, 3) and losses.shape == (2, 3)
+    assert isinstance(codes, tuple) and [c.shape for c in codes] == [(3, 2, 9, 4)] * 2  # one per group
     assert torch.equal(grouped.get_output_from_indices(indices), quantized)
     images = GroupedResidualLFQ(dim=8, groups=2, codebook_size=16, num_quantizers=2, accept_image_fmap=True).eval()
     fmap = torch.randn(2, 8, 3, 3)
@@ -513,3 +514,32 @@ def test_a_positional_mask_is_explained():
     layer = LFQ(codebook_size=16)
     with pytest.raises(TypeError, match="second positional argument of forward is inv_temperature"):
         layer(torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool))
+
+
+@needs_vqp
+@pytest.mark.parametrize("accept_image_fmap", [False, True])
+def test_beside_vector_quantize_pytorch_grouped_residual(accept_image_fmap):
+    vqp = theirs()
+    torch.manual_seed(2)
+    # Their image-fmap groups have no channel-first projection (their ResidualLFQ projects the
+    # last axis): images with dim/groups = D, sequences with projections.
+    dim = 8 if accept_image_fmap else 24
+    kwargs = dict(dim=dim, groups=2, codebook_size=16, num_quantizers=3, accept_image_fmap=accept_image_fmap)
+    them = vqp.GroupedResidualLFQ(**kwargs, commitment_loss_weight=0.25)
+    ours = GroupedResidualLFQ(**kwargs)
+    ours.load_state_dict(them.state_dict(), strict=True)
+    them.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(3, dim, 4, 5) if accept_image_fmap else torch.randn(3, 11, dim)
+    for training in (True, False):
+        ours.train(training), them.train(training)
+        a, b = ours(x, return_all_codes=True), them(x, return_all_codes=True)
+        assert a[1].shape == b[1].shape and torch.equal(a[1], b[1])
+        assert a[0].shape == b[0].shape == x.shape
+        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
+        assert a[2].shape == b[2].shape  # the losses: exact here, eps-clamped there
+        assert type(a[3]) is type(b[3]) and len(a[3]) == len(b[3]) == 2  # the codes: one tensor per group
+        for u, v in zip(a[3], b[3]):
+            assert torch.equal(u, v)
+    assert torch.equal(ours.get_output_from_indices(a[1]), a[0])
+    if not accept_image_fmap:  # theirs concatenates the groups' channel-last image codes on axis 1: [b, G*h, w, D]
+        assert torch.equal(ours.get_output_from_indices(a[1]), them.get_output_from_indices(b[1]))

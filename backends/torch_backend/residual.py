@@ -205,7 +205,9 @@ class GroupedResidualLFQ(nn.Module):
         **kwargs: `ResidualLFQ` arguments for every stack.
 
     Call: `forward(x, mask=None, return_all_codes=False)` returns
-    `(quantized, indices [G, ...tokens, Q], losses [G, Q], *all codes [G, Q, ...])`.
+    `(quantized, indices [G, ...tokens, Q], losses [G, Q])` and, with
+    `return_all_codes`, a tuple of each group's codes `[Q, ...tokens, D]`
+    (vector-quantize-pytorch's structure).
     """
 
     def __init__(self, *, dim, groups=1, accept_image_fmap=False, **kwargs):
@@ -244,4 +246,4 @@ class GroupedResidualLFQ(nn.Module):
         ]
         quantized, indices, losses, *codes = zip(*outs)
         ret = (torch.cat(quantized, dim=self.split_dim), torch.stack(indices), torch.stack(losses))
-        return (*ret, torch.stack(codes[0])) if codes else ret
+        return (*ret, codes[0]) if codes else ret  # the codes: one [Q, ...] tensor per group, as there
