@@ -69,12 +69,12 @@ def reference(layer, h, mask=None, **changes):
 
 
 def test_every_vqp_constructor_argument_is_accepted():
+    ours = [n for n in inspect.signature(LFQ).parameters]
+    assert ours[: len(VQP_LFQ_ARGUMENTS)] == list(VQP_LFQ_ARGUMENTS)  # their order first, then lfq's
     if HAVE_VQP:
         params = inspect.signature(theirs().LFQ.__init__).parameters
-        names = {n for n in params if n != "self"}
-        assert names <= set(inspect.signature(LFQ.__init__).parameters), names - set(
-            inspect.signature(LFQ.__init__).parameters
-        )
+        names = [n for n in params if n != "self"]
+        assert names == list(VQP_LFQ_ARGUMENTS) and set(names) <= set(ours), set(names) - set(ours)
     defaults = dict(VQP_LFQ_ARGUMENTS, codebook_size=256)
     layer = LFQ(**defaults)
     assert (layer.codebook_size, layer.dim, layer.has_projections) == (256, 8, False)
