@@ -69,13 +69,13 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
     _A(
         "dim",
         None,
-        "input feature size; default C*D. When it differs from C*D, learned projections `project_in` "
-        "(dim -> C*D) and `project_out` (C*D -> dim) are created (see `has_projections`). Given alone "
+        "input feature size; default `C*D`. When it differs from `C*D`, learned projections `project_in` "
+        "(`dim -> C*D`) and `project_out` (`C*D -> dim`) are created (see `has_projections`). Given alone "
         "(no codebook_size or codebook_dim) it also sets D = dim, as in vector-quantize-pytorch "
-        "(codebook_size = 2**dim).",
+        "(`codebook_size = 2**dim`).",
         "int | None",
     ),
-    _A("codebook_size", None, "codes per codebook, a power of two (2**D); or give `codebook_dim`.", "int | None"),
+    _A("codebook_size", None, "codes per codebook, a power of two (`2**D`); or give `codebook_dim`.", "int | None"),
     _A(
         "codebook_dim",
         None,
@@ -86,7 +86,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
     _A(
         "num_codebooks",
         1,
-        "C, the number of codebooks; codebook k owns features k*D .. k*D+D-1.",
+        "C, the number of codebooks; codebook k owns features `k*D .. k*D+D-1`.",
         "int",
         "num_codebooks",
     ),
@@ -118,7 +118,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
     _A(
         "inv_temperature",
         100.0,
-        "tau, the inverse temperature of the soft assignment (logits 2*tau*x.c).",
+        "tau, the inverse temperature of the soft assignment (logits `2*tau*x.c`).",
         "float",
         "inv_temperature",
         True,
@@ -190,7 +190,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
     _A(
         "has_projections",
         None,
-        "None (auto): projections exist when dim != C*D; True/False forces them.",
+        "None (auto): projections exist when `dim != C*D`; True/False forces them.",
         "bool | None",
     ),
     _A("projection_has_bias", True, "whether the projections have a bias.", "bool"),
