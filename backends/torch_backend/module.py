@@ -167,42 +167,19 @@ _STRAIGHT_THROUGH = dataclasses.replace(
     annotation="str | Callable",
 )
 
-#: vector-quantize-pytorch's order of its `LFQ` arguments, then lfq's.
-_ORDER = (
-    "dim",
-    "codebook_size",
-    "entropy_loss_weight",
-    "commitment_loss_weight",
-    "diversity_gamma",
-    "straight_through_activation",
-    "num_codebooks",
-    "keep_num_codebooks_dim",
-    "codebook_scale",
-    "frac_per_sample_entropy",
-    "has_projections",
-    "projection_has_bias",
-    "soft_clamp_input_value",
-    "cosine_sim_project_in",
-    "cosine_sim_project_in_scale",
-    "channel_first",
-    "experimental_softplus_entropy_loss",
-    "entropy_loss_offset",
-    "spherical",
-    "force_quantization_f32",
-    "orthogonal_rotation",
-    "codebook_dim",
-    "inv_temperature",
-    "bit_order",
-    "batch_entropy",
-    "max_exact_bits",
-    "precision",
-    "return_loss_breakdown",
-    "distributed",
-    "process_group",
-)
+#: vector-quantize-pytorch's `LFQ` arguments, in its order.
+_VQP_ORDER = """
+dim codebook_size entropy_loss_weight commitment_loss_weight diversity_gamma
+straight_through_activation num_codebooks keep_num_codebooks_dim codebook_scale
+frac_per_sample_entropy has_projections projection_has_bias soft_clamp_input_value
+cosine_sim_project_in cosine_sim_project_in_scale channel_first experimental_softplus_entropy_loss
+entropy_loss_offset spherical force_quantization_f32 orthogonal_rotation
+""".split()
 _RECORDS = {r.name: r for r in (*LAYER_ARGUMENTS, *TORCH_ARGUMENTS, _STRAIGHT_THROUGH)}
-#: Every argument of `LFQ`, in the order of its signature.
-ARGUMENTS = tuple(_RECORDS[name] for name in _ORDER)
+#: Every argument of `LFQ`, in the order of its signature: vector-quantize-pytorch's, then lfq's.
+ARGUMENTS = tuple(_RECORDS[name] for name in _VQP_ORDER) + tuple(
+    record for name, record in _RECORDS.items() if name not in _VQP_ORDER
+)
 _SIGNATURE = signature(ARGUMENTS, self_=True)
 
 
