@@ -96,7 +96,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
         "weight of the entropy term `H_sample - gamma*H_batch` in the aux loss.",
         "float",
         "entropy_weight",
-        True,
+        per_call=True,
     ),
     _A(
         "commitment_loss_weight",
@@ -105,7 +105,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
         "loss; vector-quantize-pytorch's default is 0.",
         "float",
         "commitment_weight",
-        True,
+        per_call=True,
     ),
     _A(
         "diversity_gamma",
@@ -113,7 +113,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
         "gamma of the entropy term `H_sample - gamma*H_batch`.",
         "float",
         "diversity_gamma",
-        True,
+        per_call=True,
     ),
     _A(
         "inv_temperature",
@@ -121,7 +121,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
         "tau, the inverse temperature of the soft assignment (logits `2*tau*x.c`).",
         "float",
         "inv_temperature",
-        True,
+        per_call=True,
     ),
     _A(
         "spherical",
@@ -148,7 +148,7 @@ LAYER_ARGUMENTS: tuple[LayerArgument, ...] = (
     _A(
         "bit_order",
         "msb",
-        '"msb" (default: the first feature is the highest bit of the index) or "lsb".',
+        '"msb" (the first feature is the highest bit of the index) or "lsb".',
         "str",
         "bit_order",
     ),
