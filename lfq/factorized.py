@@ -46,6 +46,7 @@ __all__ = [
     "bit_log_probs",
     "code_histogram",
     "distribution_entropy",
+    "flush_subnormal",
     "loss_sums",
     "losses_from_sums",
     "subcode_bits",
@@ -198,6 +199,38 @@ def bernoulli_entropy(a, xp):
     return soft + t * xp.exp(-t - soft)
 
 
+#: Smallest positive normal float32 and float64 (`finfo(dtype).smallest_normal`).
+SMALLEST_NORMAL = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
+#: Largest subnormal float32 and float64: `hardshrink(x, this)` zeros exactly the subnormals.
+_LARGEST_SUBNORMAL = {
+    name: float(np.nextafter(np.asarray(tiny, dtype), dtype(0)))
+    for (name, tiny), dtype in zip(SMALLEST_NORMAL.items(), (np.float32, np.float64))
+}
+
+
+def flush_subnormal(x, xp, nonnegative: bool = False):
+    r"""`x` with its entries of magnitude below the dtype's smallest normal number replaced by exact 0.
+
+    `nonnegative` (x known to be >= 0) saves the `abs`. NaN stays NaN. For the
+    operands of the matrix products (sub-code probabilities and their
+    cotangent-weighted copies): a CPU matrix product with subnormal inputs runs
+    up to 100 times slower where the hardware takes a microcode assist per subnormal
+    (10% of the float32 entries of $P_A$ are subnormal at input std 0.1); flushing
+    them here keeps every backend fast without changing a process-wide floating-point
+    mode (`torch.set_flush_denormal`). No loss changes at float precision:
+    docs/spec.md ("Subnormal probabilities") bounds the effect. float32 is assumed
+    for every dtype but float64 (half inputs are computed in float32).
+    """
+    name = "float64" if x.dtype == xp.float64 else "float32"
+    hardshrink = getattr(xp, "hardshrink", None)
+    if hardshrink is not None:
+        # torch: one vectorized kernel; its CPU `where` (plus the compare and the
+        # zeros) costs about 10 times as much, which is most of an eager step's flush.
+        return hardshrink(x, _LARGEST_SUBNORMAL[name])
+    tiny = SMALLEST_NORMAL[name]
+    return xp.where((x if nonnegative else xp.abs(x)) < tiny, xp.zeros_like(x), x)
+
+
 def subcode_probs(a, xp):
     """Probabilities of every sign pattern of the bits of `a`, MSB first.
 
@@ -206,7 +239,8 @@ def subcode_probs(a, xp):
 
     Returns:
         `[..., 2**k]`: entry j is `prod_i p(bit i = bit i of j)`, bit 0 of `a`
-        being the most significant bit of j; "1" means positive.
+        being the most significant bit of j; "1" means positive. Entries below the
+        dtype's smallest normal number are exactly 0 (`flush_subnormal`).
     """
     log_pos, log_neg = bit_log_probs(a, xp)
     # [..., k, 2]: per bit, (p(-), p(+)) = the factor for a 0 bit, then a 1 bit.
@@ -218,7 +252,7 @@ def subcode_probs(a, xp):
         # one outer product per bit (one kernel where a framework launches kernels).
         step = probs[..., :, None] * pairs[..., i, None, :]
         probs = xp.reshape(step, tuple(step.shape[:-2]) + (2 * probs.shape[-1],))
-    return probs
+    return flush_subnormal(probs, xp, nonnegative=True)
 
 
 def subcode_bits(k: int):
@@ -241,7 +275,8 @@ def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = N
             one, the same kind `code_histogram` takes); default `xp.matmul`.
     """
     matmul = xp.matmul if matmul is None else matmul
-    weighted = cotangent * probs
+    # probs are flushed already; a small cotangent can make their product subnormal again.
+    weighted = flush_subnormal(cotangent * probs, xp)
     positive = xp.exp(bit_log_probs(a, xp)[0])
     # All leading axes as the rows of one batched product, `[1, M, 2**k] @ [1, 2**k, k]`.
     rows = xp.reshape(weighted, (1, -1, weighted.shape[-1]))
