@@ -18,8 +18,10 @@ the process's CPU time (`cpu_clock`), so that other work on the machine does not
   "x floor" is a step's median over that sum. Below D of about 16 the step is not
   product-bound: the elementwise work on $P_A$, $P_B$ (O(N 2^{D/2})) and the
   per-operation overhead set the floor there.
-* **first call**: the first step of each variant (torch.compile / XLA compile,
-  with a fresh inductor cache unless `--warm-cache`).
+* **first call**: the first step of each variant at each D (torch.compile / XLA
+  compile, with a fresh inductor cache unless `--warm-cache`); and, each in a fresh
+  process, the first forward + backward of `torch.compile(LFQ layer)` on a new
+  inductor cache ("cold") and again on the cache it left ("warm": a restarted run).
 * **ops**: aten operations per eager torch step (forward + backward).
 * **memory**: each backend's step in a fresh process at `--memory-tokens`,
   D = `--memory-dim`: growth of the resident high-water mark over the size after
@@ -242,6 +244,39 @@ def run_memory(n: int, d: int, timeout: float) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- first calls
+
+
+def first_call_case(d: int) -> dict:
+    """Seconds of the first forward + backward of `torch.compile(LFQ layer)` (run in a fresh process)."""
+    torch = _torch()
+    from lfq.backends.torch_backend import LFQ
+
+    layer = LFQ(codebook_size=2**d, dim=d)
+    x = torch.randn(2, 512, d, requires_grad=True)
+    compiled = torch.compile(layer)
+    start = time.perf_counter()
+    out = compiled(x)
+    (out[0].sum() + out[2]).backward()
+    return {"D": d, "first_s": time.perf_counter() - start}
+
+
+def run_first_calls(d: int, timeout: float) -> list[dict]:
+    """`first_call_case` twice on one fresh inductor cache: cold, then warm (a restarted run)."""
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="lfq-inductor-"))
+    rows = []
+    for cache in ("cold", "warm"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--_first", str(d)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            row = json.loads(lines[-1]) if lines else {"D": d, "note": proc.stderr[-200:]}
+        except subprocess.TimeoutExpired:
+            row = {"D": d, "note": f"timed out after {timeout:.0f} s"}
+        rows.append({"cache": cache, **row})
+    return rows
+
+
 # ----------------------------------------------------------------------------- inference
 
 
@@ -309,7 +344,7 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def format_report(steps, floors, ops, memory, inference) -> str:
+def format_report(steps, floors, ops, memory, inference, first_calls=()) -> str:
     out = []
     out.append("| D | std | variant | ms | x JAX | x floor | first call s |")
     out.append("|---|---|---|---|---|---|---|")
@@ -350,6 +385,13 @@ def format_report(steps, floors, ops, memory, inference) -> str:
                 f"| {r['variant']} | {r['N']} | {r['D']} | {r['gbps']:.2f} | {r['copy_gbps']:.2f} "
                 f"| {100 * r['of_copy']:.0f}% |"
             )
+    if first_calls:
+        out.append("")
+        out.append("| first call of torch.compile(LFQ layer), forward + backward | D | inductor cache | s |")
+        out.append("|---|---|---|---|")
+        for r in first_calls:
+            value = f"{r['first_s']:.1f}" if "first_s" in r else r.get("note", "")[:80]
+            out.append(f"| | {r['D']} | {r['cache']} | {value} |")
     return "\n".join(out)
 
 
@@ -363,10 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-tokens", type=int, default=2**18)
     parser.add_argument("--memory-dim", type=int, default=16)
     parser.add_argument("--inference-tokens", type=int, default=2**22)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "inference", "ops"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "inference", "ops", "first-call"])
     parser.add_argument("--warm-cache", action="store_true", help="keep torch.compile's on-disk cache")
     parser.add_argument("--json", help="also write every row to this file")
+    parser.add_argument("--first-call-dim", type=int, default=14)
     parser.add_argument("--_memory", help=argparse.SUPPRESS)
+    parser.add_argument("--_first", type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -374,6 +418,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args._memory:
         print(json.dumps(memory_case(*json.loads(args._memory))))
+        return 0
+    if args._first:
+        print(json.dumps(first_call_case(args._first)))
         return 0
     if not args.warm_cache:  # first calls as a new user meets them
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lfq-inductor-")
@@ -388,11 +435,22 @@ def main(argv=None) -> int:
             print(format_report(steps[-len(args.variants) :], floors, {}, [], []), file=sys.stderr, flush=True)
     memory = [] if "memory" in args.skip else run_memory(args.memory_tokens, args.memory_dim, 1200)
     inference = [] if "inference" in args.skip else run_inference(args.inference_tokens, 16, args.repeat)
+    first_calls = [] if "first-call" in args.skip else run_first_calls(args.first_call_dim, 1200)
     print(f"{machine()}; {versions()}; {datetime.date.today()}")
-    print(format_report(steps, floors, ops, memory, inference))
+    print(format_report(steps, floors, ops, memory, inference, first_calls))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"steps": steps, "floors": floors, "ops": ops, "memory": memory, "inference": inference}, f)
+            json.dump(
+                {
+                    "steps": steps,
+                    "floors": floors,
+                    "ops": ops,
+                    "memory": memory,
+                    "inference": inference,
+                    "first_calls": first_calls,
+                },
+                f,
+            )
     return 0
 
 

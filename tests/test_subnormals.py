@@ -78,11 +78,9 @@ def test_subcode_probs_hold_no_subnormal(seed, dtype):
             got = np.asarray(factorized.subcode_probs(to(a), xp))
             assert got.dtype == dtype, name
             assert _subnormal_count(got) == 0, (name, std)
-            # entries below the smallest normal became 0 (NumPy: bitwise), the rest are
-            # the product's (other frameworks' exp differs by an ulp or two)
+            # entries below the smallest normal became 0, the rest are the product's
+            # (to rounding: the order of the k - 1 multiplications and exp differ)
             flushed = np.where(want < TINY[dtype], 0.0, want).astype(dtype)
-            if name == "numpy":
-                np.testing.assert_array_equal(got, flushed)
             rtol = 4 * np.finfo(dtype).eps * k
             np.testing.assert_allclose(got, flushed, rtol=rtol, atol=TINY[dtype], err_msg=name)
 
@@ -133,18 +131,30 @@ def test_no_product_operand_is_subnormal_in_a_torch_step(d):
     assert before > 0, "these inputs must make subnormal probabilities, else the test shows nothing"
 
 
-def _modes():
-    out = [("numpy", lfq.get("numpy")), ("torch", lfq.get("torch")), ("torch-compiled", lfq.get("torch").compiled())]
-    for name in ("jax", "tensorflow"):
+def _modes(compiled: bool):
+    out = []
+    for name in ("numpy", "torch", "jax", "tensorflow"):
         try:
             be = lfq.get(name)
         except ImportError:
             continue
-        out += [(name, be), (f"{name}-compiled", be.compiled())]
+        if compiled and name != "numpy":
+            out.append((f"{name}-compiled", be.compiled()))
+        elif not compiled:
+            out.append((name, be))
     return out
 
 
-def test_every_backend_and_mode_matches_the_reference_across_scales():
+def test_every_backend_matches_the_reference_across_scales():
+    _check_modes_across_scales(_modes(compiled=False))
+
+
+@pytest.mark.slow
+def test_every_compiled_backend_matches_the_reference_across_scales():
+    _check_modes_across_scales(_modes(compiled=True))
+
+
+def _check_modes_across_scales(modes):
     # One config (one compiled program per mode); the scales are run-time inputs.
     cfg = lfq.Config(codebook_dim=7, num_codebooks=2)
     tol_loss, tol_grad = DEFAULT_TOLERANCES["float32"]["loss"], DEFAULT_TOLERANCES["float32"]["grad"]
@@ -153,7 +163,7 @@ def test_every_backend_and_mode_matches_the_reference_across_scales():
         want = reference.lfq(z, cfg)
         want_grad = reference.vjp("aux_loss", z, cfg)
         unit = max(np.abs(want_grad).max(), np.finfo(np.float32).tiny)
-        for name, be in _modes():
+        for name, be in modes:
             got = be.lfq(z, cfg) if name == "numpy" else be.lfq(_as(name, z), cfg)
             for field in ("aux_loss", "per_sample_entropy", "batch_entropy"):
                 g, w = float(np.asarray(getattr(got, field))), float(getattr(want, field))
