@@ -214,7 +214,7 @@ def flush_subnormal(x, xp, nonnegative: bool = False):
     r"""`x` with its entries of magnitude below the dtype's smallest normal number replaced by exact 0.
 
     `nonnegative` (x known to be >= 0) saves the `abs`. NaN stays NaN. For the
-    operands of the matrix products (sub-code probabilities and their
+    operands of the matrix products (the sub-code probabilities, and the reference's
     cotangent-weighted copies): a CPU matrix product with subnormal inputs runs
     up to 100 times slower where the hardware takes a microcode assist per subnormal
     (10% of the float32 entries of $P_A$ are subnormal at input std 0.1); flushing
@@ -251,14 +251,23 @@ def subcode_probs(a, xp):
     return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True)
 
 
-def sigmoid(x, xp):
-    r"""$\sigma(x) = 1 / (1 + e^{-x})$ in three operations, to a few ulps relative for every x.
+#: Largest argument of `exp` used by `sigmoid` per dtype: `exp` of it is finite, and
+#: `1 / (1 + exp(it))` is already below the smallest normal number (float32:
+#: 6.1e-39 < 1.2e-38; float64: 1.2e-308 < 2.2e-308), so clipping there changes no
+#: probability after `flush_subnormal`, and no `exp` overflows (NumPy would warn).
+_EXP_LIMIT = {"float32": 88.0, "float64": 709.0}
 
-    Where $e^{-x}$ overflows the value is 0; the true value is then below the
-    dtype's smallest normal number (float32: $\sigma(-88.7) \approx 2.9 \cdot 10^{-39}$),
-    which `flush_subnormal` makes 0 in any case.
+
+def sigmoid(x, xp):
+    r"""$\sigma(x) = 1 / (1 + e^{-x})$ in four operations, to a few ulps relative wherever
+    $\sigma(x)$ is a normal number.
+
+    $-x$ is clipped to $\pm$`_EXP_LIMIT`: below $-$limit the value is below the
+    dtype's smallest normal number (made 0 by `flush_subnormal` where it matters),
+    above it is exactly 1 at the dtype's precision.
     """
-    return 1.0 / (1.0 + xp.exp(-x))
+    limit = _EXP_LIMIT["float64" if x.dtype == xp.float64 else "float32"]
+    return 1.0 / (1.0 + xp.exp(xp.clip(-x, -limit, limit)))
 
 
 def _outer_tree(pairs, lo: int, hi: int, xp):
@@ -299,8 +308,9 @@ def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = N
             that callers written for the product keep working.
     """
     del bits, matmul
-    # probs are flushed already; a small cotangent can make their product subnormal again.
-    weighted = flush_subnormal(cotangent * probs, xp)
+    # No flush here: subnormal entries of the product reach only additions (`bit_sums`),
+    # not a matrix product, and flushing would cost a copy of the [.., 2^k] table.
+    weighted = cotangent * probs
     positive = sigmoid(a, xp)
     on, total = bit_sums(weighted, a.shape[-1], xp)
     return on - positive * total
