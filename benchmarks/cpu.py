@@ -27,7 +27,8 @@ the process's CPU time (`cpu_clock`), so that other work on the machine does not
   D = `--memory-dim`: growth of the resident high-water mark over the size after
   a warm-up step, against `P_A + P_B + histogram` (float32 bytes).
 * **inference**: quantize + indices of `2**22` tokens, D = 16, without gradients,
-  as GB/s of bytes read and written, against a copy of z in the same process.
+  as GB/s of bytes read and written, against a copy of z into an existing buffer
+  and a clone (a copy into new memory, which is what the step does with its outputs).
 """
 
 from __future__ import annotations
@@ -302,6 +303,9 @@ def run_inference(n: int, d: int, repeat: int) -> list[dict]:
         "torch-compiled": lambda: compiled(zt),
         "jax-jit": lambda: jax.block_until_ready(jitted(zj)),
         "copy": lambda: dst.copy_(zt),
+        # a copy into new memory, as the steps write their outputs: the kernel's page
+        # faults on fresh memory cost more than the copy itself on this machine
+        "clone": lambda: zt.clone(),
     }
     times = {k: [] for k in fns}
     with torch.no_grad():
@@ -313,10 +317,22 @@ def run_inference(n: int, d: int, repeat: int) -> list[dict]:
                 fn()
                 times[k].append(cpu_clock() - start)
     copy_gbps = 2 * z.nbytes / min(times["copy"]) / 1e9
+    clone_gbps = 2 * z.nbytes / min(times["clone"]) / 1e9
     rows = []
     for k in ("torch-eager", "torch-compiled", "jax-jit"):
         gbps = moved / min(times[k]) / 1e9
-        rows.append({"variant": k, "N": n, "D": d, "gbps": gbps, "copy_gbps": copy_gbps, "of_copy": gbps / copy_gbps})
+        rows.append(
+            {
+                "variant": k,
+                "N": n,
+                "D": d,
+                "gbps": gbps,
+                "copy_gbps": copy_gbps,
+                "of_copy": gbps / copy_gbps,
+                "clone_gbps": clone_gbps,
+                "of_clone": gbps / clone_gbps,
+            }
+        )
     return rows
 
 
@@ -380,12 +396,12 @@ def format_report(steps, floors, ops, memory, inference, first_calls=()) -> str:
                 )
     if inference:
         out.append("")
-        out.append("| inference | N | D | GB/s | copy GB/s | of copy |")
-        out.append("|---|---|---|---|---|---|")
+        out.append("| inference | N | D | GB/s | copy GB/s | of copy | clone GB/s | of clone |")
+        out.append("|---|---|---|---|---|---|---|---|")
         for r in inference:
             out.append(
                 f"| {r['variant']} | {r['N']} | {r['D']} | {r['gbps']:.2f} | {r['copy_gbps']:.2f} "
-                f"| {100 * r['of_copy']:.0f}% |"
+                f"| {100 * r['of_copy']:.0f}% | {r.get('clone_gbps', 0):.2f} | {100 * r.get('of_clone', 0):.0f}% |"
             )
     if first_calls:
         out.append("")
@@ -407,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-tokens", type=int, default=2**18)
     parser.add_argument("--memory-dim", type=int, default=16)
     parser.add_argument("--inference-tokens", type=int, default=2**22)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "inference", "ops", "first-call"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["steps", "memory", "inference", "ops", "first-call"])
     parser.add_argument("--warm-cache", action="store_true", help="keep torch.compile's on-disk cache")
     parser.add_argument("--json", help="also write every row to this file")
     parser.add_argument("--first-call-dim", type=int, default=14)
@@ -428,7 +444,7 @@ def main(argv=None) -> int:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lfq-inductor-")
     _torch()
     steps, floors, ops = [], {}, {}
-    for d in args.dims:
+    for d in [] if "steps" in args.skip else args.dims:
         floors[d] = gemm_floor_ms(d, args.tokens, args.repeat)
         if "ops" not in args.skip:
             ops[d] = count_torch_ops(np.zeros((args.tokens, d), np.float32) + 0.1, lfq.Config(codebook_dim=d))
