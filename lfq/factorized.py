@@ -43,14 +43,17 @@ __all__ = [
     "bernoulli_entropy",
     "bit_groups",
     "bit_logits",
+    "bit_sums",
     "bit_log_probs",
     "code_histogram",
     "distribution_entropy",
+    "flush_subnormal",
     "loss_sums",
     "losses_from_sums",
     "subcode_bits",
     "subcode_probs",
     "subcode_probs_vjp",
+    "sigmoid",
     "sum_replicas",
 ]
 
@@ -198,6 +201,38 @@ def bernoulli_entropy(a, xp):
     return soft + t * xp.exp(-t - soft)
 
 
+#: Smallest positive normal float32 and float64 (`finfo(dtype).smallest_normal`).
+SMALLEST_NORMAL = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
+#: Largest subnormal float32 and float64: `hardshrink(x, this)` zeros exactly the subnormals.
+_LARGEST_SUBNORMAL = {
+    name: float(np.nextafter(np.asarray(tiny, dtype), dtype(0)))
+    for (name, tiny), dtype in zip(SMALLEST_NORMAL.items(), (np.float32, np.float64))
+}
+
+
+def flush_subnormal(x, xp, nonnegative: bool = False):
+    r"""`x` with its entries of magnitude below the dtype's smallest normal number replaced by exact 0.
+
+    `nonnegative` (x known to be >= 0) saves the `abs`. NaN stays NaN. For the
+    operands of the matrix products (the sub-code probabilities, and the reference's
+    cotangent-weighted copies): a CPU matrix product with subnormal inputs runs
+    up to 100 times slower where the hardware takes a microcode assist per subnormal
+    (10% of the float32 entries of $P_A$ are subnormal at input std 0.1); flushing
+    them here keeps every backend fast without changing a process-wide floating-point
+    mode (`torch.set_flush_denormal`). No loss changes at float precision:
+    docs/spec.md ("Subnormal probabilities") bounds the effect. float32 is assumed
+    for every dtype but float64 (half inputs are computed in float32).
+    """
+    name = "float64" if x.dtype == xp.float64 else "float32"
+    hardshrink = getattr(xp, "hardshrink", None)
+    if hardshrink is not None:
+        # torch: one vectorized kernel; its CPU `where` (plus the compare and the
+        # zeros) costs about 10 times as much, which is most of an eager step's flush.
+        return hardshrink(x, _LARGEST_SUBNORMAL[name])
+    tiny = SMALLEST_NORMAL[name]
+    return xp.where((x if nonnegative else xp.abs(x)) < tiny, xp.zeros_like(x), x)
+
+
 def subcode_probs(a, xp):
     """Probabilities of every sign pattern of the bits of `a`, MSB first.
 
@@ -206,19 +241,50 @@ def subcode_probs(a, xp):
 
     Returns:
         `[..., 2**k]`: entry j is `prod_i p(bit i = bit i of j)`, bit 0 of `a`
-        being the most significant bit of j; "1" means positive.
+        being the most significant bit of j; "1" means positive. Entries below the
+        dtype's smallest normal number are exactly 0 (`flush_subnormal`).
     """
-    log_pos, log_neg = bit_log_probs(a, xp)
+    if a.shape[-1] == 0:  # the empty half of D = 1: one pattern of probability 1, on a's device
+        return xp.ones_like(xp.sum(a, axis=-1, keepdims=True))
     # [..., k, 2]: per bit, (p(-), p(+)) = the factor for a 0 bit, then a 1 bit.
-    pairs = xp.exp(xp.stack([log_neg, log_pos], axis=-1))
-    # ones of shape [..., 1] on a's device, also when k == 0 (the empty half of D = 1)
-    probs = xp.ones_like(xp.sum(a, axis=-1, keepdims=True))
-    for i in range(a.shape[-1]):
-        # Each new bit becomes the least significant one: [.., j] -> [.., 2j + b],
-        # one outer product per bit (one kernel where a framework launches kernels).
-        step = probs[..., :, None] * pairs[..., i, None, :]
-        probs = xp.reshape(step, tuple(step.shape[:-2]) + (2 * probs.shape[-1],))
-    return probs
+    pairs = sigmoid(xp.stack([-a, a], axis=-1), xp)
+    return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True)
+
+
+#: Largest argument of `exp` used by `sigmoid` per dtype: `exp` of it is finite, and
+#: `1 / (1 + exp(it))` is already below the smallest normal number (float32:
+#: 6.1e-39 < 1.2e-38; float64: 1.2e-308 < 2.2e-308), so clipping there changes no
+#: probability after `flush_subnormal`, and no `exp` overflows (NumPy would warn).
+_EXP_LIMIT = {"float32": 88.0, "float64": 709.0}
+
+
+def sigmoid(x, xp):
+    r"""$\sigma(x) = 1 / (1 + e^{-x})$ in four operations, to a few ulps relative wherever
+    $\sigma(x)$ is a normal number.
+
+    $-x$ is clipped to $\pm$`_EXP_LIMIT`: below $-$limit the value is below the
+    dtype's smallest normal number (made 0 by `flush_subnormal` where it matters),
+    above it is exactly 1 at the dtype's precision.
+    """
+    limit = _EXP_LIMIT["float64" if x.dtype == xp.float64 else "float32"]
+    return 1.0 / (1.0 + xp.exp(xp.clip(-x, -limit, limit)))
+
+
+def _outer_tree(pairs, lo: int, hi: int, xp):
+    """`[..., 2**(hi-lo)]` probabilities of bits lo..hi-1: the outer product of the two halves' tables.
+
+    Splitting in halves (not one bit at a time) makes the last, largest product
+    `[.., 2^h, 1] * [.., 1, 2^(k-h)]` with a contiguous inner run of `2^(k-h)`
+    values, which vectorizes (eager and compiled); one bit at a time it is an
+    inner run of 2, or in a compiler's fused kernel one gather per bit per entry.
+    The number of multiplications is the same (k - 1 outer products).
+    """
+    if hi - lo == 1:
+        return pairs[..., lo, :]
+    mid = (lo + hi + 1) // 2
+    high, low = _outer_tree(pairs, lo, mid, xp), _outer_tree(pairs, mid, hi, xp)
+    step = high[..., :, None] * low[..., None, :]
+    return xp.reshape(step, tuple(step.shape[:-2]) + (high.shape[-1] * low.shape[-1],))
 
 
 def subcode_bits(k: int):
@@ -227,26 +293,45 @@ def subcode_bits(k: int):
 
 
 def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = None):
-    r"""Gradient of `subcode_probs` w.r.t. `a`, in one matrix product.
+    r"""Gradient of `subcode_probs` w.r.t. `a`, in O(2^k) work per row and no matrix product.
 
     $p_j = \prod_i \sigma(\pm a_i)$, so $\partial p_j / \partial a_i = p_j\,(\mathrm{bit}_i(j) - \sigma(a_i))$
     and $\bar a_i = \sum_j \bar p_j p_j \mathrm{bit}_i(j) - \sigma(a_i) \sum_j \bar p_j p_j$.
-    Autodiff through the product loop instead costs one strided pass per bit.
+    Autodiff through the product tree instead costs one strided pass per bit.
 
     Args:
         a: `[..., k]` bit logits; probs: `subcode_probs(a)`, `[..., 2**k]`.
         cotangent: `[..., 2**k]` upstream gradient.
-        bits: `subcode_bits(k)` as a backend array of probs' dtype.
-        matmul: batched product `[B, M, K] @ [B, K, P]` (a backend's full-precision
-            one, the same kind `code_histogram` takes); default `xp.matmul`.
+        bits, matmul: not used any more (the sums over codes with bit i set are
+            `bit_sums`, which beat a `[M, 2^k] @ [2^k, k]` product whose k columns
+            are too few for a GEMM: 2 to 6 times faster on a CPU); accepted so
+            that callers written for the product keep working.
     """
-    matmul = xp.matmul if matmul is None else matmul
+    del bits, matmul
+    # No flush here: subnormal entries of the product reach only additions (`bit_sums`),
+    # not a matrix product, and flushing would cost a copy of the [.., 2^k] table.
     weighted = cotangent * probs
-    positive = xp.exp(bit_log_probs(a, xp)[0])
-    # All leading axes as the rows of one batched product, `[1, M, 2**k] @ [1, 2**k, k]`.
-    rows = xp.reshape(weighted, (1, -1, weighted.shape[-1]))
-    on = xp.reshape(matmul(rows, bits[None]), tuple(weighted.shape[:-1]) + (bits.shape[-1],))
-    return on - positive * xp.sum(weighted, axis=-1, keepdims=True)
+    positive = sigmoid(a, xp)
+    on, total = bit_sums(weighted, a.shape[-1], xp)
+    return on - positive * total
+
+
+def bit_sums(w, k: int, xp):
+    """`(on, total)`: `on[..., i]` sums `w[..., j]` over the codes j whose bit i (MSB first)
+    is 1, `total[..., 0]` over all j. `w` is `[..., 2**k]`, `on` `[..., k]`, `total` `[..., 1]`.
+
+    A halving tree: bit 0 splits the codes into the halves `j < 2^(k-1)` and
+    `j >= 2^(k-1)`; the upper half's sum is `on[..., 0]`, and adding the halves
+    marginalizes bit 0 out for the remaining bits. 2^k additions per row in all.
+    """
+    lead = tuple(w.shape[:-1])
+    outs = []
+    for i in range(k):
+        halves = xp.reshape(w, lead + (2, 2 ** (k - 1 - i)))
+        outs.append(xp.sum(halves[..., 1, :], axis=-1))
+        w = halves[..., 0, :] + halves[..., 1, :]
+    on = xp.stack(outs, axis=-1) if outs else xp.zeros_like(w[..., :0])
+    return on, w
 
 
 def code_histogram(a, weights, xp, matmul: Callable | None = None, subcode_probs_fn: Callable | None = None):

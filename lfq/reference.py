@@ -395,7 +395,10 @@ def batch_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
             r = np.einsum("ncb,cab->nca", pb, g)
             total = np.sum(q * pb, axis=-1, keepdims=True)  # sum_j G_j p_nj
             bits_a, bits_b = factorized.subcode_bits(split), factorized.subcode_bits(hi - lo - split)
-            on = np.concatenate([(r * pa) @ bits_a, (q * pb) @ bits_b], axis=-1)
+            # Flushed like every product operand (factorized.flush_subnormal): NumPy's
+            # float64 products slow down on subnormal inputs too.
+            weighted = [factorized.flush_subnormal(v, np, nonnegative=True) for v in (r * pa, q * pb)]
+            on = np.concatenate([weighted[0] @ bits_a, weighted[1] @ bits_b], axis=-1)
             p_pos = np.exp(factorized.bit_log_probs(a[..., lo:hi], np)[0])
             grad_a[..., lo:hi] = on - total * p_pos
     grad_a *= _per_token_scale(w, x.shape[0], cfg, count)
