@@ -2,7 +2,7 @@
 
 The values and gradients of the interface operations are checked on rows of the
 conformance suite's case table (`lfq.conformance.cases`), by its checks and
-tolerances (`lfq.conformance.runner.run_case`); the rules the table cannot show
+tolerances (`lfq.conformance.checks`); the rules the table cannot show
 (signed zeros, NaN and subnormals bitwise, the straight-through value at huge
 inputs, all-false masks, 63-bit indices, array conversion) are pinned here once
 for every backend. Framework-specific behaviour (compilers, devices, layers,
@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pytest
 from conftest import assert_close, backend_in_mode, backend_runs, precision_mode, targets
-from lfq.conformance import cases, runner
+from lfq.conformance import cases, checks, runner
 from lfq.conformance.target import Target
 
 import lfq
@@ -79,10 +79,28 @@ _CASE_RUNS = (
 
 @pytest.mark.parametrize("backend_run, case", _CASE_RUNS, indirect=["backend_run"])
 def test_case_matches_reference(backend_run, case):
-    """Codes bitwise, indices exactly, losses, code usage and every gradient of one table row."""
-    results = runner.run_case(Target(backend_run.be), cases.get(case), backend_run.dtype, full=True, oracles=_ORACLES)
-    failures = [f"{r.check}: {r.message}" for r in results if r.status == "fail"]
-    assert results and not failures, "\n".join(failures)
+    """Codes bitwise, indices exactly, losses, code usage and every gradient of one table row,
+    by the conformance checks; compiled modes run the checks of the suite's compiled default
+    run (lfq's outputs, the aux loss and straight-through gradients), each program compiling
+    anew per config, shape and dtype."""
+    row = cases.get(case)
+    oracle = _ORACLES.get(row, backend_run.dtype)
+    target = Target(backend_run.be)
+    inputs = checks.backend_inputs(target, oracle)
+    specs = [
+        spec
+        for spec in checks.SPECS
+        if checks.applies(spec, row) and (backend_run.mode == "eager" or spec.name in checks.COMPILED_DEFAULT)
+    ]
+    outputs: dict = {}
+    failures = []
+    with np.errstate(all="ignore"):
+        for spec in specs:
+            got = target.get(checks.call(backend_run.be, spec, inputs, outputs))
+            outcome = checks.evaluate(spec, got, oracle.values[spec.name], oracle)
+            if not outcome.passed:
+                failures.append(outcome.message)
+    assert specs and not failures, "\n".join(failures)
 
 
 # ------------------------------------------------------------------ masks
@@ -113,7 +131,8 @@ def test_all_false_mask_gives_zero_losses_and_gradients(backend_run):
     for term in lfq.LOSS_TERMS:
         value = float(get(getattr(out, term)).astype(np.float64))
         assert value == 0.0 and math.copysign(1.0, value) == 1.0, (term, value)
-    for term in lfq.LOSS_TERMS:
+    # compiled: the aux loss only (each term's gradient is its own program)
+    for term in lfq.LOSS_TERMS if backend_run.mode == "eager" else ("aux_loss",):
         grad = get(be.vjp(term, put(z), cfg, None, put(mask))).astype(np.float64)
         assert np.array_equal(grad, np.zeros(z.shape)), term
 
