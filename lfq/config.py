@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["Config", "MAX_INDEX_BITS", "parse_batch_entropy"]
 
@@ -123,7 +125,7 @@ class Config:
         _check_int("feature_axis", self.feature_axis, None, None, "pass an integer axis such as -1")
 
     @classmethod
-    def from_codebook_size(cls, codebook_size: int, **kwargs) -> Config:
+    def from_codebook_size(cls, codebook_size: int, **kwargs: Any) -> Config:
         """Build a Config from the number of codes per codebook, `2**codebook_dim`.
 
         Raises:
@@ -166,12 +168,12 @@ class Config:
         """G of `batch_entropy` ("exact" is one group holding all D bits)."""
         return parse_batch_entropy(self.batch_entropy)
 
-    def replace(self, **changes) -> Config:
+    def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
 
-def _check_int(name, value, low, high, fix):
+def _check_int(name: str, value: object, low: int | None, high: int | None, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}={value!r} must be an int: {fix}")
     if (low is not None and value < low) or (high is not None and value > high):
@@ -179,17 +181,17 @@ def _check_int(name, value, low, high, fix):
         raise ValueError(f"{name}={value} must be {bounds}: {fix}")
 
 
-def _check_finite(name, value):
+def _check_finite(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name}={value!r} must be a finite number")
 
 
-def _check_positive(name, value, fix="pass a finite number > 0"):
+def _check_positive(name: str, value: float, fix: str = "pass a finite number > 0") -> None:
     _check_finite(name, value)
     if value <= 0:
         raise ValueError(f"{name}={value!r} must be > 0: {fix}")
 
 
-def _check_choice(name, value, choices):
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {list(choices)}")

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 from lfq.config import Config
 
-__all__ = ["CodeUsage", "LFQBackend", "LFQOutput", "LOSS_TERMS", "GRAD_TERMS"]
+__all__ = ["Array", "CodeUsage", "LFQBackend", "LFQOutput", "LOSS_TERMS", "GRAD_TERMS"]
+
+#: A backend's native array (`np.ndarray`, `torch.Tensor`, `jax.Array`, `tf.Tensor`):
+#: typed as Any so that one annotation serves every framework without importing it.
+Array = Any
 
 #: Scalar loss terms that `LFQBackend.vjp` differentiates.
-LOSS_TERMS = ("per_sample_entropy", "batch_entropy", "commitment_loss", "aux_loss")
+LOSS_TERMS: tuple[str, ...] = ("per_sample_entropy", "batch_entropy", "commitment_loss", "aux_loss")
 #: Every term `vjp` accepts: the loss terms and the straight-through codes.
-GRAD_TERMS = LOSS_TERMS + ("codes",)
+GRAD_TERMS: tuple[str, ...] = LOSS_TERMS + ("codes",)
 
 
 class LFQOutput(NamedTuple):
@@ -32,12 +39,12 @@ class LFQOutput(NamedTuple):
         commitment_loss: scalar L_commit.
     """
 
-    codes: Any
-    indices: Any
-    aux_loss: Any
-    per_sample_entropy: Any
-    batch_entropy: Any
-    commitment_loss: Any
+    codes: Array
+    indices: Array
+    aux_loss: Array
+    per_sample_entropy: Array
+    batch_entropy: Array
+    commitment_loss: Array
 
 
 class CodeUsage(NamedTuple):
@@ -49,8 +56,8 @@ class CodeUsage(NamedTuple):
             between 1 (one code) and `2**D` (uniform use).
     """
 
-    fraction_used: Any
-    perplexity: Any
+    fraction_used: Array
+    perplexity: Array
 
 
 @runtime_checkable
@@ -76,28 +83,30 @@ class LFQBackend(Protocol):
     dtypes: tuple[str, ...]
     modes: tuple[str, ...]
 
-    def quantize(self, z, cfg: Config):
+    def quantize(self, z: Array, cfg: Config) -> Array:
         """Codes `+-m` of `z` (`[..., C*D]` -> same shape and dtype)."""
 
-    def codes_to_indices(self, z, cfg: Config):
+    def codes_to_indices(self, z: Array, cfg: Config) -> Array:
         """Integer index of every codebook: `[..., C*D]` -> `[..., C]`."""
 
-    def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
+    def indices_to_codes(self, indices: Array, cfg: Config, dtype: str = "float32") -> Array:
         """Codes from indices: `[..., C]` -> `[..., C*D]` of `dtype`."""
 
-    def entropy(self, z, cfg: Config, mask=None):
+    def entropy(self, z: Array, cfg: Config, mask: Array | None = None) -> tuple[Array, Array]:
         """`(per_sample_entropy, batch_entropy)`, scalars."""
 
-    def commitment_loss(self, z, cfg: Config, mask=None):
+    def commitment_loss(self, z: Array, cfg: Config, mask: Array | None = None) -> Array:
         """Scalar mean of `(x - stopgrad(q))**2` over the valid tokens' features."""
 
-    def lfq(self, z, cfg: Config, mask=None) -> LFQOutput:
+    def lfq(self, z: Array, cfg: Config, mask: Array | None = None) -> LFQOutput:
         """Everything at once; see `LFQOutput`."""
 
-    def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
+    def code_usage(self, indices: Array, cfg: Config, mask: Array | None = None) -> CodeUsage:
         """Fraction of codes used and perplexity of the index histogram."""
 
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None):
+    def vjp(
+        self, term: str, z: Array, cfg: Config, cotangent: Array | float | None = None, mask: Array | None = None
+    ) -> Array:
         """Gradient of `term` (one of `GRAD_TERMS`) w.r.t. z, by the backend's autodiff.
 
         For a scalar loss term `cotangent` defaults to 1; for "codes" it is
@@ -109,10 +118,10 @@ class LFQBackend(Protocol):
         (`torch.compile`, `jax.jit`, `tf.function(jit_compile=True)`); only when
         "compiled" is in `modes`."""
 
-    def asarray(self, array, dtype: str | None = None, device=None):
+    def asarray(self, array: ArrayLike, dtype: str | None = None, device: Any = None) -> Array:
         """A NumPy array as this backend's native array (of dtype name `dtype`), on
         `device` ("cpu", "cuda", "cuda:1", or the framework's own device object;
         None: the framework's default device)."""
 
-    def to_numpy(self, array):
+    def to_numpy(self, array: Array) -> np.ndarray:
         """A native array as a NumPy array (bfloat16 via ml_dtypes)."""

@@ -12,6 +12,10 @@ import importlib
 import importlib.util
 import os
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lfq.interface import LFQBackend
 
 __all__ = [
     "BackendUnavailable",
@@ -80,7 +84,7 @@ _STATIC: dict[str, StaticInfo] = {
     ),
 }
 _ALIASES = {"np": "numpy", "reference": "numpy", "pytorch": "torch", "tf": "tensorflow"}
-_INSTANCES: dict[str, object] = {}
+_INSTANCES: dict[str, LFQBackend] = {}
 _LOCK = threading.Lock()
 
 
@@ -108,7 +112,7 @@ def list_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _resolve(name: str) -> str:
+def _resolve(name: object) -> str:
     name = _ALIASES.get(name, name) if isinstance(name, str) else name
     if name not in _REGISTRY:
         raise ValueError(
@@ -152,7 +156,7 @@ def is_available(name: str) -> bool:
     return True
 
 
-def get(backend: str = "numpy"):
+def get(backend: str = "numpy") -> LFQBackend:
     """The backend instance registered under `backend` (default: the NumPy reference).
 
     Raises:

@@ -29,18 +29,12 @@ from lfq.validation import FLOAT_DTYPES  # noqa: E402
 NAMES = [name for name in ("numpy", "jax", "tensorflow", "torch") if lfq.is_available(name)]
 TARGETS = [(name, mode) for name in NAMES for mode in lfq.get(name).modes]
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# `target` (every backend x mode, as `(name, mode, backend)`) comes from tests/conftest.py.
 
 
 def _backend(name, mode):
     be = lfq.get(name)
     return be.compiled() if mode == "compiled" else be
-
-
-@pytest.fixture(params=TARGETS, ids=lambda t: f"{t[0]}-{t[1]}")
-def target(request):
-    """`(name, mode, backend)`."""
-    name, mode = request.param
-    return name, mode, _backend(name, mode)
 
 
 def _ints(be, values):
@@ -49,6 +43,94 @@ def _ints(be, values):
 
 def _floats(be, shape):
     return be.asarray(np.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape).astype(np.float32))
+
+
+# ----------------------------------------------- the same bad input, the same message
+
+_C24 = dict(codebook_dim=4, num_codebooks=2)
+#: (what, call of (be, put), error, message): each backend and mode refuses these alike.
+_BAD = [
+    (
+        "feature size",
+        lambda be, put: be.lfq(put(np.zeros((4, 6))), lfq.Config(**_C24)),
+        ValueError,
+        r"expected feature axis .*C\*D = 2\*4 = 8, got 6",
+    ),
+    (
+        "integer z",
+        lambda be, put: be.quantize(put(np.zeros((4, 8), np.int32)), lfq.Config(**_C24)),
+        TypeError,
+        r"z has dtype int32.*cast it to a float dtype",
+    ),
+    (
+        "complex z",
+        lambda be, put: be.entropy(put(np.zeros((4, 8), np.complex64)), lfq.Config(**_C24)),
+        TypeError,
+        r"z has dtype complex64.*pass the real part",
+    ),
+    (
+        "scalar z",
+        lambda be, put: be.entropy(put(np.zeros(())), lfq.Config(**_C24)),
+        ValueError,
+        r"z is a scalar; it needs a feature axis of size C\*D = 8",
+    ),
+    (
+        "mask shape",
+        lambda be, put: be.lfq(put(np.zeros((4, 8))), lfq.Config(**_C24), put(np.ones(3, bool))),
+        ValueError,
+        r"mask has shape \(3,\), expected \(4,\)",
+    ),
+    (
+        "mask dtype",
+        lambda be, put: be.commitment_loss(put(np.zeros((4, 8))), lfq.Config(**_C24), put(np.ones(4))),
+        TypeError,
+        r"mask has dtype float32; it must be boolean",
+    ),
+    (
+        "float indices",
+        lambda be, put: be.indices_to_codes(put(np.zeros((4, 2))), lfq.Config(**_C24)),
+        TypeError,
+        r"indices has dtype float32",
+    ),
+    (
+        "indices per codebook",
+        lambda be, put: be.indices_to_codes(put(np.zeros((4, 3), np.int32)), lfq.Config(**_C24)),
+        ValueError,
+        r"last axis must hold the num_codebooks = 2",
+    ),
+    (
+        "exact entropy bits",
+        lambda be, put: be.lfq(put(np.zeros((2, 30))), lfq.Config(codebook_dim=30)),
+        ValueError,
+        r"exact batch entropy of codebook_dim=30.*groups:2",
+    ),
+    (
+        "vjp term",
+        lambda be, put: be.vjp("loss", put(np.zeros((4, 8))), lfq.Config(**_C24)),
+        ValueError,
+        r"term='loss' is not one of",
+    ),
+    (
+        "vjp codes cotangent",
+        lambda be, put: be.vjp("codes", put(np.zeros((4, 8))), lfq.Config(**_C24)),
+        ValueError,
+        r"needs a cotangent",
+    ),
+]
+
+
+@pytest.mark.parametrize("what, call, error, message", _BAD, ids=[b[0] for b in _BAD])
+def test_bad_input_is_refused_alike_by_every_backend(target, what, call, error, message):
+    """The message names the argument, the value and the fix, in every backend and mode
+    (framework-specific refusals stay in tests/test_<framework>_backend.py)."""
+    _, _, be = target
+
+    def put(array):
+        return be.asarray(array, "float32" if array.dtype == np.float64 else None)
+
+    with pytest.raises(error, match=message) as info:
+        call(be, put)
+    assert "in user code" not in str(info.value)  # raised before any trace, not from inside one
 
 
 # --------------------------------------------------------------- cfg not a Config
