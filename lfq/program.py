@@ -62,7 +62,8 @@ class Signature(NamedTuple):
             term and whether a cotangent is an input).
         dtype: the input's dtype name.
         masked: whether a mask is an input.
-        options: the distributed options, sorted `(name, value)` pairs.
+        options: the distributed options, sorted `(name, value)` pairs (an unhashable
+            value by its identity).
         backend: the backend's own part (`ArrayBackend.program_key`).
     """
 
@@ -183,10 +184,10 @@ def run(
         tuple(extra),
         validation.dtype_name(x.dtype),
         mask is not None,
-        tuple(sorted(options.items())),
+        tuple(sorted((name, _hashable(value)) for name, value in options.items())),
         tuple(backend.program_key(x)),
     )
-    program = backend.programs.get(signature, lambda: _build(backend, signature))
+    program = backend.programs.get(signature, lambda: _build(backend, signature, options))
     out = program(*inputs)
     if not flat:
         return out
@@ -202,9 +203,18 @@ def run(
     return features if axis == features.ndim - 1 else xp.moveaxis(features, -1, axis)
 
 
-def _build(backend, signature: Signature) -> Callable:
-    """Compile the body of `signature` with the backend's compiler."""
-    op, cfg, extra, options = signature.op, signature.cfg, signature.extra, dict(signature.options)
+def _hashable(value):
+    """`value` as a key: itself if hashable, else its identity (e.g. a process group)."""
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))
+    return value
+
+
+def _build(backend, signature: Signature, options: dict) -> Callable:
+    """Compile the body of `signature` (whose options are `options`) with the backend's compiler."""
+    op, cfg, extra = signature.op, signature.cfg, signature.extra
     if op == "vjp":
         term, has_cotangent = extra
         masked = signature.masked
