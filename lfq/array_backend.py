@@ -288,15 +288,16 @@ class ArrayBackend:
         if term not in GRAD_TERMS:
             raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
         schedule, options = self._split(cfg, options)
-        if term == "codes":
-            self._check(z, cfg)
-            if cotangent is None:
-                raise ValueError("vjp('codes', ...) needs a cotangent of z's shape (the upstream gradient)")
-        else:
-            self._check_losses(z, cfg, mask, options, batch_entropy=term != "commitment_loss")
+        self.check_array(z, "z")
+        if term == "codes" and cotangent is None:
+            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape (the upstream gradient)")
         if cotangent is not None:
             shape = cotangent.shape if hasattr(cotangent, "shape") else np.shape(cotangent)
             validation.check_cotangent(tuple(shape), z.shape if term == "codes" else (), term)
+        if term == "codes":
+            self._check(z, cfg)
+        else:
+            self._check_losses(z, cfg, mask, options, batch_entropy=term != "commitment_loss")
         return self._execute("vjp", cfg, z, mask, schedule, options, (term,), cotangent)
 
     def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
