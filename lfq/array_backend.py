@@ -154,6 +154,9 @@ class ArrayBackend:
     flat_programs = False
     #: Flat batches of fewer tokens are padded with masked-out zeros (torch specializes N < 2).
     min_program_tokens = 0
+    #: Whether `vjp` runs as a program of its own (autodiff inside the compiled function);
+    #: otherwise the gradient is taken outside, through the forward programs' backward.
+    vjp_programs = True
 
     def compile_program(self, fn, signature):
         """Hook: `fn` (a function of the program's arrays) compiled by the framework.
@@ -269,15 +272,13 @@ class ArrayBackend:
         self._check_losses(z, cfg, mask, options)
         return self._execute("lfq", cfg, z, mask, schedule, options)
 
-    def _term(self, term: str, z, cfg: Config, mask, options: dict):
-        """The value of `term` (one of `GRAD_TERMS`) computed with only what it needs, so
-        that a `vjp` differentiates that alone (the commitment loss: any D)."""
+    def _term(self, term: str, z, cfg: Config, mask, schedule, options: dict):
+        """The value of `term` (one of `GRAD_TERMS`) on checked inputs, computed with only
+        what it needs, so that autodiff differentiates that alone (the commitment loss: any D)."""
         if term == "codes":
-            return self.straight_through(z, cfg)
+            return self._execute("straight_through", cfg, z)
         if term == "commitment_loss":
-            return self.commitment_loss(z, cfg, mask, **options)
-        schedule, options = self._split(cfg, options)
-        self._check_losses(z, cfg, mask, options)
+            return self._execute("commitment_loss", cfg, z, mask, schedule, options)
         return self._execute("losses", cfg, z, mask, schedule, options)[LOSS_TERMS.index(term)]
 
     def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
@@ -298,6 +299,8 @@ class ArrayBackend:
             self._check(z, cfg)
         else:
             self._check_losses(z, cfg, mask, options, batch_entropy=term != "commitment_loss")
+        if self.compiles and not self.vjp_programs:  # autodiff outside, through the programs' own backward
+            return self.gradient(lambda z_: self._term(term, z_, cfg, mask, schedule, options), z, cotangent)
         return self._execute("vjp", cfg, z, mask, schedule, options, (term,), cotangent)
 
     def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:

@@ -237,7 +237,15 @@ class TensorFlowBackend(ArrayBackend):
         if term == "codes" and cotangent is None:
             raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
         validation.check_features(z.shape, z.dtype, cfg)  # before the tape watches an integer z
-        return self.gradient(lambda z: self._term(term, z, cfg, mask, options), z, cotangent)
+
+        def value(z):
+            if term == "codes":
+                return self.straight_through(z, cfg)
+            if term == "commitment_loss":  # without the batch entropy: any D, and less work
+                return self.commitment_loss(z, cfg, mask, **options)
+            return getattr(self.lfq(z, cfg, mask, **options), term)
+
+        return self.gradient(value, z, cotangent)
 
     def compiled(self):
         """This backend's `CompiledTensorFlowBackend`: every operation under XLA (`compiled.py`)."""

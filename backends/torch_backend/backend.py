@@ -31,7 +31,6 @@ import torch
 from lfq import validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
-from lfq.interface import GRAD_TERMS
 
 from . import distributed as _dist
 from . import ops
@@ -133,6 +132,18 @@ class TorchBackend(ArrayBackend):
     def compute_context(self, x):
         return no_autocast(x.device.type if isinstance(x, torch.Tensor) else "cpu")
 
+    def gradient(self, fn, z, cotangent):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = fn(z)
+        cot = (
+            torch.ones_like(out)
+            if cotangent is None
+            else torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
+        )
+        (grad,) = torch.autograd.grad(out, z, cot, allow_unused=True)
+        return torch.zeros_like(z) if grad is None else grad
+
     # ------------------------------------------------------- compiled programs
 
     @property
@@ -141,6 +152,7 @@ class TorchBackend(ArrayBackend):
 
     flat_programs = True  # one program, N dynamic, for every shape and rank
     min_program_tokens = 2  # torch specializes sizes 0 and 1: pad below 2 tokens
+    vjp_programs = False  # fullgraph=True cannot trace torch.autograd.grad: vjp differentiates the programs
 
     def compile_program(self, fn, signature):
         """`torch.compile(fullgraph=True)`, the token axis of `[N, F]` inputs marked dynamic
@@ -175,30 +187,6 @@ class TorchBackend(ArrayBackend):
             indices = indices.to(torch.int64)  # bit weights up to 2**62 need int64 arithmetic
         return super().indices_to_codes(indices, cfg, dtype)
 
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
-        """Gradient of `term` (one of `lfq.GRAD_TERMS`) w.r.t. `z` by torch.autograd, z's dtype.
-
-        A scalar term's cotangent defaults to 1; "codes" needs a cotangent of z's shape.
-        """
-        if term not in GRAD_TERMS:
-            raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
-        self._check(z, cfg)  # an integer z must fail here, not in requires_grad_
-        if term == "codes" and cotangent is None:
-            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape (the upstream gradient)")
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = self._term(term, z, cfg, mask, options)
-        if cotangent is None:
-            cotangent = torch.ones_like(out)
-        else:
-            cotangent = torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
-            if cotangent.shape != out.shape:
-                raise ValueError(
-                    f"cotangent has shape {tuple(cotangent.shape)}, expected {tuple(out.shape)} (the shape of {term})"
-                )
-        (grad,) = torch.autograd.grad(out, z, cotangent, allow_unused=True)
-        return torch.zeros_like(z) if grad is None else grad
-
     def compiled(self, mode: str | None = None) -> TorchBackend:
         """This backend with every operation run by `torch.compile(fullgraph=True)` (inductor).
 
@@ -206,7 +194,7 @@ class TorchBackend(ArrayBackend):
         mode. Inputs are flattened to `[tokens, C*D]` outside the compiled graph
         and the token count is dynamic, so one compiled program per (operation,
         config, dtype, mask presence, device, gradient) serves every shape, rank
-        and batch size, empty batches included (see `_run_compiled`).
+        and batch size, empty batches included (see `lfq.program`).
 
         Args:
             mode: `torch.compile`'s mode. None (its default) launches the compiled
