@@ -2,6 +2,8 @@
 
 Every operation is a pure function of its arrays, so it works eagerly and under
 `jax.jit`, `jax.grad`, `jax.vmap` and `jax.shard_map`, on CPU and GPU unchanged.
+Both modes run each operation as one jitted program (`lfq.program`), checked
+eagerly first: op by op, XLA would compile every primitive for each new shape.
 The math is the shared `lfq.array_backend.ArrayBackend` over `jax.numpy`; this
 module supplies only the JAX hooks:
 
