@@ -418,8 +418,12 @@ class ArrayBackend:
             device=device,
             schedule=schedule,
         )
-        losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp, schedule)
-        return xp, x, [xp.astype(v, z.dtype, copy=False) for v in losses]
+        sums = self.all_reduce(sums, options)
+        losses = factorized.losses_from_sums(sums, cfg, xp, schedule)
+        # No valid token: every loss +0.0. XLA folds `0 + x` into `x`, which turns the
+        # batch entropy's `-sum(0)` into -0.0 in a compiled program.
+        some = sums.token_count > 0
+        return xp, x, [xp.astype(xp.where(some, v, xp.zeros_like(v)), z.dtype, copy=False) for v in losses]
 
     def _carry(self, xp, z, x, cfg: Config):
         """The straight-through codes of `z` given its transformed features `x`."""

@@ -142,7 +142,8 @@ def run(
     Args:
         backend: an `ArrayBackend` (its `programs`, hooks and `evaluate`).
         op: "quantize", "codes_to_indices", "straight_through", "indices_to_codes"
-            (`extra = (dtype,)`), "losses", "entropy", "commitment_loss" or "lfq".
+            (`extra = (dtype,)`), "losses", "entropy", "commitment_loss", "lfq", or
+            "vjp" (`extra = (term,)`; backends with `vjp_programs`, not flat ones).
         cfg: the call's config (checked).
         x: `z` (`[..., C*D]` on `cfg.feature_axis`) or, for indices_to_codes, `[..., C]`.
         mask: optional `[...]` boolean token mask (loss operations).
@@ -171,7 +172,11 @@ def run(
         n = x.shape[0]
         mask = None if mask is None else xp.reshape(mask, (n,))
         x, mask = _pad(backend, x, mask, op in _SCHEDULED, xp)
-    program_cfg, values = validation.program_schedule(cfg.replace(feature_axis=-1) if flat else cfg, schedule)
+    if flat and cfg.feature_axis != -1:  # the programs see features last: layouts share them
+        cfg_in = cfg.replace(feature_axis=-1)
+    else:
+        cfg_in = cfg
+    program_cfg, values = validation.program_schedule(cfg_in, schedule)
     inputs = (x,)
     if op in _SCHEDULED:
         inputs += (backend.pack_schedule(values, x),) + (() if mask is None else (mask,))
