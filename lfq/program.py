@@ -219,32 +219,27 @@ def _hashable(value):
 
 def _build(backend, signature: Signature, options: dict) -> Callable:
     """Compile the body of `signature` (whose options are `options`) with the backend's compiler."""
-    op, cfg, extra = signature.op, signature.cfg, signature.extra
-    if op == "vjp":
-        term, has_cotangent = extra
-        masked = signature.masked
+    op, cfg, extra, masked = signature.op, signature.cfg, signature.extra, signature.masked
+    term, has_cotangent = extra if op == "vjp" else (None, False)
 
-        def body(x, packed, *rest):  # rest: (mask?, cotangent?)
-            schedule = Schedule(*(packed[i] for i in range(len(SCHEDULE_FIELDS))))
-            mask = rest[0] if masked else None
-            cotangent = rest[-1] if has_cotangent else None
-            with backend.compute_context(x):
-                return backend.evaluate(op, cfg, x, mask, schedule, options, (term,), cotangent)
+    def vjp_body(x, packed, *rest):  # rest: (mask?, cotangent?)
+        schedule = Schedule(*(packed[i] for i in range(len(SCHEDULE_FIELDS))))
+        mask = rest[0] if masked else None
+        cotangent = rest[-1] if has_cotangent else None
+        with backend.compute_context(x):
+            return backend.evaluate(op, cfg, x, mask, schedule, options, (term,), cotangent)
 
-    elif op in _SCHEDULED:
+    def loss_body(x, packed, mask=None):
+        schedule = Schedule(*(packed[i] for i in range(len(SCHEDULE_FIELDS))))
+        with backend.compute_context(x):
+            return backend.evaluate(op, cfg, x, mask, schedule, options)
 
-        def body(x, packed, mask=None):
-            schedule = Schedule(*(packed[i] for i in range(len(SCHEDULE_FIELDS))))
-            with backend.compute_context(x):
-                return backend.evaluate(op, cfg, x, mask, schedule, options)
+    def body(x):
+        with backend.compute_context(x):
+            return backend.evaluate(op, cfg, x, extra=extra)
 
-    else:
-
-        def body(x):
-            with backend.compute_context(x):
-                return backend.evaluate(op, cfg, x, extra=extra)
-
-    return backend.compile_program(named(body, signature.name()), signature)
+    chosen = vjp_body if op == "vjp" else loss_body if op in _SCHEDULED else body
+    return backend.compile_program(named(chosen, signature.name()), signature)
 
 
 def _flatten(x, axis: int, xp):
