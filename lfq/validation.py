@@ -303,19 +303,18 @@ def _schedule_value(name: str, value):
     return value
 
 
-def program_schedule(cfg: Config, options: Mapping):
-    """`(program config, schedule values, other options)` for a compiled program.
+def program_schedule(cfg: Config, schedule) -> tuple:
+    """`(program config, values)`: a `Schedule` split into a compiled program's parts.
 
     The program config has the schedule fields replaced by placeholders that keep
     only what selects a different program: which weights (and gamma) are zero.
-    The values (the call's, else the config's; Python floats or 0-d arrays) are
-    the program's run-time inputs, so configs and calls that differ only in them
-    share one compiled program.
+    `values` are the four `SCHEDULE_FIELDS` values in order (the schedule's, else
+    the config's; Python floats or 0-d arrays), the program's run-time inputs, so
+    configs and calls that differ only in them share one compiled program.
     """
     from lfq.factorized import SCHEDULE_FIELDS
 
-    schedule, rest = split_schedule(options)
-    values = {name: schedule.value(name, cfg) for name in SCHEDULE_FIELDS}
-    values = {name: float(v) if isinstance(v, (int, float)) else v for name, v in values.items()}
+    values = tuple(schedule.value(name, cfg) for name in SCHEDULE_FIELDS)
+    values = tuple(float(v) if isinstance(v, (int, float)) else v for v in values)
     placeholders = {name: 0.0 if schedule.is_zero(name, cfg) else 1.0 for name in SCHEDULE_FIELDS[1:]}
-    return cfg.replace(inv_temperature=1.0, **placeholders), values, rest
+    return cfg.replace(inv_temperature=1.0, **placeholders), values

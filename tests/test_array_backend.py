@@ -24,3 +24,35 @@ def test_commitment_loss_needs_no_exact_batch_entropy(name):
     np.testing.assert_allclose(got, reference.commitment_loss(z.astype(np.float64), cfg, mask), rtol=1e-6)
     with pytest.raises(ValueError, match="max_exact_bits"):
         be.entropy(be.asarray(z), cfg)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_transformed_features_are_the_features_the_losses_see(name):
+    """`transformed_features(z, cfg)`: compute-dtype `[N, C, D]`, soft clamp and sphere
+    applied in order, for any layout and token rank (the hook the layers use)."""
+    if not lfq.is_available(name):
+        pytest.skip(f"{name} is not installed")
+    from lfq import features
+
+    be = lfq.get(name)
+    rng = np.random.default_rng(3)
+    for cfg, tokens, dtype in [
+        (lfq.Config(codebook_dim=4, num_codebooks=2, soft_clamp=1.5), (3, 5), "float32"),
+        (lfq.Config(codebook_dim=3, num_codebooks=2, spherical=True, scale=2.0), (7,), "float32"),
+        (
+            lfq.Config(codebook_dim=2, num_codebooks=3, soft_clamp=0.5, spherical=True, feature_axis=1),
+            (2, 4),
+            "bfloat16",
+        ),
+    ]:
+        shape = list(tokens) + [cfg.num_features]
+        if cfg.feature_axis == 1:
+            shape.insert(1, shape.pop())
+        z64 = rng.standard_normal(shape) * 2
+        z = be.asarray(z64, dtype)
+        exact = np.asarray(be.to_numpy(z), np.float64)
+        grouped = features.group_features(exact, cfg, np).reshape(-1, cfg.num_codebooks, cfg.codebook_dim)
+        want = features.transform_groups(grouped, cfg, np)
+        got = be.to_numpy(be.transformed_features(z, cfg))
+        assert got.shape == want.shape and got.dtype == np.float32, (name, got.shape, got.dtype)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=f"{name} {cfg}")

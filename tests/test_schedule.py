@@ -77,3 +77,25 @@ def test_bad_schedule_values_are_refused(name):
     if name != "numpy":
         with pytest.raises(TypeError, match="inv_temperature must be a Python number or a 0-d floating array"):
             be.lfq(z, CFG, inv_temperature=be.asarray(np.ones(3), "float32"))
+
+
+@pytest.mark.parametrize("name,mode", [c for c in _backends() if c[0] != "numpy"], ids=lambda v: v)
+def test_schedule_is_split_once_per_call_and_reuses_the_programs(name, mode, monkeypatch):
+    """The public operation splits the options once (`validation.split_schedule`) and hands
+    the `Schedule` down; a compiled mode keeps its programs for a new temperature."""
+    be = _backend(name, mode)
+    rng = np.random.default_rng(1)
+    z, mask = be.asarray(rng.standard_normal((6, 10)), "float32"), be.asarray(rng.random(6) > 0.3)
+    be.lfq(z, CFG, mask, inv_temperature=2.5)
+    programs = len(be.programs) if be.compiles else 0
+    split = lfq.validation.split_schedule
+    calls = []
+    monkeypatch.setattr(lfq.validation, "split_schedule", lambda options: calls.append(dict(options)) or split(options))
+    for tau in (3.0, 4.5, 7.25):
+        got = be.lfq(z, CFG, mask, inv_temperature=tau)
+        want = lfq.reference.lfq(
+            np.asarray(be.to_numpy(z), np.float64), CFG.replace(inv_temperature=tau), be.to_numpy(mask)
+        )
+        np.testing.assert_allclose(float(be.to_numpy(got.aux_loss)), want.aux_loss, rtol=3e-6, atol=1e-6)
+    assert calls == [{"inv_temperature": tau} for tau in (3.0, 4.5, 7.25)], calls
+    assert (len(be.programs) if be.compiles else 0) == programs, "a new temperature compiled a new program"

@@ -105,7 +105,8 @@ def test_compiled_reuses_its_traced_functions():
     z = tf.random.normal([5, 3])
     compiled.lfq(z, cfg)
     program_cfg = cfg.replace(inv_temperature=1.0, entropy_weight=1.0, commitment_weight=1.0, diversity_gamma=1.0)
-    function = compiled._functions[("lfq", program_cfg, False)]
+    (signature,) = [s for s in compiled.programs.signatures() if s.op == "losses" and s.cfg == program_cfg]
+    function = compiled.programs.get(signature, None)  # the losses program of lfq (not masked)
     for tau in (7.0, 8.0, 9.0):  # the temperature is an input of the traced function, not a constant
         compiled.lfq(tf.random.normal([5, 3]), lfq.Config(codebook_dim=3, inv_temperature=tau))
         compiled.lfq(tf.random.normal([5, 3]), cfg, inv_temperature=tau + 0.5)

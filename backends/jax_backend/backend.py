@@ -2,6 +2,8 @@
 
 Every operation is a pure function of its arrays, so it works eagerly and under
 `jax.jit`, `jax.grad`, `jax.vmap` and `jax.shard_map`, on CPU and GPU unchanged.
+Both modes run each operation as one jitted program (`lfq.program`), checked
+eagerly first: op by op, XLA would compile every primitive for each new shape.
 The math is the shared `lfq.array_backend.ArrayBackend` over `jax.numpy`; this
 module supplies only the JAX hooks:
 
@@ -36,14 +38,11 @@ import numpy as np
 from lfq import factorized, validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
-from lfq.interface import GRAD_TERMS, LOSS_TERMS
 
 __all__ = ["JaxBackend", "positive", "x64_enabled"]
 
 _X64_FIX = "enable 64-bit mode first: jax.config.update('jax_enable_x64', True) (or the jax.enable_x64() context)"
 _OPTIONS = ("axis_name",)
-#: Per-call schedule values (`lfq.factorized.Schedule`): traced inputs under jit.
-_SCHEDULE_OPTIONS = ("inv_temperature", "diversity_gamma", "entropy_weight", "commitment_weight")
 
 
 def x64_enabled() -> bool:
@@ -137,23 +136,15 @@ def _precision(cfg: Config):
     return jax.lax.Precision.HIGHEST if cfg.precision == "highest" else jax.lax.Precision.DEFAULT
 
 
-def _check_options(options: dict) -> None:
-    unknown = sorted(set(options) - set(_OPTIONS) - set(_SCHEDULE_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"unexpected keyword argument(s) {unknown} for the jax backend: its only distributed "
-            f"option is axis_name (a mesh axis name inside jax.shard_map, or a vmap axis_name); "
-            f"the per-call schedule options are {list(_SCHEDULE_OPTIONS)}"
-        )
-
-
 @final
 class JaxBackend(ArrayBackend):
     """LFQ on JAX arrays; `lfq.get("jax")`. See the module docstring.
 
     Args:
-        jit: compile every operation with `jax.jit` (cfg, dtype names and options
-            static). `compiled()` returns such a backend.
+        jit: the "compiled" mode (`compiled()` returns such a backend). Both modes run
+            every operation as a `jax.jit` program per (operation, config, dtype, mask
+            presence, options), the schedule values traced (`lfq.program`); they
+            differ only in name, so eager code and jitted code compile the same way.
     """
 
     name = "jax"
@@ -216,14 +207,6 @@ class JaxBackend(ArrayBackend):
             x, name, self.name, (jax.Array, np.ndarray), "jax.Array or numpy.ndarray", "jnp.asarray(...)"
         )
 
-    def _entry(self, cfg, **arrays) -> None:
-        """The checks every public operation makes first, before any jit (whose static
-        arguments must be hashable: a dict cfg would fail there, unclearly)."""
-        validation.check_config(cfg)
-        for name, x in arrays.items():
-            if x is not None:
-                self.check_array(x, name)
-
     def concrete_bounds(self, indices):
         """`(min, max)` of concrete indices; None for tracers (under jit/vmap/grad).
 
@@ -237,7 +220,6 @@ class JaxBackend(ArrayBackend):
 
     def all_reduce(self, sums: factorized.LossSums, options: dict) -> factorized.LossSums:
         """`jax.lax.psum` of every field over `options["axis_name"]` (none: identity)."""
-        _check_options(options)
         axis_name = options.get("axis_name")
         if axis_name is None:
             return sums
@@ -250,114 +232,51 @@ class JaxBackend(ArrayBackend):
                 f"{axis_name!r})), or drop axis_name for a single-device computation"
             ) from err
 
-    # ------------------------------------------------------- input checks
+    def check_options(self, options: dict) -> None:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {unknown} for the jax backend: its only distributed "
+                f"option is axis_name (a mesh axis name inside jax.shard_map, or a vmap axis_name); "
+                f"the per-call schedule options are {list(factorized.SCHEDULE_FIELDS)}"
+            )
 
-    def _check(self, z, cfg: Config):
-        if validation.dtype_name(z.dtype) == "float64" and not x64_enabled():
-            raise TypeError(f"z has dtype float64 but JAX's 64-bit mode is off: {_X64_FIX}, or cast z to float32")
-        return super()._check(z, cfg)
+    def unsupported_dtype(self, dtype: str) -> TypeError:
+        if dtype == "float64" and not x64_enabled():
+            return TypeError(f"z has dtype float64 but JAX's 64-bit mode is off: {_X64_FIX}, or cast z to float32")
+        return super().unsupported_dtype(dtype)
 
-    # ------------------------------------------------- interface (jit-aware)
+    # ------------------------------------------------------- compiled programs
 
-    def quantize(self, z, cfg: Config):
-        self._entry(cfg, z=z)
-        if self.jit:
-            return _jitted("quantize")(z, cfg=cfg)
-        return super().quantize(z, cfg)
+    #: Every operation runs through `jax.jit` programs, eagerly too: run op by op, XLA
+    #: compiles each primitive for each new shape (28 s for a first call at D = 10), while
+    #: one program per operation compiles once. Called under the user's own jit, grad,
+    #: vmap or shard_map, a program is a nested jit, traced into the caller's program.
+    compiles = True
 
-    def codes_to_indices(self, z, cfg: Config):
-        self._entry(cfg, z=z)
-        if self.jit:
-            return _jitted("codes_to_indices")(z, cfg=cfg)
-        return super().codes_to_indices(z, cfg)
+    def compile_program(self, fn, signature):
+        return jax.jit(fn)
+
+    def gradient(self, fn, z, cotangent):
+        out, pullback = jax.vjp(fn, z)
+        cot = jnp.ones_like(out) if cotangent is None else jnp.asarray(cotangent, dtype=out.dtype)
+        return pullback(cot)[0]
+
+    # ------------------------------------------------------------ interface
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
         """Codes from indices `[..., C]` -> `[..., C*D]` of `dtype`.
 
-        Eagerly an index outside `[0, 2**D)` raises ValueError. Under jit (and
+        Eagerly an index outside `[0, 2**D)` raises ValueError (NumPy indices are read
+        before any conversion, so an int64 past the int32 range is seen). Under jit (and
         vmap/grad tracing) it cannot: the bits above D are ignored, i.e. the index
         is taken modulo `2**D` (two's complement for negative values).
         """
-        self._entry(cfg, indices=indices)
-        dtype = validation.check_codes_dtype(dtype)
-        if dtype == "float64" and not x64_enabled():
+        validation.check_config(cfg)
+        if validation.check_codes_dtype(dtype) == "float64" and not x64_enabled():
             raise TypeError(f"indices_to_codes(dtype='float64') needs 64-bit mode: {_X64_FIX}")
-        # Checked before any conversion or tracing, where the values are still concrete
-        # (a NumPy int64 index past the int32 range must not wrap into range first).
-        validation.check_indices(indices.shape, indices.dtype, cfg)
-        bounds = self.concrete_bounds(indices)
-        if bounds is not None:
-            validation.check_index_range(*bounds, cfg)
         self.index_dtype(jnp, cfg)  # refuses codebook_dim > 31 without 64-bit mode
-        indices = indices if isinstance(indices, jax.Array) else jnp.asarray(indices)
-        if self.jit:
-            return _jitted("indices_to_codes")(indices, cfg=cfg, dtype=dtype)
         return super().indices_to_codes(indices, cfg, dtype)
-
-    def straight_through(self, z, cfg: Config):
-        self._entry(cfg, z=z)
-        if self.jit:
-            return _jitted("straight_through")(z, cfg=cfg)
-        return super().straight_through(z, cfg)
-
-    def entropy(self, z, cfg: Config, mask=None, **options):
-        self._entry(cfg, z=z, mask=mask)
-        _check_options(options)
-        if self.jit:
-            return _jitted("entropy")(z, mask, *_jit_arguments(cfg, options))
-        return super().entropy(z, cfg, mask, **options)
-
-    def commitment_loss(self, z, cfg: Config, mask=None, **options):
-        self._entry(cfg, z=z, mask=mask)
-        _check_options(options)
-        if self.jit:
-            return _jitted("commitment_loss")(z, mask, *_jit_arguments(cfg, options))
-        return super().commitment_loss(z, cfg, mask, **options)
-
-    def lfq(self, z, cfg: Config, mask=None, **options):
-        """Codes, indices and every loss; `axis_name=` makes the losses global (see module doc)."""
-        self._entry(cfg, z=z, mask=mask)
-        _check_options(options)
-        if self.jit:
-            return _jitted("lfq")(z, mask, *_jit_arguments(cfg, options))
-        return super().lfq(z, cfg, mask, **options)
-
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
-        """Gradient of `term` w.r.t. z by `jax.vjp`, in z's dtype.
-
-        Args:
-            term: one of `lfq.interface.GRAD_TERMS`.
-            z: `[..., C*D]` features.
-            cotangent: scalar for a loss term (default 1); `z.shape` for "codes" (required).
-            mask: optional boolean token mask.
-            **options: `axis_name` (see `lfq`).
-        """
-        if term not in GRAD_TERMS:
-            raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
-        self._entry(cfg, z=z, mask=mask)
-        _check_options(options)
-        if term == "codes":
-            if cotangent is None:
-                raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
-            validation.check_cotangent(np.shape(cotangent), z.shape, term)
-        elif cotangent is not None:
-            validation.check_cotangent(np.shape(cotangent), (), term)
-        if self.jit:
-            program_cfg, schedule, options = _jit_arguments(cfg, options)
-            return _jitted("vjp")(z, cotangent, mask, program_cfg, schedule, options, term=term)
-        return self._vjp(z, cotangent, mask, term, cfg, options)
-
-    def _vjp(self, z, cotangent, mask, term, cfg, options):
-        if term == "codes":
-            fn = functools.partial(self.straight_through, cfg=cfg)
-        else:
-            position = LOSS_TERMS.index(term)
-            # the commitment loss alone needs no batch entropy: any D, and no histogram work
-            batch_entropy = term != "commitment_loss"
-            fn = lambda z_: self._losses(z_, cfg, mask, options, batch_entropy)[2][position]  # noqa: E731
-        out, pullback = jax.vjp(fn, z)
-        cot = jnp.ones_like(out) if cotangent is None else jnp.asarray(cotangent, dtype=out.dtype)
-        return pullback(cot)[0]
 
     # ------------------------------------------------------------ the rest
 
@@ -407,45 +326,4 @@ def _device(device):
     return devices[int(index) if index else 0]
 
 
-def _freeze(options: dict) -> tuple:
-    """Keyword options as a hashable, ordered tuple (a static jit argument)."""
-    return tuple(sorted(options.items()))
-
-
-def _jit_arguments(cfg: Config, options: dict) -> tuple:
-    """`(program config, schedule values, frozen options)` of a jitted loss call.
-
-    The schedule values (temperature, weights) are traced arguments, not part of
-    the static config, so an annealed temperature reuses one compiled program
-    (`validation.program_schedule`).
-    """
-    program_cfg, schedule, options = validation.program_schedule(cfg, options)
-    return program_cfg, schedule, _freeze(options)
-
-
-_EAGER = JaxBackend()
 _COMPILED = JaxBackend(jit=True)
-
-
-@functools.cache
-def _jitted(op: str):
-    """`jax.jit` of one eager operation; array arguments traced, the rest static."""
-    if op in ("entropy", "commitment_loss", "lfq"):
-
-        def fn(z, mask, cfg, schedule, options):
-            return getattr(_EAGER, op)(z, cfg, mask, **dict(options), **schedule)
-
-        return jax.jit(fn, static_argnums=(2, 4))
-    if op == "vjp":
-
-        def fn(z, cotangent, mask, cfg, schedule, options, *, term):
-            return _EAGER._vjp(z, cotangent, mask, term, cfg, {**dict(options), **schedule})
-
-        return jax.jit(fn, static_argnums=(3, 5), static_argnames=("term",))
-    if op == "indices_to_codes":
-
-        def fn(indices, *, cfg, dtype):
-            return _EAGER.indices_to_codes(indices, cfg, dtype)
-
-        return jax.jit(fn, static_argnames=("cfg", "dtype"))
-    return jax.jit(lambda z, *, cfg: getattr(_EAGER, op)(z, cfg), static_argnames=("cfg",))

@@ -19,18 +19,16 @@ module supplies TensorFlow's hooks:
   size): the loss functions then flatten the tokens and count them with a mask.
 
 `compiled()` returns `CompiledTensorFlowBackend` (`compiled.py`), the same
-operations traced once per configuration into `tf.function(jit_compile=True)`.
+operations as compiled programs (`lfq.program`) in `tf.function(jit_compile=True)`.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any, NamedTuple, final
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 from lfq.backends.tf_backend import array_namespace, ops
-from lfq.backends.tf_backend.compiled import CompiledTensorFlowBackend
 
 from lfq import validation
 from lfq.array_backend import ArrayBackend
@@ -47,7 +45,6 @@ def _fully_defined(z) -> bool:
     return z.shape.is_fully_defined()
 
 
-@final
 class TensorFlowBackend(ArrayBackend):
     """LFQ on `tf.Tensor` (CPU or GPU), eager and inside `tf.function` / XLA.
 
@@ -71,10 +68,6 @@ class TensorFlowBackend(ArrayBackend):
     name = "tensorflow"
     dtypes = validation.FLOAT_DTYPES
     modes = ("eager", "compiled")
-
-    def __init__(self):
-        self._compiled = None
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ hooks
 
@@ -127,13 +120,15 @@ class TensorFlowBackend(ArrayBackend):
             return None
         return int(tf.reduce_min(indices)), int(tf.reduce_max(indices))
 
-    def all_reduce(self, sums: LossSums, options: dict) -> LossSums:
+    def check_options(self, options: dict) -> None:
         unknown = sorted(set(options) - set(_DISTRIBUTED_OPTIONS))
         if unknown:
             raise TypeError(
                 f"backend 'tensorflow' got unknown keyword arguments {unknown}: its only distributed "
                 "option is replica_context=tf.distribute.get_replica_context() (or 'auto')"
             )
+
+    def all_reduce(self, sums: LossSums, options: dict) -> LossSums:
         context = options.get("replica_context")
         if isinstance(context, str):
             if context != "auto":
@@ -220,39 +215,44 @@ class TensorFlowBackend(ArrayBackend):
 
     # ------------------------------------------------------- autodiff, modes
 
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
-        """Gradient of `term` w.r.t. `z` by `tf.GradientTape` (see `LFQBackend.vjp`).
-
-        `options` are `lfq`'s distributed option (`replica_context`).
-        """
-        if term not in GRAD_TERMS:
-            raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
-        if term == "codes" and cotangent is None:
-            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
-        z = ops.as_tensor(z, "z")
-        validation.check_features(z.shape, z.dtype, cfg)  # before the tape watches an integer z
-        mask = None if mask is None else ops.as_tensor(mask, "mask")
+    def gradient(self, fn, z, cotangent):
         with tf.GradientTape() as tape:
             tape.watch(z)
-            if term == "codes":
-                value = self.straight_through(z, cfg)
-            elif term == "commitment_loss":  # without the batch entropy: any D, and less work
-                value = self.commitment_loss(z, cfg, mask, **options)
-            else:
-                value = getattr(self.lfq(z, cfg, mask, **options), term)
-        if cotangent is not None:
-            cotangent = ops.as_tensor(cotangent, "cotangent", numbers=True)
-            if not cotangent.shape.is_compatible_with(value.shape):
-                validation.check_cotangent(cotangent.shape, value.shape, term)  # raises
-            cotangent = tf.cast(cotangent, value.dtype)
+            value = fn(z)
+        cotangent = None if cotangent is None else tf.cast(cotangent, value.dtype)
         grad = tape.gradient(value, z, output_gradients=cotangent)
         return tf.zeros_like(z) if grad is None else grad
 
-    def compiled(self) -> CompiledTensorFlowBackend:
-        with self._lock:
-            if self._compiled is None:
-                self._compiled = CompiledTensorFlowBackend(self)
-            return self._compiled
+    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
+        """Gradient of `term` w.r.t. `z` by `tf.GradientTape` (see `LFQBackend.vjp`).
+
+        `options` are the schedule values and `lfq`'s distributed option (`replica_context`).
+        """
+        z = ops.as_tensor(z, "z")
+        mask = None if mask is None else ops.as_tensor(mask, "mask")
+        cotangent = None if cotangent is None else ops.as_tensor(cotangent, "cotangent", numbers=True)
+        if term not in GRAD_TERMS or _fully_defined(z):
+            return super().vjp(term, z, cfg, cotangent, mask, **options)
+        # Sizes unknown at trace time (Keras): the public operations flatten the tokens.
+        if term == "codes" and cotangent is None:
+            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape")
+        validation.check_features(z.shape, z.dtype, cfg)  # before the tape watches an integer z
+
+        def value(z):
+            if term == "codes":
+                return self.straight_through(z, cfg)
+            if term == "commitment_loss":  # without the batch entropy: any D, and less work
+                return self.commitment_loss(z, cfg, mask, **options)
+            return getattr(self.lfq(z, cfg, mask, **options), term)
+
+        return self.gradient(value, z, cotangent)
+
+    def compiled(self):
+        """This backend's `CompiledTensorFlowBackend`: every operation under XLA (`compiled.py`)."""
+        from lfq.backends.tf_backend.compiled import CompiledTensorFlowBackend
+
+        # setdefault: one instance even when threads race to make it
+        return self.__dict__.setdefault("_compiled", CompiledTensorFlowBackend())
 
     def asarray(self, array, dtype: str | None = None, device=None):
         """A NumPy array (or array-like) as a tensor.

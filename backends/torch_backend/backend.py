@@ -22,9 +22,6 @@ read) is skipped; `compiled()` keeps it, running the checks eagerly first.
 from __future__ import annotations
 
 import collections
-import hashlib
-import math
-import types
 from typing import final
 
 import array_api_compat.torch as torch_namespace
@@ -34,8 +31,6 @@ import torch
 from lfq import validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
-from lfq.factorized import SCHEDULE_FIELDS
-from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 
 from . import distributed as _dist
 from . import ops
@@ -46,11 +41,6 @@ __all__ = ["TorchBackend"]
 
 def _require_tensor(x, name: str) -> None:
     validation.check_array(x, name, "torch", torch.Tensor, "torch.Tensor", "torch.as_tensor(...)")
-
-
-def _require_same_device(x, z, name: str) -> None:
-    if x.device != z.device:
-        raise ValueError(f"{name} is on {x.device} but z is on {z.device}: move it with .to(z.device)")
 
 
 @final
@@ -91,7 +81,6 @@ class TorchBackend(ArrayBackend):
         self.mode = mode
         self.compile_mode = compile_mode
         self._compiled_backends: dict = {}
-        self._compiled_ops: dict = {}
 
     def __repr__(self) -> str:
         extra = "" if self.compile_mode is None else f", compile_mode={self.compile_mode!r}"
@@ -130,124 +119,65 @@ class TorchBackend(ArrayBackend):
         enabled, group = _dist.parse_options(options)
         return _dist.all_reduce_sums(sums, group) if enabled else sums
 
-    # --------------------------------------------------------------- interface
+    def check_options(self, options: dict) -> None:
+        _dist.parse_options(options)
 
-    def _run(self, op: str, first, cfg: Config, *args, **kwargs):
-        """Check the arguments eagerly, then run `op` in this backend's mode."""
-        validation.check_config(cfg)
-        if self.mode == "compiled":
-            self._check_eagerly(op, first, cfg, *args, **kwargs)
-            return self._run_compiled(op, first, cfg, *args, **kwargs)
-        with no_autocast(first.device.type if isinstance(first, torch.Tensor) else "cpu"):
-            # The shared implementation, named explicitly (torch.compile traces it).
-            return getattr(ArrayBackend, op)(self, first, cfg, *args, **kwargs)
+    def check_array(self, x, name: str) -> None:
+        _require_tensor(x, name)
 
-    def _run_compiled(self, op: str, first, cfg: Config, *args, **options):
-        """`op` through the compiled programs, on tokens flattened outside the graph.
+    def check_placement(self, x, z, name: str) -> None:
+        if x.device != z.device:
+            raise ValueError(f"{name} is on {x.device} but z is on {z.device}: move it with .to(z.device)")
 
-        Every input is brought to `[N, C*D]` (feature axis last, token axes
-        flattened; a mask to `[N]`) before the compiled call and the outputs are
-        reshaped back after it, so one compiled program per (program, config,
-        dtype, mask presence, device, gradient) serves every shape and rank, with
-        N dynamic from its first trace. A batch of N < 2 tokens (which torch would
-        specialize) is padded to 2 with masked-out zero tokens and sliced back.
-        `lfq` runs two programs: the losses (with the indices) and the
-        straight-through codes, so the codes' backward runs only when the codes
-        receive a gradient (a masked-out NaN never meets the loss gradient).
-        """
-        if op == "indices_to_codes":
-            (dtype,) = args
-            flat, tokens = _flatten(first, -1)
-            codes = self._call("indices_to_codes", cfg, _pad(flat, None)[0], extra=(dtype,))[: flat.shape[0]]
-            return _unflatten(codes, tokens, cfg)
-        z, tokens = _flatten(first, cfg.feature_axis)
-        n = z.shape[0]
-        if op in ("quantize", "straight_through", "codes_to_indices"):
-            out = self._call(op, cfg, _pad(z, None)[0])[:n]
-            if op == "codes_to_indices":
-                return out.reshape(tokens + (cfg.num_codebooks,))
-            return _unflatten(out, tokens, cfg)
-        mask = args[0] if args else None
-        if mask is not None:
-            mask = mask.reshape(n)
-        z_in, mask_in = _pad(z, mask)
-        if op == "commitment_loss":
-            return self._call("commitment_loss", cfg, z_in, mask_in, options)
-        per_sample, batch, commit, aux, indices = values = self._call("losses", cfg, z_in, mask_in, options)
-        if op == "losses":
-            return values
-        if op == "entropy":
-            return per_sample, batch
-        codes = _unflatten(self._call("straight_through", cfg, _pad(z, None)[0])[:n], tokens, cfg)
-        return LFQOutput(codes, indices[:n].reshape(tokens + (cfg.num_codebooks,)), aux, per_sample, batch, commit)
+    def compute_context(self, x):
+        return no_autocast(x.device.type if isinstance(x, torch.Tensor) else "cpu")
 
-    def _call(self, program: str, cfg: Config, z, mask=None, options=None, extra=()):
-        """Run compiled `program` on `[N, F]` input `z` (and `[N]` mask): get or compile it."""
-        if cfg.feature_axis != -1:  # the programs see features last: configs that differ only here share them
-            cfg = cfg.replace(feature_axis=-1)
-        # The schedule fields are run-time inputs (the losses program) or unused (the others):
-        # configs that differ only in their values share one program.
-        cfg, scalars, options = _runtime_schedule(cfg, options or {}, z.device)
-        inputs = (scalars,) if program == "losses" else ()
-        grad = torch.is_grad_enabled() and z.requires_grad
-        signature = (
-            program,
-            cfg,
-            extra,
-            str(z.dtype),
-            mask is not None,
-            z.device.type,
-            grad,
-            tuple(sorted(options)),
-            bool(options.get("distributed", False)),
+    def gradient(self, fn, z, cotangent):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = fn(z)
+        cot = (
+            torch.ones_like(out)
+            if cotangent is None
+            else torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
         )
-        key = (signature, z.device)
-        fn = self._compiled_ops.get(key)
-        if fn is None:
-            fn = self._compiled_ops[key] = torch.compile(
-                _program(program, cfg, extra, signature), fullgraph=True, mode=self.compile_mode
-            )
-        torch._dynamo.mark_dynamic(z, 0)  # any N >= 2 reuses this trace
-        if mask is None:
-            return fn(z, *inputs, **options)
-        torch._dynamo.mark_dynamic(mask, 0)
-        return fn(z, *inputs, mask, **options)
+        (grad,) = torch.autograd.grad(out, z, cot, allow_unused=True)
+        return torch.zeros_like(z) if grad is None else grad
 
-    def _check_eagerly(self, op, first, cfg, *args, **kwargs):
-        """The checks that would raise inside the compiled graph, made before it is traced."""
-        if op == "indices_to_codes":
-            _require_tensor(first, "indices")
-            validation.check_indices(first.shape, first.dtype, cfg)
-            if first.numel():
-                validation.check_index_range(int(first.min()), int(first.max()), cfg)
-            return
-        self._check(first, cfg)
-        mask = kwargs.get("mask", args[0] if args else None)
-        if mask is not None:
-            _require_tensor(mask, "mask")
-            _require_same_device(mask, first, "mask")
-            validation.check_mask(mask.shape, mask.dtype, first.shape, cfg)
-        if op in ("entropy", "commitment_loss", "lfq"):
-            if op != "commitment_loss":  # the commitment loss needs no batch entropy: any D
-                validation.check_exact_batch_entropy(cfg)
-            _, options = validation.split_schedule({k: v for k, v in kwargs.items() if k != "mask"})
-            _dist.parse_options(options)
+    # ------------------------------------------------------- compiled programs
 
-    def _check(self, z, cfg: Config):
-        _require_tensor(z, "z")
-        return ArrayBackend._check(self, z, cfg)
+    @property
+    def compiles(self) -> bool:
+        return self.mode == "compiled"
 
-    def _features(self, z, cfg: Config, mask):
-        if mask is not None:
-            _require_tensor(mask, "mask")
-            _require_same_device(mask, z, "mask")
-        return ArrayBackend._features(self, z, cfg, mask)
+    flat_programs = True  # one program, N dynamic, for every shape and rank
+    min_program_tokens = 2  # torch specializes sizes 0 and 1: pad below 2 tokens
+    vjp_programs = False  # fullgraph=True cannot trace torch.autograd.grad: vjp differentiates the programs
 
-    def quantize(self, z, cfg: Config):
-        return self._run("quantize", z, cfg)
+    def compile_program(self, fn, signature):
+        """`torch.compile(fullgraph=True)`, the token axis of `[N, F]` inputs marked dynamic
+        (any N >= 2 reuses the trace); inputs contiguous, as fresh tensor objects (never
+        the caller's own, which `mark_dynamic` would mark)."""
+        compiled = torch.compile(fn, fullgraph=True, mode=self.compile_mode)
 
-    def codes_to_indices(self, z, cfg: Config):
-        return self._run("codes_to_indices", z, cfg)
+        def call(x, *rest):
+            x = x.contiguous().view(x.shape)
+            torch._dynamo.mark_dynamic(x, 0)
+            if len(rest) == 2:  # (schedule, mask)
+                mask = rest[1].view(rest[1].shape)
+                torch._dynamo.mark_dynamic(mask, 0)
+                rest = (rest[0], mask)
+            return compiled(x, *rest)
+
+        return call
+
+    def pack_schedule(self, values: tuple, like):
+        return _schedule_tensor(values, like.device)
+
+    def program_key(self, x) -> tuple:
+        return (x.device, torch.is_grad_enabled() and x.requires_grad)
+
+    # --------------------------------------------------------------- interface
 
     def indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
         _require_tensor(indices, "indices")
@@ -255,64 +185,7 @@ class TorchBackend(ArrayBackend):
             raise ValueError(f"dtype={dtype!r} must be one of {list(validation.FLOAT_DTYPES)}")
         if not (indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool):
             indices = indices.to(torch.int64)  # bit weights up to 2**62 need int64 arithmetic
-        return self._run("indices_to_codes", indices, cfg, dtype)
-
-    def entropy(self, z, cfg: Config, mask=None, **options):
-        return self._run("entropy", z, cfg, mask, **options)
-
-    def commitment_loss(self, z, cfg: Config, mask=None, **options):
-        return self._run("commitment_loss", z, cfg, mask, **options)
-
-    def lfq(self, z, cfg: Config, mask=None, **options) -> LFQOutput:
-        return self._run("lfq", z, cfg, mask, **options)
-
-    def straight_through(self, z, cfg: Config):
-        """Codes of `z` whose value is exactly `quantize(z)` and whose gradient follows the rule."""
-        return self._run("straight_through", z, cfg)
-
-    def code_usage(self, indices, cfg: Config, mask=None) -> CodeUsage:
-        validation.check_config(cfg)
-        _require_tensor(indices, "indices")
-        if mask is not None:
-            _require_tensor(mask, "mask")
-        return super().code_usage(indices, cfg, mask)
-
-    def vjp(self, term: str, z, cfg: Config, cotangent=None, mask=None, **options):
-        """Gradient of `term` (one of `lfq.GRAD_TERMS`) w.r.t. `z` by torch.autograd, z's dtype.
-
-        A scalar term's cotangent defaults to 1; "codes" needs a cotangent of z's shape.
-        """
-        if term not in GRAD_TERMS:
-            raise ValueError(f"term={term!r} is not one of {list(GRAD_TERMS)}")
-        _require_tensor(z, "z")
-        self._check(z, cfg)  # an integer z must fail here, not in requires_grad_
-        if term == "codes" and cotangent is None:
-            raise ValueError("vjp('codes', ...) needs a cotangent of z's shape (the upstream gradient)")
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = self._term(term, z, cfg, mask, options)
-        if cotangent is None:
-            cotangent = torch.ones_like(out)
-        else:
-            cotangent = torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
-            if cotangent.shape != out.shape:
-                raise ValueError(
-                    f"cotangent has shape {tuple(cotangent.shape)}, expected {tuple(out.shape)} (the shape of {term})"
-                )
-        (grad,) = torch.autograd.grad(out, z, cotangent, allow_unused=True)
-        return torch.zeros_like(z) if grad is None else grad
-
-    def _term(self, term: str, z, cfg: Config, mask, options):
-        """The value of `term` computed with only what it needs (so only its gradient runs)."""
-        if term == "codes":
-            return self.straight_through(z, cfg)
-        if term == "commitment_loss":  # no batch entropy: any D
-            return self.commitment_loss(z, cfg, mask, **options)
-        if self.mode == "compiled":  # the loss program alone, without the codes' program
-            self._check_eagerly("lfq", z, cfg, mask, **options)
-            values = self._run_compiled("losses", z, cfg, mask, **options)
-            return values[("per_sample_entropy", "batch_entropy", "commitment_loss", "aux_loss").index(term)]
-        return getattr(self.lfq(z, cfg, mask, **options), term)
+        return super().indices_to_codes(indices, cfg, dtype)
 
     def compiled(self, mode: str | None = None) -> TorchBackend:
         """This backend with every operation run by `torch.compile(fullgraph=True)` (inductor).
@@ -321,7 +194,7 @@ class TorchBackend(ArrayBackend):
         mode. Inputs are flattened to `[tokens, C*D]` outside the compiled graph
         and the token count is dynamic, so one compiled program per (operation,
         config, dtype, mask presence, device, gradient) serves every shape, rank
-        and batch size, empty batches included (see `_run_compiled`).
+        and batch size, empty batches included (see `lfq.program`).
 
         Args:
             mode: `torch.compile`'s mode. None (its default) launches the compiled
@@ -386,109 +259,24 @@ def _check_compile_mode(mode) -> None:
         raise ValueError(f"compile mode={mode!r} is not one of {[None, *COMPILE_MODES]} (torch.compile's modes)")
 
 
-_EAGER = TorchBackend()
-
-
-def _flatten(x, axis: int):
-    """`x` with `axis` moved last and the other axes flattened: `([N, F], token shape)`.
-
-    A fresh contiguous tensor object (never the caller's own, which `mark_dynamic`
-    would mark), differentiable through the reshape.
-    """
-    axis %= x.ndim
-    if axis != x.ndim - 1:
-        x = torch.movedim(x, axis, -1)
-    tokens = tuple(x.shape[:-1])
-    flat = x.reshape(math.prod(tokens), x.shape[-1]).contiguous()
-    return (flat.view(flat.shape) if flat is x else flat), tokens
-
-
-def _unflatten(flat, tokens: tuple, cfg: Config):
-    """Inverse of `_flatten` for `[N, C*D]` features: back to `tokens` with the feature axis in place."""
-    x = flat.reshape(tokens + (flat.shape[-1],))
-    axis = cfg.feature_axis % x.ndim
-    return x if axis == x.ndim - 1 else torch.movedim(x, -1, axis)
-
-
-_MIN_TOKENS = 2  # torch specializes sizes 0 and 1; below 2 tokens, pad
-
-
-def _pad(z, mask):
-    """`(z, mask)` with at least 2 rows: pad rows are zeros and masked out.
-
-    Without padding `mask` stays as given (None for no mask); a padded batch
-    always gets a mask, so the pad rows count in no loss.
-    """
-    n = z.shape[0]
-    if n >= _MIN_TOKENS:
-        return z, mask
-    extra = _MIN_TOKENS - n
-    padded = torch.cat([z, z.new_zeros((extra,) + tuple(z.shape[1:]))])
-    valid = torch.ones(n, dtype=torch.bool, device=z.device) if mask is None else mask
-    return padded, torch.cat([valid, torch.zeros(extra, dtype=torch.bool, device=z.device)])
-
-
-_SCHEDULE_PLACEHOLDERS = 64  # per-device scalars tensors kept for repeated schedule values
+_SCHEDULE_TENSORS = 64  # per-device schedule tensors kept for repeated values
 _schedule_tensors: collections.OrderedDict = collections.OrderedDict()
 
 
-def _runtime_schedule(cfg: Config, options: dict, device):
-    """`(program config, [4] float64 schedule tensor, other options)` for a compiled call
-    (`validation.program_schedule`): the values travel in the tensor, so the compiled
-    program reads them at run time. Repeated float values reuse one tensor on the
-    device (no host-to-device copy per call).
+def _schedule_tensor(values: tuple, device):
+    """The four schedule values as a `[4]` float64 tensor on `device`, a compiled program's
+    run-time input. Repeated float values reuse one tensor (no host-to-device copy per call).
     """
-    program_cfg, values, options = validation.program_schedule(cfg, options)
-    values = [values[name] for name in SCHEDULE_FIELDS]
-    if all(isinstance(v, float) for v in values):
-        key = (tuple(values), device)
-        scalars = _schedule_tensors.get(key)
-        if scalars is None:
-            with torch.inference_mode(False):
-                scalars = torch.tensor(values, dtype=torch.float64, device=device)
-            _schedule_tensors[key] = scalars
-            if len(_schedule_tensors) > _SCHEDULE_PLACEHOLDERS:
-                _schedule_tensors.popitem(last=False)
-        else:
-            _schedule_tensors.move_to_end(key)
+    if not all(isinstance(v, float) for v in values):
+        return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    key = (values, device)
+    scalars = _schedule_tensors.get(key)
+    if scalars is None:
+        with torch.inference_mode(False):
+            scalars = torch.tensor(values, dtype=torch.float64, device=device)
+        _schedule_tensors[key] = scalars
+        if len(_schedule_tensors) > _SCHEDULE_TENSORS:
+            _schedule_tensors.popitem(last=False)
     else:
-        scalars = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
-    return program_cfg, scalars, options
-
-
-def _loss_program(z, scalars, cfg, mask, options):
-    schedule = dict(zip(SCHEDULE_FIELDS, torch.unbind(scalars)))
-    with no_autocast(z.device.type):
-        losses = ArrayBackend._losses(_EAGER, z, cfg, mask, {**options, **schedule})[2]
-        return (*losses, ArrayBackend.codes_to_indices(_EAGER, z, cfg))
-
-
-_PROGRAMS = {
-    "quantize": lambda z, cfg, extra, **options: _EAGER.quantize(z, cfg),
-    "codes_to_indices": lambda z, cfg, extra, **options: _EAGER.codes_to_indices(z, cfg),
-    "straight_through": lambda z, cfg, extra, **options: _EAGER.straight_through(z, cfg),
-    "indices_to_codes": lambda i, cfg, extra, **options: _EAGER.indices_to_codes(i, cfg, *extra),
-    "commitment_loss": lambda z, cfg, extra, mask=None, **options: _EAGER.commitment_loss(z, cfg, mask, **options),
-    # (per_sample, batch, commitment, aux, indices): lfq without its codes
-    "losses": lambda z, cfg, extra, scalars, mask=None, **options: _loss_program(z, scalars, cfg, mask, options),
-}
-
-
-def _program(program: str, cfg: Config, extra: tuple, signature: tuple):
-    """A new function running `program` on `[N, F]` inputs, for `torch.compile` to own.
-
-    `torch.compile` keeps its cache and recompile budget (8 by default, a hard
-    error under fullgraph=True) per code object, and its automatic-dynamic-shape
-    profile per (file, line, function name). A code object of its own per
-    `signature` (program, config, dtype, mask presence, ...), named after it
-    stably across processes, keeps every variant apart on both counts: each one
-    compiles once (its N is marked dynamic), and no variant spends another's budget.
-    """
-    body = _PROGRAMS[program]
-
-    def run(z, *args, **kwargs):
-        return body(z, cfg, extra, *args, **kwargs)
-
-    tag = hashlib.sha1(repr(signature).encode()).hexdigest()[:12]
-    code = run.__code__.replace(co_name=f"{program}_{tag}")
-    return types.FunctionType(code, run.__globals__, code.co_name, run.__defaults__, run.__closure__)
+        _schedule_tensors.move_to_end(key)
+    return scalars
