@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import lfq
-from conformance.cases import DEFAULT_TOLERANCES
+from lfq.conformance.cases import DEFAULT_TOLERANCES
 from lfq import factorized, reference
 
 torch = pytest.importorskip("torch")
