@@ -81,8 +81,10 @@ def _transform_vjp(raw: np.ndarray, grad_x: np.ndarray, cfg: Config) -> np.ndarr
     """Chain rule through `features.transform_groups` (`[N, C, D]` both)."""
     clamped = raw
     if cfg.soft_clamp is not None:
+        # The forward's clamp (it returns tiny x unchanged, see `features.soft_clamp`);
+        # t only gives its derivative 1 - t**2, which is 1 there to working precision.
         t = np.tanh(raw / cfg.soft_clamp)
-        clamped = cfg.soft_clamp * t
+        clamped = features.soft_clamp(raw, cfg.soft_clamp, np)
     g = grad_x
     if cfg.spherical:
         # The forward's max-scaled norm, ||x|| = peak * ||x / peak||: the plain sum of

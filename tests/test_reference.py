@@ -3,6 +3,8 @@ definition, finite differences, and the edge cases of DESIGN.md section 2."""
 
 from __future__ import annotations
 
+import math
+
 import independent
 import numpy as np
 import pytest
@@ -258,3 +260,26 @@ def test_factorized_d18_runs_in_bounded_memory():
     grown_gib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20
     assert 0 < h_batch <= 18 * np.log(2) and np.isfinite(h_sample)
     assert grown_gib < 3.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_soft_clamp_is_correctly_rounded_near_its_linear_threshold(dtype):
+    """`features.soft_clamp` returns x below 2**-30 min(v, 1) (docs/spec.md): checked against
+    mpmath on generated x from subnormal up to past the threshold, for v below and above 1."""
+    import mpmath
+
+    from lfq import features
+
+    rng = np.random.default_rng(30)
+    info = np.finfo(np.dtype(dtype))
+    for v in (1e-3, 0.5, 3.0, 1e6):
+        low, high = math.log2(float(info.smallest_subnormal)), math.log2(v) - 20
+        x = (2.0 ** rng.uniform(low, high, 400) * np.where(rng.random(400) < 0.5, -1, 1)).astype(dtype)
+        got = features.soft_clamp(x, v, np)
+        small = np.abs(x) < features.SOFT_CLAMP_LINEAR * min(v, 1.0)
+        assert small.any() and (~small).any()
+        assert np.array_equal(got[small], x[small])
+        with mpmath.workdps(60):
+            want = np.array([float(mpmath.mpf(v) * mpmath.tanh(mpmath.mpf(float(t)) / v)) for t in x]).astype(dtype)
+        ulps = np.abs(got.astype(np.float64) - want.astype(np.float64)) / np.spacing(np.abs(want))
+        assert ulps.max() <= 2.0, (v, ulps.max())
