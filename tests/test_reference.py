@@ -1,5 +1,5 @@
 """The NumPy reference against the rules: an independent enumeration, the literal
-definition, finite differences, and the edge cases of DESIGN.md section 2."""
+definition, finite differences, and the edge cases of docs/spec.md (sections 2 to 4)."""
 
 from __future__ import annotations
 
