@@ -7,6 +7,7 @@ reference's analytic gradients (NumPy has no autodiff).
 
 from __future__ import annotations
 
+import importlib.util
 from typing import final
 
 import numpy as np
@@ -15,6 +16,10 @@ from lfq import reference, validation
 from lfq.config import Config
 from lfq.interface import CodeUsage, LFQOutput
 from lfq.validation import FLOAT_DTYPES, numpy_dtype
+
+#: bfloat16 NumPy arrays come from ml_dtypes (installed with JAX or the `lfq[jax]` extra);
+#: without it the backend cannot hold bfloat16 and does not declare it.
+HAS_BFLOAT16 = importlib.util.find_spec("ml_dtypes") is not None
 
 
 def _scheduled(cfg: Config, options: dict) -> Config:
@@ -34,10 +39,13 @@ class NumPyBackend:
     Array arguments (z, mask, indices) must be `numpy.ndarray`s: a Python list or
     another framework's tensor is refused (`lfq.validation.check_array`), like in
     every backend. `lfq.reference` itself takes anything `np.asarray` takes.
+
+    `dtypes` holds bfloat16 only where ml_dtypes is installed (NumPy has no
+    bfloat16 of its own).
     """
 
     name = "numpy"
-    dtypes = FLOAT_DTYPES
+    dtypes = FLOAT_DTYPES if HAS_BFLOAT16 else tuple(d for d in FLOAT_DTYPES if d != "bfloat16")
     modes = ("eager",)
 
     def _arrays(self, cfg, **arrays) -> None:

@@ -14,6 +14,7 @@ the oracle see bit-identical inputs.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 from collections.abc import Mapping
 
@@ -29,6 +30,7 @@ __all__ = [
     "Tolerance",
     "edge_values",
     "get",
+    "input_dtypes",
     "smallest_subnormal",
     "select",
 ]
@@ -67,9 +69,18 @@ DEFAULT_TOLERANCES: Mapping[str, Mapping[str, Tolerance]] = types.MappingProxyTy
     }
 )
 
-_VALUE_KINDS = ("edges", "large", "extremes", "saturating", "nan_masked", "zero_groups", "tiny_groups")
+_VALUE_KINDS = (
+    "edges",
+    "large",
+    "extremes",
+    "saturating",
+    "nan_masked",
+    "zero_groups",
+    "tiny_groups",
+    "smallest_groups",
+)
 #: Kinds that replace whole codebook groups of valid tokens rather than single features.
-_GROUP_KINDS = ("zero_groups", "tiny_groups")
+_GROUP_KINDS = ("zero_groups", "tiny_groups", "smallest_groups")
 _MASKS = ("none", "all_true", "all_false", "ragged")
 #: Check groups a case may skip (each skip carries its reason).
 SKIPPABLE = ("losses", "grads", "st_grad")
@@ -91,7 +102,9 @@ class Case:
             tau = 1e4, e.g. +-1e34 and +-max in float32), each twice at seeded places
             of valid tokens; "zero_groups" / "tiny_groups" (about a third of the
             valid tokens' codebook groups all zero / all subnormal: the spherical
-            projection's corners), and "nan_masked" (NaN and inf filling the tokens
+            projection's corners), "smallest_groups" (the same, the features
+            +-1, 2 or 3 times the smallest subnormal: where `z / v` of a soft
+            clamp underflows), and "nan_masked" (NaN and inf filling the tokens
             the mask leaves out).
         sigma: standard deviation of the normal data.
         mask: "none", "all_true", "all_false" or "ragged" (per row of the first
@@ -194,6 +207,9 @@ class Case:
                 chosen = rng.random(kept.shape[:2]) < 1 / 3
                 if kind == "zero_groups":
                     values = np.zeros(kept.shape)
+                elif kind == "smallest_groups":
+                    steps = rng.integers(1, 4, size=kept.shape)
+                    values = smallest_subnormal(dtype) * steps * np.where(rng.random(kept.shape) < 0.5, -1.0, 1.0)
                 else:
                     tiny, normal = (float(v) for v in edge_values("edges", dtype)[[2, 6]])
                     steps = rng.integers(1, max(2, round(normal / tiny)), size=kept.shape)
@@ -226,6 +242,21 @@ def _mask(case: Case, rng) -> np.ndarray | None:
         lengths[-1] = 0
     mask = np.arange(per_row)[None, :] < lengths[:, None]
     return mask.reshape(tokens)
+
+
+def input_dtypes() -> tuple:
+    """The dtypes the harness can make inputs in: bfloat16 NumPy arrays need ml_dtypes.
+
+    Without ml_dtypes the runs leave bfloat16 out (its checks are skipped, with
+    the reason), whatever the backends declare.
+    """
+    if importlib.util.find_spec("ml_dtypes") is None:
+        return tuple(d for d in FLOAT_DTYPES if d != "bfloat16")
+    return FLOAT_DTYPES
+
+
+#: Why bfloat16 is skipped where `input_dtypes` leaves it out.
+NO_BFLOAT16 = "bfloat16 inputs are NumPy arrays of ml_dtypes, which is not installed: pip install ml_dtypes"
 
 
 def _finfo(dtype: str):
@@ -446,7 +477,29 @@ CASES: tuple[Case, ...] = (
         dtypes=("float32", "float64"),
         note="D = 1 spherical groups, subnormal or zero, under a soft clamp: u = +-s, 0 and gradient 0",
     ),
+    Case(
+        "soft-clamp-smallest-subnormal",
+        # the shapes of spherical-d1-subnormal, so that a backend compiling per shape reuses its programs
+        dict(codebook_dim=1, num_codebooks=4, spherical=True, soft_clamp=3.0, inv_temperature=1.0, scale=0.5),
+        (16,),
+        seed=43,
+        values=("smallest_groups",),
+        dtypes=("float32", "float64"),
+        note="features of 1 to 3 times the smallest subnormal under a soft clamp v = 3: v*tanh(z/v) "
+        "would round them to 0 (z/v underflows) and make spherical groups zero groups; the clamp "
+        "returns z itself below 2**-30 min(v, 1), so u = +-s (H_s = 0.582203, commitment 0 at D = 1)",
+    ),
     # ---- the full run adds these (and runs every case in every declared dtype, with gradients)
+    Case(
+        "soft-clamp-smallest-subnormal-d3",
+        dict(codebook_dim=3, num_codebooks=2, spherical=True, soft_clamp=3.0),
+        (4, 6),
+        seed=44,
+        values=("smallest_groups", "zero_groups"),
+        mask="ragged",
+        note="D = 3 groups of the smallest subnormals beside zero groups under a soft clamp v = 3, "
+        "with a ragged mask: each tiny group is projected onto the sphere, a zero group stays 0",
+    ),
     Case("tokens-d4", dict(codebook_dim=4), (32,), seed=2, sigma=0.01, note="[N, C*D], defaults"),
     Case("d13-odd-split", dict(codebook_dim=13), (40,), seed=9, sigma=0.01, note="odd D: halves of 7 and 6 bits"),
     Case(

@@ -39,7 +39,7 @@ from lfq import reference
 from lfq.config import Config
 from lfq.validation import numpy_dtype
 
-__all__ = ["CLASSES", "COMPILED_CONFIGS", "Draw", "MASKS", "check", "inputs"]
+__all__ = ["CLASSES", "COMPILED_CONFIGS", "Draw", "MASKS", "check", "inputs", "token_pool"]
 
 #: Classes of special values a draw may mix into its normal data.
 CLASSES = ("zeros", "subnormal", "saturating", "huge", "zero_groups", "tiny_groups", "nan_masked")
@@ -53,6 +53,27 @@ COMPILED_CONFIGS = (
     dict(codebook_dim=4, num_codebooks=2, spherical=True, soft_clamp=2.0, activation="tanh", inv_temperature=10.0),
     dict(codebook_dim=5, commitment_weight=0.0, inv_temperature=1e4, bit_order="lsb"),
 )
+
+
+def token_pool(seed: int, size: int = 2) -> tuple:
+    """The token shapes of one run: a shape of rank 2, an empty batch of the same rank, then
+    shapes of rank 1, 0 and 3 (as many as `size` asks for), sides 1 to 5 drawn from `seed`.
+
+    A compiling backend (a compiled mode, JAX's eager mode) compiles a program per
+    shape, so shapes drawn afresh for every example would cost it a compile each
+    and, in a run of fixed length, leave it a handful of draws where eager NumPy
+    gets thousands. Drawing the shapes of a run from this pool bounds its compiles
+    (configurations x pool x dtypes x mask or not) and gives every backend and mode
+    the same number of draws; a new seed gives the next run other shapes. The
+    empty batch has the rank of the first shape, so that a backend compiled with a
+    dynamic token count (compiled torch) serves both with one program.
+    """
+    rng = np.random.default_rng(seed)
+    first = tuple(int(n) for n in rng.integers(1, 6, size=2))
+    shapes = [first, (0, first[1])]
+    for rank in (1, 0, 3)[: max(0, size - 2)]:
+        shapes.append(tuple(int(n) for n in rng.integers(1, 6, size=rank)))
+    return tuple(shapes[:size])
 
 
 @dataclasses.dataclass(frozen=True)

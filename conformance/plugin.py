@@ -55,8 +55,22 @@ def pytest_addoption(parser):
         type=int,
         default=None,
         metavar="N",
-        help="examples per backend and mode of the generated differential test "
-        "(tests/test_differential.py; default 200; a release check: 2000)",
+        help="examples per backend, mode and dtype of the generated differential test "
+        "(tests/test_differential.py; default 50; a release check: 2000)",
+    )
+    group.addoption(
+        "--lfq-pool-seed",
+        type=int,
+        default=0,
+        metavar="SEED",
+        help="seed of the run's pool of token shapes in the generated differential test (default 0)",
+    )
+    group.addoption(
+        "--lfq-pool-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="token shapes in that pool, an empty batch included (default 2; 4 with --lfq-examples)",
     )
 
 

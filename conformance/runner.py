@@ -88,8 +88,8 @@ def resolve_backend(backend):
 def _dtypes_for(case, backend, dtypes, full):
     # a full-run case asked for by name in a default run runs in float32
     wanted = dtypes if dtypes else (FLOAT_DTYPES if full else (case.dtypes or ("float32",)))
-    declared = tuple(backend.dtypes)
-    return [d for d in FLOAT_DTYPES if d in wanted and d in declared]
+    declared, possible = tuple(backend.dtypes), case_table.input_dtypes()
+    return [d for d in FLOAT_DTYPES if d in wanted and d in declared and d in possible]
 
 
 class OracleCache:
@@ -294,9 +294,8 @@ def _run_contract(target: Target, step) -> list[Result]:
             )
         )
     for check, dtype, passed, message in errors.run_dtype_checks(target):
-        results.append(
-            Result(target.name, check, "-", dtype, "pass" if passed else "fail", None, None, None, message, "", None)
-        )
+        status = "skip" if passed is None else ("pass" if passed else "fail")
+        results.append(Result(target.name, check, "-", dtype, status, None, None, None, message, "", None))
     # One compiled backend across many shapes, ranks and empty batches (lfq.conformance.shapes):
     # one row "compiled.shapes", the shape as its case.
     if "compiled" in tuple(target.backend.modes):

@@ -98,6 +98,6 @@ def test_case(case_run, targets, oracles, request):
 
 
 def test_contract(backend_name, targets):
-    """Bad-input errors (DESIGN.md section 4), declared dtypes, and compiled() when declared."""
+    """Bad-input errors (docs/spec.md section 9), declared dtypes, and compiled() when declared."""
     target, _, compile_failures = targets(backend_name)
     _fail_on(compile_failures + runner.run_contract(target))

@@ -11,8 +11,9 @@
 
 `lfq conformance` exits with status 1 when any check fails (2 on a usage error)
 and prints a reproducer (config, seed, Python snippet) for each failure.
-Progress goes to stderr (a running counter on a terminal, a line per backend
-otherwise; every step with -v, nothing with -q), the report to stdout.
+Progress goes to stderr (a running counter on a terminal, a line per backend and
+one at least every 15 s otherwise; every step with -v, nothing with -q), the
+report to stdout. `--register` imports the named module, which runs its code.
 
 `lfq info` imports no framework: it lists the built-in backends from the
 registry's static metadata and the installed packages' metadata (it takes a
@@ -154,10 +155,11 @@ def _load_problem(name: str, err: Exception) -> str:
     return f"{type(err).__name__} while {where} {target!r}: {err}"
 
 
-def _load(name: str, asked: bool, status) -> bool:
+def _load(name: str, asked: bool, status, device: str | None = None) -> bool:
     """Load backend `name`: True when it can run; False (said why) when it is skipped.
 
-    Raises `UsageError` for a backend asked for by name (or registered here) that cannot load.
+    Raises `UsageError` for a backend asked for by name (or registered here) that cannot
+    load, or cannot use `device` (`--device cuda` where there is no CUDA).
     """
     flag = f"--register {_REGISTERED[name]}" if name in _REGISTERED else f"--backend {name}"
     start = time.perf_counter()
@@ -177,6 +179,12 @@ def _load(name: str, asked: bool, status) -> bool:
             raise UsageError(f"{flag}: {problem}") from None
         status(f"skipping {name}: it failed to load: {problem}")
         return False
+    problem = None if device is None else _device_problem(name, device)
+    if problem is not None:
+        if asked or name in _REGISTERED:
+            raise UsageError(f"--device {device}: {problem}")
+        status(f"skipping {name}: --device {device}: {problem}")
+        return False
     status(f"loaded {name} ({time.perf_counter() - start:.1f} s)", "log")
     return True
 
@@ -184,12 +192,33 @@ def _load(name: str, asked: bool, status) -> bool:
 def _backends(args, status) -> list[str]:
     if args.backend:
         for name in args.backend:
-            _load(name, True, status)
+            _load(name, True, status, args.device)
         return list(dict.fromkeys(args.backend))
     # the backends registered here first: a mistake in --register shows before any framework loads
     names = sorted(lfq.list_backends(), key=lambda name: name not in _REGISTERED)
-    loaded = {name for name in names if _load(name, False, status)}
+    loaded = {name for name in names if _load(name, False, status, args.device)}
+    if not loaded and args.device is not None:
+        raise UsageError(f"--device {args.device}: no available backend can use it")
     return [name for name in lfq.list_backends() if name in loaded]
+
+
+def _device_problem(name: str, device: str) -> str | None:
+    """Why backend `name` cannot make an array on `device` (one small `asarray`), or None.
+
+    A backend whose `asarray` takes no `device` keyword gives None: the run reports that.
+    """
+    import numpy as np
+
+    from lfq.conformance.target import DeviceUnsupported, Target
+
+    try:
+        target = Target(name, device, registry_name=name)
+        target.get(target.put(np.zeros(2, np.float32), "float32"))
+    except DeviceUnsupported:
+        return None
+    except Exception as err:
+        return f"backend {name} cannot use it: {type(err).__name__}: {err}".rstrip()
+    return None
 
 
 # ------------------------------------------------------------------ progress
@@ -202,9 +231,13 @@ class _Progress:
     backend loads, starts and ends; "verbose": those and a line per step; "quiet": nothing.
     """
 
+    #: In "lines" mode, a line with the count at least this often (seconds of a backend's run).
+    LINE_EVERY = 15.0
+
     def __init__(self, mode: str, stream=None):
         self.mode, self.stream = mode, stream or sys.stderr
         self._live = False  # a counter line is on screen
+        self._last_line = 0.0  # seconds into the current backend's run of the last "lines" line
 
     def _write(self, text: str) -> None:
         try:
@@ -252,6 +285,11 @@ class _Progress:
             self._write(f"{step.backend} [{step.done + 1}/{step.total}, {step.seconds:.1f} s]: {step.what}\n")
         elif step.done == 0:
             self._write(f"{step.backend}: checking, {step.total} steps ...\n")
+            self._last_line = step.seconds
+        elif step.seconds - self._last_line >= self.LINE_EVERY:
+            # a compiling backend can take minutes: never silent for long
+            self._write(f"{step.backend}: {step.done}/{step.total} steps ({step.seconds:.0f} s), {step.what}\n")
+            self._last_line = step.seconds
 
     def finish(self) -> None:
         self._clear()
@@ -338,6 +376,10 @@ def cmd_conformance(args) -> int:
         print(result.summary())
         return 0 if result.ok else 1
     _register(args.register)
+    from lfq.conformance.cases import NO_BFLOAT16, input_dtypes
+
+    if "bfloat16" in (args.dtype or ()) and "bfloat16" not in input_dtypes():
+        raise UsageError(f"--dtype bfloat16: {NO_BFLOAT16}")
     if args.cross and args.backend and len(dict.fromkeys(args.backend)) < 2:
         raise UsageError(f"--cross needs two or more backends, got --backend {' '.join(args.backend)}")
     progress = _Progress(_progress_mode(args))
@@ -371,14 +413,21 @@ def cmd_conformance(args) -> int:
 # ------------------------------------------------------------------ the parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (`lfq conformance: ...`) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lfq.validation import FLOAT_DTYPES
 
-    parser = argparse.ArgumentParser(prog="lfq", description="Lookup-free quantization: backends and conformance.")
+    parser = _Parser(prog="lfq", description="Lookup-free quantization: backends and conformance.")
     commands = parser.add_subparsers(dest="command", required=True)
     register_help = (
         "register a backend first, as lfq.register(NAME, 'MODULE:CLASS') (repeatable; MODULE is "
-        "looked up on sys.path, then in the current folder)"
+        "looked up on sys.path, then in the current folder, and importing it runs its code)"
     )
     info = commands.add_parser(
         "info", help="registered backends: availability, dtypes, modes, versions (no framework is imported)"
@@ -444,7 +493,13 @@ def main(argv=None) -> int:
     """Entry point of the `lfq` console script."""
     # TensorFlow's C++ start-up chatter would drown the tables (set before it loads).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # named after the subcommand they were given to, in one line
+        print(
+            f"lfq {args.command}: unrecognized arguments: {' '.join(unknown)} (see lfq {args.command} --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return args.run(args)
     except UsageError as err:

@@ -20,6 +20,7 @@ __all__ = [
     "rescale_tiny_groups",
     "scalar",
     "soft_clamp",
+    "SOFT_CLAMP_LINEAR",
     "transform_groups",
     "ungroup_features",
 ]
@@ -70,9 +71,24 @@ def quantize_groups(z, cfg: Config, xp, positive=None, device=None):
     return xp.where(z > 0 if positive is None else positive(z), m, -m)
 
 
+#: Below `SOFT_CLAMP_LINEAR * min(v, 1)` in magnitude the soft clamp returns its input.
+SOFT_CLAMP_LINEAR = 2.0**-30
+
+
 def soft_clamp(x, value: float, xp):
-    """The soft clamp $v \tanh(x / v)$ of `Config.soft_clamp` (elementwise, any shape)."""
-    return value * xp.tanh(x / value)
+    r"""The soft clamp $v \tanh(x / v)$ of `Config.soft_clamp` (elementwise, any shape).
+
+    Rule at the small end: where $|x| < 2^{-30} \min(v, 1)$ the result is $x$
+    itself. There $v\tanh(x/v) = x\,(1 - \delta)$ with $0 \le \delta < (x/v)^2/3 < 2^{-61}$,
+    so $x$ is the correctly rounded value in float32 and float64 alike (and the
+    derivative $1 - \tanh^2(x/v)$ is 1 to working precision). Evaluating the
+    formula there instead would flush subnormal inputs: $x / v$ underflows to 0
+    (float32 $x = 1.4\cdot 10^{-45}$, $v = 3$), which turned a spherical group
+    of subnormal features into a zero group. The $\min(v, 1)$ keeps the threshold
+    representable (and the rule true) for any $v$.
+    """
+    linear = xp.abs(x) < SOFT_CLAMP_LINEAR * min(value, 1.0)
+    return xp.where(linear, x, value * xp.tanh(x / value))
 
 
 def transform_groups(x, cfg: Config, xp, stop_gradient=None, rescale_tiny=None):

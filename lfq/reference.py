@@ -16,6 +16,11 @@ Two entropy methods:
   $l_j = 2\tau\,x\cdot c_j$, average. Memory $N\,2^D$: for D up to about 16.
 * `"factorized"` (default): the exact closed form of `lfq.factorized`, shared
   with every backend; tests prove it equal to the literal one to 1e-12.
+
+Accuracy: both entropies are computed to a relative accuracy of about 1e-13
+wherever they are normal float64 numbers, however close to 0; for the batch
+entropy this takes the complement rule of `_distribution_entropy` (docs/spec.md,
+section 4.2).
 """
 
 from __future__ import annotations
@@ -81,8 +86,10 @@ def _transform_vjp(raw: np.ndarray, grad_x: np.ndarray, cfg: Config) -> np.ndarr
     """Chain rule through `features.transform_groups` (`[N, C, D]` both)."""
     clamped = raw
     if cfg.soft_clamp is not None:
+        # The forward's clamp (it returns tiny x unchanged, see `features.soft_clamp`);
+        # t only gives its derivative 1 - t**2, which is 1 there to working precision.
         t = np.tanh(raw / cfg.soft_clamp)
-        clamped = cfg.soft_clamp * t
+        clamped = features.soft_clamp(raw, cfg.soft_clamp, np)
     g = grad_x
     if cfg.spherical:
         # The forward's max-scaled norm, ||x|| = peak * ||x / peak||: the plain sum of
@@ -189,6 +196,48 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return (logits - peak) - np.log1p(np.sum(rest, axis=-1, keepdims=True))
 
 
+def _distribution_entropy(p: np.ndarray) -> np.ndarray:
+    r"""$-\sum_j p_j \log p_j$ over the last axis, to full relative accuracy (`[..., K]` -> `[...]`).
+
+    The rule of the reference: an entropy is computed to a relative accuracy of
+    about `1e-13` wherever it is a normal float64 number, however close to 0. The
+    plain sum loses it when $\bar p$ sits on one code: $\bar p_{top} = 1 - \epsilon$
+    is stored with an absolute error of $2^{-53}$, which $-\log \bar p_{top} \approx \epsilon$
+    turns into a relative error of $2^{-53}/\epsilon$ (an entropy of `7.7e-172` was
+    off by 2.5e-3). So the top code's term is $-\bar p_{top} \log(1 - \epsilon)$
+    with $\epsilon = \sum_{j \ne top} \bar p_j$ (which equals $1 - \bar p_{top}$
+    because $\bar p$ sums to 1) through `log1p`, where $\bar p_{top} \ge 1/2$; the
+    other terms are sums of positive products, accurate as they are. A zero row
+    (no valid token) gives 0.
+    """
+    top = np.argmax(p, axis=-1)[..., None]
+    p_top = np.take_along_axis(p, top, axis=-1)[..., 0]
+    rest = p.copy()
+    np.put_along_axis(rest, top, 0.0, axis=-1)
+    safe = np.where(rest > 0, rest, 1.0)
+    others = -np.sum(rest * np.log(safe), axis=-1)
+    eps = np.sum(rest, axis=-1)
+    log_top = np.where(p_top >= 0.5, np.log1p(-np.minimum(eps, 0.5)), np.log(np.where(p_top > 0, p_top, 1.0)))
+    return others - p_top * log_top
+
+
+def _batch_entropy(sums: factorized.LossSums, cfg: Config) -> np.ndarray:
+    """The batch entropy from the factorized token sums, by `_distribution_entropy` (float64)."""
+    count = float(sums.token_count)
+    batch = 0.0
+    for hist in sums.histograms:
+        pbar = hist.reshape(cfg.num_codebooks, -1) / max(count, 1.0)
+        batch += np.sum(_distribution_entropy(pbar))
+    return np.float64(batch / cfg.num_codebooks)
+
+
+def _losses(sums: factorized.LossSums, cfg: Config):
+    """`(per_sample, batch, commitment, aux)`: `factorized.losses_from_sums` with the accurate batch entropy."""
+    per_sample, _, commit, _ = factorized.losses_from_sums(sums, cfg, np)
+    batch = _batch_entropy(sums, cfg) if sums.histograms else np.float64(0.0)
+    return per_sample, batch, commit, factorized.aux_loss(per_sample, batch, commit, cfg, np)
+
+
 def _entropy_literal(x: np.ndarray, w: np.ndarray | None, cfg: Config, wide=np.longdouble):
     """The definition, by enumeration: `x` `[N, C, D]` transformed, float64.
 
@@ -217,8 +266,7 @@ def _entropy_literal(x: np.ndarray, w: np.ndarray | None, cfg: Config, wide=np.l
     for lo, hi in factorized.bit_groups(cfg):
         other = tuple(1 + i for i in range(d) if not lo <= i < hi)
         marginal = pbar.sum(axis=other).reshape(cfg.num_codebooks, -1)
-        safe = np.where(marginal > 0, marginal, 1.0)
-        batch += -np.sum(marginal * np.log(safe)) / cfg.num_codebooks
+        batch += np.sum(_distribution_entropy(marginal)) / cfg.num_codebooks
     return np.float64(per_sample), np.float64(batch)
 
 
@@ -272,7 +320,7 @@ def entropy(z, cfg: Config, mask=None, method: str = "factorized", literal_dtype
             per_sample, batch = _entropy_literal(x, w, cfg, literal_dtype)
     elif method == "factorized":
         sums = _loss_sums(z, cfg, mask)[-1]
-        per_sample, batch, _, _ = factorized.losses_from_sums(sums, cfg, np)
+        per_sample, batch, _, _ = _losses(sums, cfg)
     else:
         raise ValueError(f"method={method!r} must be 'factorized' or 'literal'")
     return _out(per_sample, z), _out(batch, z)
@@ -297,7 +345,7 @@ def lfq(z, cfg: Config, mask=None) -> LFQOutput:
     """Quantize and compute every loss term; see `LFQOutput`."""
     z = _check_z(z, cfg)
     sums = _loss_sums(z, cfg, mask)[-1]
-    per_sample, batch, commit, aux = factorized.losses_from_sums(sums, cfg, np)
+    per_sample, batch, commit, aux = _losses(sums, cfg)
     return LFQOutput(
         codes=straight_through(z, cfg),
         indices=codes_to_indices(z, cfg),

@@ -61,12 +61,17 @@ class StaticInfo:
     modes: tuple[str, ...]
     distributions: tuple[str, ...] = ()
     float64_env: str | None = None
+    bfloat16_module: str | None = None
 
     def current_dtypes(self) -> tuple[str, ...]:
-        """`dtypes`, with float64 when `float64_env` is set to a true value."""
+        """`dtypes`, with float64 when `float64_env` is set to a true value, without
+        bfloat16 when `bfloat16_module` (the package that provides it) is not installed."""
+        dtypes = self.dtypes
+        if self.bfloat16_module and importlib.util.find_spec(self.bfloat16_module) is None:
+            dtypes = tuple(d for d in dtypes if d != "bfloat16")
         if self.float64_env and os.environ.get(self.float64_env, "").strip().lower() in _TRUE:
-            return self.dtypes + ("float64",)
-        return self.dtypes
+            return dtypes + ("float64",)
+        return dtypes
 
 
 _TRUE = ("1", "y", "yes", "t", "true", "on")
@@ -74,7 +79,7 @@ _ALL = ("float16", "bfloat16", "float32", "float64")
 #: The built-in backends' metadata, kept equal to their classes' attributes (tests/test_cli.py checks).
 #: A name registered anew with `register` has none: its class is the only source then.
 _STATIC: dict[str, StaticInfo] = {
-    "numpy": StaticInfo(_ALL, ("eager",)),
+    "numpy": StaticInfo(_ALL, ("eager",), bfloat16_module="ml_dtypes"),
     "torch": StaticInfo(_ALL, ("eager", "compiled"), ("torch",)),
     "jax": StaticInfo(_ALL[:3], ("eager", "compiled"), ("jax",), float64_env="JAX_ENABLE_X64"),
     "tensorflow": StaticInfo(
@@ -90,6 +95,10 @@ _LOCK = threading.Lock()
 
 def register(name: str, target: str, *, extra: str | None = None, requires: str | None = None) -> None:
     """Register a backend class by import string; it is imported on first `get`.
+
+    Importing runs the module's code (as any `import` does), so register only
+    modules you trust; `lfq conformance --register` and `lfq info --register`
+    import it at once.
 
     Args:
         name: registry name, e.g. "mybackend".

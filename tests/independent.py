@@ -1,4 +1,4 @@
-"""An independent, deliberately naive implementation of DESIGN.md section 2.
+"""An independent, deliberately naive implementation of docs/spec.md sections 2 to 4.
 
 Written from the rules alone, token by token with Python loops and NumPy float64,
 sharing no code with `lfq`: the reference is tested against it. Slow; for small

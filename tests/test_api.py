@@ -1,4 +1,4 @@
-"""Config, registry, lazy loading and the bad-input contract (DESIGN.md section 4)."""
+"""Config, registry, lazy loading and the bad-input contract (docs/spec.md section 9)."""
 
 from __future__ import annotations
 

@@ -138,10 +138,15 @@ def test_usage_errors_exit_2():
     assert proc.returncode == 2 and "two or more" in proc.stderr
 
 
-def test_device_goes_to_asarray():
+def test_device_goes_to_asarray_and_an_unusable_one_is_a_usage_error():
+    proc = lfq_cli("conformance", "--backend", "numpy", "--device", "cpu", "--case", "single-token-d1")
+    assert proc.returncode == 0, explain(proc)
     proc = lfq_cli("conformance", "--backend", "numpy", "--device", "cuda")
-    assert proc.returncode == 1, explain(proc)
-    assert "device='cuda': NumPy arrays live on the host" in proc.stdout
+    assert proc.returncode == 2 and proc.stdout == "", explain(proc)
+    assert proc.stderr.splitlines() == [
+        "lfq conformance: --device cuda: backend numpy cannot use it: ValueError: device='cuda': "
+        "NumPy arrays live on the host; use device=None or 'cpu'"
+    ], explain(proc)
 
 
 def test_write_and_check_golden(tmp_path):
@@ -353,12 +358,67 @@ def test_usage_error_from_the_console_script_has_no_traceback():
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, explain(proc)
 
 
-def test_argparse_errors_exit_2(capsys):
+def test_argparse_errors_exit_2_in_one_line(capsys):
     from lfq import cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["conformance", "--dtype", "float8"])
-    assert exit_info.value.code == 2 and "invalid choice: 'float8'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("lfq conformance: argument --dtype: invalid choice: 'float8'"), err
+    assert cli.main(["conformance", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lfq conformance: unrecognized arguments: --bogus (see lfq conformance --help)\n", err
+    assert cli.main(["info", "--bogus", "x"]) == 2
+    assert capsys.readouterr().err.startswith("lfq info: unrecognized arguments: --bogus x")
+
+
+def test_lines_progress_is_never_silent_for_long():
+    import io
+    import types
+
+    from lfq import cli
+
+    stream = io.StringIO()
+    progress = cli._Progress("lines", stream)
+    for done, seconds in [(0, 0.0), (1, 5.0), (2, 16.0), (3, 20.0), (4, 40.0)]:
+        progress(types.SimpleNamespace(backend="jax", done=done, total=9, what=f"case{done} float32", seconds=seconds))
+    assert stream.getvalue().splitlines() == [
+        "jax: checking, 9 steps ...",
+        "jax: 2/9 steps (16 s), case2 float32",
+        "jax: 4/9 steps (40 s), case4 float32",
+    ]
+
+
+NO_ML_DTYPES = textwrap.dedent("""
+    import sys
+    sys.modules["ml_dtypes"] = None  # as if not installed: find_spec gives None, import fails
+    from lfq import cli
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def test_without_ml_dtypes_bfloat16_is_left_out_cleanly(tmp_path):
+    """Issue 18: a wheel without extras, then `lfq conformance`: TypeError 'bfloat16 NumPy arrays
+    need ml_dtypes', also with torch installed; `lfq info` listed bfloat16 for NumPy regardless."""
+    script = tmp_path / "no_ml_dtypes.py"
+    script.write_text(NO_ML_DTYPES)
+    proc = run([sys.executable, str(script), "info"])
+    assert proc.returncode == 0, explain(proc)
+    assert re.search(r"^numpy\s+yes\s+float16,float32,float64\s", proc.stdout, re.M), explain(proc)
+    backends = ["--backend", "numpy"] + (["--backend", "torch"] if importlib.util.find_spec("torch") else [])
+    argv = ["conformance", *backends, "--case", "image-d10", "--case", "single-token-d1"]
+    proc = run([sys.executable, str(script), *argv, "--json", str(tmp_path / "r.json")])
+    assert proc.returncode == 0, explain(proc)
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    bf16 = [r for r in results if r["dtype"] == "bfloat16"]
+    assert bf16 and all(r["status"] == "skip" and "pip install ml_dtypes" in r["message"] for r in bf16), bf16
+    assert not [r for r in results if r["status"] == "fail"]
+    assert {r["case"] for r in results if r["status"] == "pass"} >= {"single-token-d1"}
+    proc = run([sys.executable, str(script), "conformance", "--backend", "numpy", "--dtype", "bfloat16"])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "pip install ml_dtypes" in proc.stderr, explain(
+        proc
+    )
 
 
 def test_exit_0_on_a_pass_and_1_on_a_failure(capsys, registry_snapshot):

@@ -41,6 +41,7 @@ def test_table_covers_the_required_configs_shapes_and_dtypes():
         "nan_masked",
         "zero_groups",
         "tiny_groups",
+        "smallest_groups",
     }
     default = [c for c in cases.CASES if c.dtypes]
     assert {d for c in default for d in c.dtypes} == set(FLOAT_DTYPES)

@@ -138,3 +138,43 @@ def test_commitment_loss_and_its_gradient_at_any_d(name, mode):
     np.testing.assert_allclose(grad, reference.vjp("commitment_loss", z, cfg), rtol=1e-5, atol=1e-9)
     with pytest.raises(ValueError, match="max_exact_bits"):
         be.vjp("aux_loss", be.asarray(z, "float32"), cfg)
+
+
+def _subnormal_groups(rng, shape, dtype):
+    """Features of subnormal magnitude, log-uniform from the smallest subnormal up to the smallest normal."""
+    info = np.finfo(np.dtype(dtype))
+    steps = np.exp(rng.uniform(0.0, math.log(float(info.smallest_normal / info.smallest_subnormal)), shape))
+    signs = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    return (np.floor(steps) * float(info.smallest_subnormal) * signs).astype(dtype)
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_soft_clamp_keeps_subnormal_groups(name, mode):
+    """Issue 18, item 1: `v*tanh(z/v)` rounded subnormal features to 0 (z/v underflows), so a
+    spherical group became a zero group. The clamp is the identity on them to working precision,
+    so every loss and gradient equals the unclamped one, for generated subnormal inputs, float32
+    and float64, clamp on and off, spherical on and off."""
+    be = lfq.get(name)
+    if mode not in tuple(be.modes):
+        pytest.skip(f"{name} has no {mode} mode")
+    be = be if mode == "eager" else be.compiled()
+    rng = np.random.default_rng(18)
+    combos = [(c, s) for c in (None, 0.5, 3.0, 1e3) for s in (False, True)]
+    if mode == "compiled":  # each config compiles: the one that showed the defect
+        combos = [(3.0, True)]
+    for dtype in ("float32", "float64"):
+        for clamp, spherical in combos:
+            d = int(rng.integers(1, 4))
+            base = dict(codebook_dim=d, num_codebooks=2, spherical=spherical, inv_temperature=1.0, scale=0.5)
+            cfg = lfq.Config(**base, soft_clamp=clamp)
+            z = _subnormal_groups(rng, (6, 2 * d), dtype)
+            with _x64(name, dtype):
+                out = be.lfq(be.asarray(z, dtype), cfg)
+                got = [float(np.asarray(be.to_numpy(getattr(out, t)), np.float64)) for t in TERMS]
+            want = reference.lfq(z.astype(np.float64), lfq.Config(**base))
+            want = [float(getattr(want, t)) for t in TERMS]
+            tol = 1e-6 if dtype == "float32" else 1e-12
+            assert got == pytest.approx(want, rel=tol, abs=tol), (dtype, clamp, spherical, d)
+            if spherical and d == 1:  # every group projects onto its code: commitment exactly 0
+                assert got[2] == 0.0, (dtype, clamp)

@@ -13,7 +13,8 @@ One `mkdocs build --strict` into a temporary folder, then checks of the HTML:
 * the API page has no emphasis made out of the asterisks of `C*D` or `2**D` in a
   docstring (the failure names the docstring).
 
-Skipped as a whole when mkdocs, mkdocstrings or mkdocs-material is not installed.
+Skipped when mkdocs, mkdocstrings or mkdocs-material is not installed, except the
+check of the Markdown sources' inline math, which needs none of them.
 """
 
 from __future__ import annotations
@@ -194,3 +195,29 @@ def test_api_page_has_no_emphasis_made_of_asterisks(site):
     assert not wrong, "docstrings whose asterisks became emphasis (put the expression in backticks): " + json.dumps(
         wrong, indent=1
     )
+
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+INLINE_MATH = re.compile(r"(?<![\\$])\$(?!\$)(.+?)(?<![\\$])\$(?!\$)")
+
+
+def test_inline_math_can_render():
+    """Inline `$...$` with a space after the opening or before the closing dollar is not
+    math to arithmatex: it shows as raw TeX (docs/spec.md had `$0 \\cdot \\infty = $`)."""
+    bad = []
+    for page in sorted([ROOT / "README.md", *(ROOT / "docs").glob("**/*.md")]):
+        # fenced blocks blanked line for line, so that the line numbers stay right
+        text = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), page.read_text())
+        for number, line in enumerate(text.splitlines(), 1):
+            line = re.sub(r"\$\$.*?\$\$", "", re.sub(r"`[^`]*`", "", line))
+            for match in INLINE_MATH.finditer(line):
+                if match.group(1) != match.group(1).strip():
+                    bad.append(f"{page.relative_to(ROOT)}:{number}: {match.group(0)}")
+    assert not bad, "inline math with a space inside its dollars:\n" + "\n".join(bad)
+
+
+def test_code_in_table_cells_is_not_broken_mid_word(site):
+    """The theme breaks code anywhere; docs/stylesheets/tables.css keeps argument names whole."""
+    css = (site / "stylesheets" / "tables.css").read_text()
+    assert "white-space: nowrap" in css
+    assert "stylesheets/tables.css" in pages(site)["migration/index.html"]

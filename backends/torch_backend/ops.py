@@ -36,24 +36,56 @@ __all__ = [
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: `value` (no arithmetic). Backward: upstream gradient -> `carrier`."""
+    """Forward: `value` (no arithmetic). Backward: upstream gradient -> `carrier`.
+
+    Written in the `forward(*args)` + `setup_context` style with a generated vmap
+    rule, so that `torch.func` transforms (grad, vjp, jacrev, vmap) go through it
+    (the same holds for every Function here; docs/torch.md lists what is supported).
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, value, carrier):  # noqa: ARG004 - carrier only receives the gradient
+    def forward(value, carrier):  # noqa: ARG004 - carrier only receives the gradient
         # Returning an input unchanged is allowed: autograd hands back an alias of
         # `value` with this node as its gradient function, no copy.
         return value
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, grad):
         return None, grad
 
 
+class _StraightThroughJvp(_StraightThrough):
+    """`_StraightThrough` with a forward-mode rule, for eager code (torch.func.jvp, jacfwd).
+
+    A separate class because torch.compile refuses to trace a Function that
+    defines `jvp`; compiled code uses `_StraightThrough`.
+    """
+
+    @staticmethod
+    def jvp(ctx, value_tangent, carrier_tangent):  # noqa: ARG004 - the value's tangent is dropped
+        # The tangent of the carrier, as backward routes the gradient.
+        return carrier_tangent
+
+
 def straight_through(value: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
     """`value` bitwise, with the gradient of `carrier` (both `[...]`, same shape and dtype)."""
-    if not (torch.is_grad_enabled() and carrier.requires_grad):
+    # A tensor wrapped by a torch.func transform may carry a tangent (jvp) without
+    # requires_grad: it needs the Function's rule too.
+    if not (torch.is_grad_enabled() and carrier.requires_grad) and not _functorch_wrapped(carrier):
         return value  # inference: nothing to route, no autograd node
-    return _StraightThrough.apply(value, carrier)
+    function = _StraightThrough if torch.compiler.is_compiling() else _StraightThroughJvp
+    return function.apply(value, carrier)
+
+
+def _functorch_wrapped(x: torch.Tensor) -> bool:
+    # Not asked while torch.compile traces: dynamo cannot trace the query (a graph break).
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def _precision_switches(device_type: str):
@@ -150,12 +182,17 @@ class _SubcodeProbs(torch.autograd.Function):
     tensors, so second derivatives stay exact.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, a, highest):
-        probs = factorized.subcode_probs(a, torch_namespace)
-        ctx.save_for_backward(a, probs)
+    def forward(a, highest):  # noqa: ARG004 - highest is read by setup_context
+        return factorized.subcode_probs(a, torch_namespace)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, highest = inputs
+        ctx.save_for_backward(a, output)
         ctx.highest = highest
-        return probs
 
     @staticmethod
     def backward(ctx, cotangent):
@@ -176,11 +213,16 @@ class _EagerMatmulHighest(torch.autograd.Function):
     traced code meets the custom op (which the compiler needs as an opaque op).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
+    def forward(a, b):
         with full_float32_matmuls(a.device.type):
             return torch.matmul(a, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):
