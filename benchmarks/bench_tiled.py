@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: Default rows per device: D -> token counts (CPU rows kept to what a 2-core machine affords).
 DEFAULT_ROWS = {
     "cpu": ["20:64,256,1024", "22:64,256,1024", "24:64,256,1024", "26:64,256", "28:64", "30:64"],
-    "cuda": ["24:4096,16384", "26:4096,16384", "28:4096,16384", "30:4096,16384", "32:4096"],
+    "cuda": ["24:4096,16384", "26:4096,16384", "28:4096,16384", "30:4096,16384", "32:4096,16384"],
 }
 
 
@@ -128,6 +128,23 @@ def run_row(backend: str, d: int, n: int, device: str, repeat: int, tile=None) -
     return row
 
 
+def _isolated(cmd, d: int, n: int, timeout: float, env) -> dict:
+    """One row in a fresh process (its CPU peak memory its own); failures as a note."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"D": d, "N": n, "note": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"D": d, "N": n, "note": proc.stderr.strip()[-200:]}
+
+
+def _release(backend: str, device: str) -> None:
+    if backend == "torch" and device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def _parse_rows(specs):
     out = []
     for spec in specs:
@@ -145,6 +162,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tile", type=int, help="Config.entropy_tile (default None: tiles only past 2**24 entries)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per row")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every row in this process (on CUDA the peak is the framework's counter, reset per row)",
+    )
     parser.add_argument("--_row", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._row:  # one row, in this (fresh) process
@@ -178,12 +200,14 @@ def main(argv=None) -> int:
         if args.tile:
             cmd += ["--tile", str(args.tile)]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"D": d, "N": n, "note": proc.stderr.strip()[-200:]}
-        except subprocess.TimeoutExpired:
-            row = {"D": d, "N": n, "note": f"timed out after {args.timeout:.0f} s"}
+        if args.in_process:
+            try:
+                row = run_row(args.backend, d, n, args.device, args.repeat, args.tile)
+            except Exception as err:  # noqa: BLE001 - a row reports any failure (e.g. out of memory)
+                row = {"D": d, "N": n, "note": f"failed: {type(err).__name__}: {str(err)[:120]}"}
+            _release(args.backend, args.device)
+        else:
+            row = _isolated(cmd, d, n, args.timeout, env)
         results.append(row)
         if "ms" in row:
             print(
