@@ -56,6 +56,7 @@ compute dtype), so it too keeps the untiled error.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -71,6 +72,7 @@ __all__ = [
     "entropy_sum",
     "entropy_sum_vjp",
     "python_scan",
+    "release_heap",
     "scaled_b",
     "tile_entropy",
     "tile_rows",
@@ -115,15 +117,34 @@ def tile_rows(cfg: Config, rows: int, cols: int) -> int:
 
 
 def python_scan(body: Callable, init, xs):
-    """`jax.lax.scan`'s contract as a Python loop: `(final carry, stacked ys)`.
+    """`jax.lax.scan`'s contract as a Python loop: `(final carry, ys as a list)`.
 
-    The ys are returned as a list (the callers stack them with their namespace).
+    After each tile the C heap's free pages go back to the system (`release_heap`):
+    glibc keeps freed blocks under 32 MiB in its heap, and the interleaving of a
+    tile's temporaries with small allocations otherwise grows it by megabytes per
+    tile (measured: a D = 30 torch step peaked at 0.9-4 GiB instead of 0.3 GiB).
     """
     carry, ys = init, []
     for i in range(xs.shape[0]):
         carry, y = body(carry, xs[i])
         ys.append(y)
+        release_heap()
     return carry, ys
+
+
+_TRIM: list = []
+
+
+def release_heap() -> None:
+    """Return the C heap's free pages to the system: glibc's `malloc_trim(0)` (a few
+    microseconds), a no-op where the C library has no such function."""
+    if not _TRIM:
+        try:
+            _TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError):
+            _TRIM.append(None)
+    if _TRIM[0] is not None:
+        _TRIM[0](0)
 
 
 def tiles(probs_a, rows: int, xp):
