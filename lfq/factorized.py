@@ -10,7 +10,10 @@ $$p(c \mid x) = \prod_{i=1}^{D} \sigma(a_i b_i), \qquad a_i = 4\,\tau\,m\,x_i,\q
   mixture that does not factorize. Splitting the bits into a high half A and a low
   half B, $p_n(j_A, j_B) = P_A[n, j_A]\,P_B[n, j_B]$, so
   $\sum_n w_n p_n = P_A^\top \operatorname{diag}(w) P_B$: one matrix product per
-  codebook, $O(N 2^{D/2} + 2^D)$ memory instead of $O(N 2^D)$.
+  codebook, $O(N 2^{D/2} + 2^D)$ memory instead of $O(N 2^D)$. Past
+  `lfq.tiled.TILE_THRESHOLD` entries (or with `Config.entropy_tile`) the product
+  is not stored: `loss_sums` keeps the group's factors (`lfq.tiled.Factors`) and
+  `losses_from_sums` computes its entropy tile by tile (`lfq.tiled`).
 
 The functions take `xp` (an Array-API namespace) and `matmul` (so that a backend
 can ask for full float32 precision or a distributed-aware product). They compute
