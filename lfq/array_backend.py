@@ -16,7 +16,7 @@ import contextlib
 
 import numpy as np
 
-from lfq import factorized, features, program, validation
+from lfq import factorized, features, program, tiled, validation
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, LOSS_TERMS, CodeUsage, LFQOutput
 
@@ -76,6 +76,16 @@ class ArrayBackend:
     def matmul(self, a, b, cfg: Config):
         """Hook: batched matrix product for the code histograms (full float32 by default)."""
         return self.namespace(a).matmul(a, b)
+
+    def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
+        """Hook: `lfq.tiled.entropy_sum` (a group's batch entropy in tiles of `rows` rows).
+
+        Default: a Python loop over the tiles, differentiated (if at all) by the
+        framework's autodiff; framework backends give it a loop their compiler keeps
+        and the recomputing gradient `lfq.tiled.entropy_sum_vjp`.
+        """
+        xp = self.namespace(probs_a)
+        return tiled.entropy_sum(probs_a, probs_b, count, rows, xp, lambda a, b: self.matmul(a, b, cfg))
 
     def index_dtype(self, xp, cfg: Config):
         """Hook: the integer dtype of indices (int64 unless the framework lacks it)."""
@@ -419,7 +429,13 @@ class ArrayBackend:
             schedule=schedule,
         )
         sums = self.all_reduce(sums, options)
-        losses = factorized.losses_from_sums(sums, cfg, xp, schedule)
+        losses = factorized.losses_from_sums(
+            sums,
+            cfg,
+            xp,
+            schedule,
+            lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
+        )
         # No valid token: every loss +0.0. XLA folds `0 + x` into `x`, which turns the
         # batch entropy's `-sum(0)` into -0.0 in a compiled program.
         some = sums.token_count > 0
