@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lfq import factorized, features, validation
+from lfq import factorized, features, tiled, validation
 from lfq.config import Config
 from lfq.interface import CodeUsage, LFQOutput
 
@@ -73,6 +73,16 @@ class ArrayBackend:
     def matmul(self, a, b, cfg: Config):
         """Hook: batched matrix product for the code histograms (full float32 by default)."""
         return self.namespace(a).matmul(a, b)
+
+    def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
+        """Hook: `lfq.tiled.entropy_sum` (a group's batch entropy in tiles of `rows` rows).
+
+        Default: a Python loop over the tiles, differentiated (if at all) by the
+        framework's autodiff; framework backends give it a loop their compiler keeps
+        and the recomputing gradient `lfq.tiled.entropy_sum_vjp`.
+        """
+        xp = self.namespace(probs_a)
+        return tiled.entropy_sum(probs_a, probs_b, count, rows, xp, lambda a, b: self.matmul(a, b, cfg))
 
     def index_dtype(self, xp, cfg: Config):
         """Hook: the integer dtype of indices (int64 unless the framework lacks it)."""
@@ -201,7 +211,13 @@ class ArrayBackend:
             device=device,
             schedule=schedule,
         )
-        losses = factorized.losses_from_sums(self.all_reduce(sums, options), cfg, xp, schedule)
+        losses = factorized.losses_from_sums(
+            self.all_reduce(sums, options),
+            cfg,
+            xp,
+            schedule,
+            lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
+        )
         return xp, x, [xp.astype(v, z.dtype, copy=False) for v in losses]
 
     def straight_through(self, z, cfg: Config):

@@ -65,6 +65,17 @@ class Config:
             consecutive bits (an upper bound of the exact value).
         max_exact_bits: the largest number of bits for which the exact batch
             entropy is computed (its code histogram has `2**bits` entries).
+            Up to 40; past 24 the cost is about `6 * N * 2**bits` flops a
+            training step (N tokens), computed in tiles (`entropy_tile`).
+        entropy_tile: the number of code-histogram entries (all codebooks
+            together) computed at once by the exact batch entropy, which then
+            never stores the whole `[C, 2**bits]` histogram: each tile is made,
+            its entropy added to a float64 running sum, and dropped, and the
+            backward pass recomputes it (`lfq.tiled`). Rounded down to whole rows
+            of `num_codebooks * 2**floor(bits/2)` entries, at least one row.
+            None (default): tiles of 2**22 entries, used only where the histogram
+            has more than 2**24 entries; any value forces tiles. Same result
+            either way, to float rounding.
         feature_axis: the axis of z that holds the `C*D` features.
         precision: "highest" (default: full float32 matrix products, no TF32 /
             bf16 passes) or "default" (the framework's faster default precision;
@@ -84,6 +95,7 @@ class Config:
     activation: str = "identity"
     batch_entropy: str = "exact"
     max_exact_bits: int = 24
+    entropy_tile: int | None = None
     feature_axis: int = -1
     precision: str = "highest"
 
@@ -120,6 +132,14 @@ class Config:
             40,
             "the exact batch entropy holds 2**bits probabilities per codebook",
         )
+        if self.entropy_tile is not None:
+            _check_int(
+                "entropy_tile",
+                self.entropy_tile,
+                1,
+                None,
+                "the number of histogram entries per tile (e.g. 2**22), or None for the automatic choice",
+            )
         _check_int("feature_axis", self.feature_axis, None, None, "pass an integer axis such as -1")
 
     @classmethod

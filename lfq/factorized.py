@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lfq import features
+from lfq import features, tiled
 from lfq.config import Config
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "loss_sums",
     "losses_from_sums",
     "subcode_bits",
+    "subcode_factors",
     "subcode_probs",
     "subcode_probs_vjp",
     "sum_replicas",
@@ -63,8 +64,11 @@ class LossSums(NamedTuple):
             Bernoulli entropies.
         token_count: scalar, number of valid tokens.
         commitment: scalar, sum over valid tokens and features of `(x - q)**2`.
-        histograms: one array per bit group, `[C, 2**|A|, 2**|B|]`, the
-            token-summed code probabilities (row index: high bits A, column: B).
+        histograms: one entry per bit group: an array `[C, 2**|A|, 2**|B|]`,
+            the token-summed code probabilities (row index: high bits A, column:
+            B), or, for a group past the tile threshold (`lfq.tiled.uses_tiles`),
+            its `lfq.tiled.Factors` `(P_A * w, P_B)`, from which
+            `losses_from_sums` computes the entropy tile by tile.
     """
 
     sample_entropy: object
@@ -249,6 +253,27 @@ def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = N
     return on - positive * xp.sum(weighted, axis=-1, keepdims=True)
 
 
+def subcode_factors(a, weights, xp, subcode_probs_fn: Callable | None = None):
+    """`(P_A * w, P_B)` of one group of k bits: `[N, C, 2**ceil(k/2)]`, `[N, C, 2**floor(k/2)]`.
+
+    The high bits A (the first ceil(k/2) of the group) index P_A; `weights` (`[N]`
+    or None) multiply P_A. Arguments as `code_histogram`'s.
+    """
+    probs_of = (lambda bits: subcode_probs(bits, xp)) if subcode_probs_fn is None else subcode_probs_fn
+    split = (a.shape[-1] + 1) // 2
+    if 2 * split == a.shape[-1]:
+        # Equal halves (even k): one call on both, [2, N, C, k/2] -> [2, N, C, 2^(k/2)],
+        # the same values with half the operations (and kernel launches).
+        # unstack, not indexing: its gradient is one stack, not a zero-filled copy per half.
+        probs_a, probs_b = xp.unstack(probs_of(xp.stack([a[..., :split], a[..., split:]])))
+    else:
+        probs_a = probs_of(a[..., :split])  # [N, C, 2^|A|]
+        probs_b = probs_of(a[..., split:])  # [N, C, 2^|B|]
+    if weights is not None:
+        probs_a = probs_a * weights[:, None, None]
+    return probs_a, probs_b
+
+
 def code_histogram(a, weights, xp, matmul: Callable | None = None, subcode_probs_fn: Callable | None = None):
     r"""Token-summed code probabilities of every codebook, without an N x 2^D tensor.
 
@@ -265,18 +290,7 @@ def code_histogram(a, weights, xp, matmul: Callable | None = None, subcode_probs
         row-major it is indexed by the k-bit code, MSB first.
     """
     matmul = xp.matmul if matmul is None else matmul
-    probs_of = (lambda bits: subcode_probs(bits, xp)) if subcode_probs_fn is None else subcode_probs_fn
-    split = (a.shape[-1] + 1) // 2
-    if 2 * split == a.shape[-1]:
-        # Equal halves (even k): one call on both, [2, N, C, k/2] -> [2, N, C, 2^(k/2)],
-        # the same values with half the operations (and kernel launches).
-        # unstack, not indexing: its gradient is one stack, not a zero-filled copy per half.
-        probs_a, probs_b = xp.unstack(probs_of(xp.stack([a[..., :split], a[..., split:]])))
-    else:
-        probs_a = probs_of(a[..., :split])  # [N, C, 2^|A|]
-        probs_b = probs_of(a[..., split:])  # [N, C, 2^|B|]
-    if weights is not None:
-        probs_a = probs_a * weights[:, None, None]
+    probs_a, probs_b = subcode_factors(a, weights, xp, subcode_probs_fn)
     return matmul(xp.permute_dims(probs_a, (1, 2, 0)), xp.permute_dims(probs_b, (1, 0, 2)))
 
 
@@ -348,12 +362,13 @@ def loss_sums(
         per_bit = per_bit * weights[:, None, None]
         sq_err = sq_err * weights[:, None, None]
         count = xp.sum(weights)
-    hists = (
-        tuple(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn) for lo, hi in bit_groups(cfg))
-        if with_histograms
-        else ()
-    )
-    return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), hists)
+    hists = []
+    for lo, hi in bit_groups(cfg) if with_histograms else ():
+        if tiled.uses_tiles(cfg, hi - lo):  # past the threshold: no histogram is stored
+            hists.append(tiled.Factors(*subcode_factors(a[..., lo:hi], weights, xp, subcode_probs_fn)))
+        else:
+            hists.append(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn))
+    return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), tuple(hists))
 
 
 def _token_count(x, xp, device):
@@ -369,11 +384,27 @@ def _token_count(x, xp, device):
     return xp.sum(xp.ones_like(x[:, 0, 0]))
 
 
-def losses_from_sums(sums: LossSums, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE):
+def losses_from_sums(
+    sums: LossSums,
+    cfg: Config,
+    xp,
+    schedule: Schedule = _NO_SCHEDULE,
+    tiled_entropy: Callable | None = None,
+):
     """`(per_sample_entropy, batch_entropy, commitment_loss, aux_loss)` from token sums.
 
     Means are over valid tokens; with no valid token every loss is 0 (not NaN).
+
+    Args:
+        tiled_entropy: `(probs_a, probs_b, count, rows) -> 0-d` for the groups held
+            as `lfq.tiled.Factors`: `lfq.tiled.entropy_sum` with a backend's loop and
+            gradient (`ArrayBackend.tiled_entropy`); default the plain Python loop.
     """
+    if tiled_entropy is None:
+
+        def tiled_entropy(probs_a, probs_b, count, rows):
+            return tiled.entropy_sum(probs_a, probs_b, count, rows, xp)
+
     count = sums.token_count
     denom = xp.where(count > 0, count, xp.ones_like(count))
     c, d = cfg.num_codebooks, cfg.codebook_dim
@@ -381,7 +412,11 @@ def losses_from_sums(sums: LossSums, cfg: Config, xp, schedule: Schedule = _NO_S
     commitment = sums.commitment / (denom * (c * d))
     batch = xp.zeros_like(per_sample)  # stays 0 without histograms (see `loss_sums`)
     for hist in sums.histograms:
-        batch = batch + xp.sum(distribution_entropy(hist / denom, xp))
+        if isinstance(hist, tiled.Factors):
+            rows = tiled.tile_rows(cfg, hist.probs_a.shape[-1], hist.probs_b.shape[-1])
+            batch = batch + tiled_entropy(hist.probs_a, hist.probs_b, count, rows)
+        else:
+            batch = batch + xp.sum(distribution_entropy(hist / denom, xp))
     batch = batch / c
     return per_sample, batch, commitment, aux_loss(per_sample, batch, commitment, cfg, xp, schedule)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lfq import factorized, features, validation
+from lfq import factorized, features, tiled, validation
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, CodeUsage, LFQOutput
 
@@ -384,8 +384,12 @@ def batch_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
     count = float(sums.token_count)
     a = factorized.bit_logits(x, cfg, np)
     grad_a = np.zeros_like(a)
+    grad_tiled = np.zeros_like(a)  # groups past the tile threshold, already averaged
     with np.errstate(over="ignore", under="ignore"):
         for (lo, hi), hist in zip(factorized.bit_groups(cfg), sums.histograms):
+            if isinstance(hist, tiled.Factors):
+                grad_tiled[..., lo:hi] = _tiled_group_vjp(a[..., lo:hi], hist, w, sums.token_count, cfg)
+                continue
             pbar = hist / max(count, 1.0)  # [C, 2^A, 2^B]
             g = -np.log(np.where(pbar > 0, pbar, 1.0))
             split = (hi - lo + 1) // 2
@@ -398,8 +402,28 @@ def batch_entropy_vjp(z, cfg: Config, mask=None) -> np.ndarray:
             on = np.concatenate([(r * pa) @ bits_a, (q * pb) @ bits_b], axis=-1)
             p_pos = np.exp(factorized.bit_log_probs(a[..., lo:hi], np)[0])
             grad_a[..., lo:hi] = on - total * p_pos
-    grad_a *= _per_token_scale(w, x.shape[0], cfg, count)
+    grad_a = grad_a * _per_token_scale(w, x.shape[0], cfg, count) + grad_tiled
     return _ungroup_grad(_transform_vjp(raw, grad_a * 4.0 * cfg.inv_temperature * cfg.code_magnitude, cfg), z, cfg)
+
+
+def _tiled_group_vjp(a, factors, w, count, cfg: Config) -> np.ndarray:
+    """`[N, C, k]` gradient of one tiled group's entropy (over C) w.r.t. its bit logits `a`.
+
+    `lfq.tiled.entropy_sum_vjp` gives the gradients w.r.t. `P_A * w` and `P_B` (each
+    tile recomputed, no `2**k` array kept); the chain rule through the weights and
+    `lfq.factorized.subcode_probs_vjp` takes them to `a`.
+    """
+    split = (a.shape[-1] + 1) // 2
+    rows = tiled.tile_rows(cfg, factors.probs_a.shape[-1], factors.probs_b.shape[-1])
+    d_pa, d_pb = tiled.entropy_sum_vjp(factors.probs_a, factors.probs_b, count, 1.0 / cfg.num_codebooks, rows, np)
+    if w is not None:
+        d_pa = d_pa * w[:, None, None]
+    parts = []
+    for half, cotangent in ((a[..., :split], d_pa), (a[..., split:], d_pb)):
+        probs = factorized.subcode_probs(half, np)
+        bits = factorized.subcode_bits(half.shape[-1]).astype(np.float64)
+        parts.append(factorized.subcode_probs_vjp(half, probs, cotangent, bits, np))
+    return np.concatenate(parts, axis=-1)
 
 
 def commitment_vjp(z, cfg: Config, mask=None) -> np.ndarray:

@@ -245,17 +245,28 @@ def check_index_dtype(bits: int, cfg: Config) -> None:
 
 
 def check_exact_batch_entropy(cfg: Config) -> None:
-    """Refuse an exact batch entropy past `max_exact_bits` bits in one group."""
+    """Refuse an exact batch entropy past `max_exact_bits` bits in one group.
+
+    The message names the cost of raising the limit (about `6 N 2**bits` flops a
+    training step, with a worked number) and the alternatives.
+    """
     check_config(cfg)
     widest = -(-cfg.codebook_dim // cfg.entropy_groups)
     if widest > cfg.max_exact_bits:
         groups_needed = -(-cfg.codebook_dim // cfg.max_exact_bits)
+        flops = 6 * 16384 * 2**widest * cfg.num_codebooks
         raise ValueError(
             f"the exact batch entropy of codebook_dim={cfg.codebook_dim} "
             f"(batch_entropy={cfg.batch_entropy!r}) needs 2**{widest} probabilities per "
-            f"codebook, past max_exact_bits={cfg.max_exact_bits}: use more codebooks "
-            f"(num_codebooks) with fewer bits each, raise max_exact_bits if memory allows, "
-            f"or choose the upper-bound approximation batch_entropy='groups:{groups_needed}'"
+            f"codebook, past max_exact_bits={cfg.max_exact_bits}. Options: raise max_exact_bits "
+            f"to {widest} (exact up to 40 bits; past 2**24 entries the histogram is computed in tiles "
+            f"and never stored, but a training step costs about 6*N*2**{widest} flops per codebook: "
+            f"{flops:.1e} for N=16384 tokens and {cfg.num_codebooks} codebook(s), about "
+            f"{flops / 5e13:.2g} s at 50 TFLOP/s; each bit more doubles it, D=25..32 costs "
+            f"{6 * 16384 * 2**25:.1e}..{6 * 16384 * 2**32:.1e} flops per codebook); use more codebooks "
+            f"(num_codebooks) with fewer bits each; or choose the upper-bound approximation "
+            f"batch_entropy='groups:{groups_needed}' (the sum of the exact entropies of "
+            f"{groups_needed} groups of bits, O(N 2**{-(-cfg.codebook_dim // groups_needed)}))"
         )
 
 

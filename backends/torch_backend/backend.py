@@ -114,6 +114,11 @@ class TorchBackend(ArrayBackend):
     def subcode_probs(self, a, cfg: Config):
         return subcode_probs(a, cfg.precision == "highest")
 
+    def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
+        from .tiled import tiled_entropy  # the recomputing gradient; a custom op under torch.compile
+
+        return tiled_entropy(probs_a, probs_b, count, rows, cfg.precision == "highest")
+
     def index_dtype(self, xp, cfg: Config):
         return torch.int64
 
