@@ -114,11 +114,13 @@ class ArrayBackend:
             return None
         return int(xp.min(indices)), int(xp.max(indices))
 
-    def all_reduce(self, sums: factorized.LossSums, options: dict) -> factorized.LossSums:
+    def all_reduce(self, sums: factorized.LossSums, options: dict, cfg: Config | None = None) -> factorized.LossSums:
         """Hook: sum `sums` over data-parallel replicas (identity without options).
 
         `options` are the keyword arguments the caller gave to `lfq`/`entropy`/
         `commitment_loss` beyond `mask` (for example an axis name or process group).
+        Tiled groups (`lfq.tiled.Factors`) become `lfq.tiled.GroupEntropy` through
+        `lfq.distributed_tiled.reduce_sums`, which needs `cfg`.
         """
         if options:
             raise TypeError(f"backend {self.name!r} takes no distributed options, got {sorted(options)}")
@@ -212,7 +214,7 @@ class ArrayBackend:
             schedule=schedule,
         )
         losses = factorized.losses_from_sums(
-            self.all_reduce(sums, options),
+            self.all_reduce(sums, options, cfg),
             cfg,
             xp,
             schedule,

@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_TILE",
     "TILE_THRESHOLD",
     "Factors",
+    "GroupEntropy",
     "entropy_sum",
     "entropy_sum_vjp",
     "python_scan",
@@ -89,6 +90,17 @@ class Factors(NamedTuple):
 
     probs_a: object
     probs_b: object
+    #: `[N, C, k]` the group's bit logits and `[N]` the token weights (None: all 1), from
+    #: which `lfq.distributed_tiled` rebuilds the factors over every replica's tokens.
+    logits: object = None
+    weights: object = None
+
+
+class GroupEntropy(NamedTuple):
+    """A bit group's batch entropy, summed over codebooks, already computed (0-d): what a
+    distributed reduction (`lfq.distributed_tiled`) leaves in place of its `Factors`."""
+
+    value: object
 
 
 def uses_tiles(cfg: Config, bits: int) -> bool:
