@@ -105,7 +105,7 @@ def reduce_sums(
     weights = factors[0].weights
     weights = xp.ones_like(first[:, 0, 0]) if weights is None else xp.astype(weights, first.dtype)
     # One collective: the groups' logits and the weights as a last column (one per codebook).
-    column = xp.broadcast_to(weights[:, None, None], first.shape[:2] + (1,))
+    column = weights[:, None, None] * xp.ones_like(first[..., :1])
     gathered = collectives.gather(xp.concat([*logits, column], axis=-1))
     weights_global = gathered[:, 0, -1]
     count = xp.sum(weights_global)

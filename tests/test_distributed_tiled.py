@@ -165,3 +165,66 @@ def test_jax_shard_map_values_and_gradients_equal_one_device(jax_report, scenari
     assert jax_report["devices"] == 4 and jax_report["all_gather"]
     assert jax_report[scenario]["value"] < 1e-12
     assert jax_report[scenario]["grad"] < 1e-11
+
+
+# --------------------------------------------------------------------------- TensorFlow
+
+TF_SCRIPT = textwrap.dedent(r"""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, sys.argv[1])
+    import lfq
+    from lfq import reference
+    from test_distributed_tiled import CFG, TERMS, TORCH_SHARDS as SHARDS, global_batch
+
+    be = lfq.get("tensorflow")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    z, masks = global_batch(5, 3, 2, SHARDS[1])
+    report = {"replicas": strategy.num_replicas_in_sync}
+
+    def distribute(array):  # uneven: 2 and 3 sequences
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(array[SHARDS[ctx.replica_id_in_sync_group]]))
+
+    def step(z_local, m_local):
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            tape.watch(z_local)
+            out = be.lfq(z_local, CFG, m_local, replica_context=context)
+            scaled = out.aux_loss / context.num_replicas_in_sync
+        return tf.stack([getattr(out, t) for t in TERMS]), tape.gradient(scaled, z_local)
+
+    run = tf.function(lambda z_, m_: strategy.run(step, args=(z_, m_)))
+    for name, mask in masks.items():
+        m = np.ones(z.shape[:2], bool) if mask is None else mask
+        losses, grads = run(distribute(z), distribute(m))
+        losses = np.stack([v.numpy() for v in strategy.experimental_local_results(losses)])
+        grad = np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads)])
+        ref = reference.lfq(z, CFG, mask)
+        want_grad = reference.vjp("aux_loss", z, CFG, mask=mask)
+        report[name] = {
+            "value": float(np.max(np.abs(losses - np.array([float(getattr(ref, t)) for t in TERMS])))),
+            "grad": float(np.max(np.abs(grad - want_grad)) / np.max(np.abs(want_grad))),
+        }
+    print(json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def tf_report():
+    pytest.importorskip("tensorflow")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", TF_SCRIPT, here], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("scenario", ["none", "ragged", "empty"])
+def test_tf_mirrored_values_and_gradients_equal_one_replica(tf_report, scenario):
+    assert tf_report["replicas"] == 2
+    assert tf_report[scenario]["value"] < 1e-12
+    assert tf_report[scenario]["grad"] < 1e-11
