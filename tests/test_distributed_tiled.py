@@ -60,6 +60,12 @@ def test_block_size_covers_the_rows():
 
 TORCH_WORLD = 2
 TORCH_SHARDS = (slice(0, 2), slice(2, 5))  # uneven: 2 and 3 sequences of 3 tokens
+LARGE = lfq.Config(codebook_dim=26, max_exact_bits=26, inv_temperature=2.0)
+LARGE_SHARDS = (slice(0, 2), slice(2, 5))
+
+
+def large_batch():
+    return np.random.default_rng(3).standard_normal((5, LARGE.num_features)) * 0.3
 
 
 def _torch_worker(rank, port, out_dir):
@@ -77,6 +83,12 @@ def _torch_worker(rank, port, out_dir):
             out = be.lfq(zt, CFG, mt, distributed=True)
             grad = be.vjp("aux_loss", zt, CFG, mask=mt, distributed=True)
             results[name] = {"losses": [float(getattr(out, t)) for t in TERMS], "grad": grad.numpy() / TORCH_WORLD}
+        # D = 26 (past the default threshold, tiles automatic): 2 and 3 tokens.
+        z26 = large_batch()
+        zt = torch.from_numpy(z26[LARGE_SHARDS[rank]])
+        out = be.lfq(zt, LARGE, distributed=True)
+        grad = be.vjp("aux_loss", zt, LARGE, distributed=True)
+        results["large"] = {"losses": [float(getattr(out, t)) for t in TERMS], "grad": grad.numpy() / TORCH_WORLD}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -228,3 +240,15 @@ def test_tf_mirrored_values_and_gradients_equal_one_replica(tf_report, scenario)
     assert tf_report["replicas"] == 2
     assert tf_report[scenario]["value"] < 1e-12
     assert tf_report[scenario]["grad"] < 1e-11
+
+
+def test_torch_large_codebook_equals_one_process(torch_results):
+    """D = 26: 2**26 codes, tiled automatically; each rank computes half of the tile grid."""
+    z = large_batch()
+    ref = reference.lfq(z, LARGE)
+    want_grad = reference.vjp("aux_loss", z, LARGE)
+    for rank, results in enumerate(torch_results):
+        got = results["large"]
+        np.testing.assert_allclose(got["losses"], [float(getattr(ref, t)) for t in TERMS], rtol=1e-12, atol=1e-15)
+        scale = np.abs(want_grad).max()
+        np.testing.assert_allclose(got["grad"], want_grad[LARGE_SHARDS[rank]], rtol=0, atol=1e-11 * scale)
