@@ -201,6 +201,11 @@ class JaxBackend(ArrayBackend):
         """`lfq.factorized.subcode_probs`, with its analytic VJP as the gradient."""
         return _subcode_probs(a, _precision(cfg))
 
+    def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
+        from .tiled import tiled_entropy  # custom_vjp over lax.scan: recomputed tiles, one XLA loop
+
+        return tiled_entropy(probs_a, probs_b, count, rows, _precision(cfg))
+
     def index_dtype(self, xp, cfg: Config):
         if x64_enabled():
             return jnp.int64

@@ -98,6 +98,11 @@ class TensorFlowBackend(ArrayBackend):
     def subcode_probs(self, a, cfg: Config):
         return ops.subcode_probs(a, cfg.precision == "highest")
 
+    def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
+        from lfq.backends.tf_backend.tiled import tiled_entropy  # custom gradient over tf.while_loop
+
+        return tiled_entropy(probs_a, probs_b, count, rows, cfg.precision == "highest")
+
     def matmul(self, a, b, cfg: Config):
         """`a @ b`; full float32 for `precision="highest"`, TensorFlow's default otherwise.
 

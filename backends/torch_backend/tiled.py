@@ -86,12 +86,13 @@ def _(probs_a, probs_b, count, rows, highest):
 def _tiled_entropy_vjp_op(
     probs_a: torch.Tensor, probs_b: torch.Tensor, count: torch.Tensor, cotangent: torch.Tensor, rows: int, highest: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _backward(probs_a, probs_b, count, cotangent, rows, highest)
+    d_a, d_b = _backward(probs_a, probs_b, count, cotangent, rows, highest)
+    return d_a.contiguous(), d_b.contiguous()  # the layout the fake kernel states
 
 
 @_tiled_entropy_vjp_op.register_fake
 def _(probs_a, probs_b, count, cotangent, rows, highest):
-    return torch.empty_like(probs_a), torch.empty_like(probs_b)
+    return probs_a.new_empty(probs_a.shape), probs_b.new_empty(probs_b.shape)
 
 
 def _op_setup(ctx, inputs, output):
