@@ -1,6 +1,6 @@
 """Work per replica of the distributed tiled batch entropy in JAX, at 1, 2 and 4 CPU devices.
 
-`python benchmarks/distributed_tiled_jax.py [--bits 16] [--tokens 2048] [--tile 16384]`
+`python benchmarks/distributed_tiled_jax.py [--bits 16] [--tokens 2048] [--tile 65536]`
 
 For each device count R (a fresh process with
 `--xla_force_host_platform_device_count=R`), one jitted `jax.shard_map` step of
@@ -9,7 +9,10 @@ sharded over R devices, with `Config.entropy_tile` forcing the tiled path (so
 replicas all-gather bit logits and split the tile grid). It reports
 
 * `flops`: XLA's cost analysis of the per-device program (what one replica
-  computes), the direct measure of work per replica;
+  computes), the direct measure of work per replica. XLA counts the body of a
+  loop once, whatever its trip count, so the default tile (`2**16` entries, the
+  whole `2**8 x 2**8` grid at D = 16) makes every replica's share one tile, one
+  trip of the tile loop: the count is then the share's;
 * `ms`: the median wall time of the step (all devices on the same CPU cores, so
   it does not fall with R on a machine with fewer cores than devices);
 * the collectives of the compiled program (all-gather / all-reduce /
@@ -76,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=2048)
-    parser.add_argument("--tile", type=int, default=2**14)
+    parser.add_argument("--tile", type=int, default=2**16)
     parser.add_argument("--devices", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
