@@ -153,6 +153,22 @@ JAX_SCRIPT = textwrap.dedent(r"""
             "value": float(np.max(np.abs(np.asarray(losses) - want))),
             "grad": float(np.max(np.abs(np.asarray(grad) - want_grad)) / np.max(np.abs(want_grad))),
         }
+    # Several tiled groups of unequal sizes (5, 4, 4 bits): one all-gather for all of them.
+    groups = lfq.Config(codebook_dim=13, batch_entropy="groups:3", entropy_tile=2**3, inv_temperature=4.0)
+    zg = np.random.default_rng(4).standard_normal((8, 3, 13)) * 0.4
+    mg = np.random.default_rng(5).random((8, 3)) > 0.3
+
+    def grouped(z, m):
+        f = lambda z_: be.lfq(z_, groups, m, axis_name="data").aux_loss
+        return jax.value_and_grad(f)(z)
+
+    value, grad = jax.jit(jax.shard_map(grouped, mesh=mesh, in_specs=(P("data"), P("data")),
+                                        out_specs=(P(), P("data"))))(jnp.asarray(zg), jnp.asarray(mg))
+    want_grad = reference.vjp("aux_loss", zg, groups, mask=mg)
+    report["groups"] = {
+        "value": abs(float(value) - float(reference.lfq(zg, groups, mg).aux_loss)),
+        "grad": float(np.max(np.abs(np.asarray(grad) - want_grad)) / np.max(np.abs(want_grad))),
+    }
     # The program exchanges no histogram: the largest all-reduce is the scalars' (no 2**12-entry one).
     hlo = run.lower(jnp.asarray(z), jnp.asarray(np.ones(z.shape[:2], bool))).as_text()
     report["all_gather"] = "all_gather" in hlo or "all-gather" in hlo
@@ -172,7 +188,7 @@ def jax_report():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("scenario", ["none", "ragged", "empty"])
+@pytest.mark.parametrize("scenario", ["none", "ragged", "empty", "groups"])
 def test_jax_shard_map_values_and_gradients_equal_one_device(jax_report, scenario):
     assert jax_report["devices"] == 4 and jax_report["all_gather"]
     assert jax_report[scenario]["value"] < 1e-12

@@ -105,3 +105,22 @@ def test_quick_run_writes_the_figure_and_numbers(tmp_path):
     assert sorted({r["D"] for r in committed["rows"]}) == [8, 12, 16, 20, 24, 28]
     comm = {c["D"]: c for c in committed["communication"]}
     assert comm[24]["histogram_allreduce"] == 64 * 2**20 and comm[32]["histogram_allreduce"] == 16 * 2**30
+
+
+def test_page_numbers_are_the_committed_ones():
+    """Every row of the error table in docs/large-codebooks.md is the committed JSON's, to its rounding."""
+    page = (ROOT / "docs" / "large-codebooks.md").read_text()
+    committed = json.loads((ROOT / "docs" / "figures" / "large_codebooks.json").read_text())
+    rows = {(r["D"], r["tau"]): r for r in committed["rows"]}
+    names = ("per_bit", "groups:2", "groups:9-bit", "pooled", "eps_clamp", "eps_add", "subsample")
+    checked = 0
+    for line in page.splitlines():
+        cells = [c.strip().replace("−", "-") for c in line.strip("|").split("|")]
+        if len(cells) != 4 + len(names) or not cells[0].isdigit():
+            continue
+        row = rows[(int(cells[0]), float(cells[2]))]
+        assert int(cells[1]) == row["N"] and float(cells[3]) == pytest.approx(row["exact"], abs=5e-4)
+        for name, cell in zip(names, cells[4:]):
+            assert float(cell) == pytest.approx(100 * (row[name] - row["exact"]) / row["exact"], abs=0.051), name
+        checked += 1
+    assert checked >= 10
