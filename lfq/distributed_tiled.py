@@ -6,9 +6,11 @@ histogram is never stored (`lfq.tiled`), and neither is it communicated:
 
 1. the replicas all-gather the bit logits of every tiled group and the token
    weights (`N_global x C x (k + 1)` numbers), in replica order;
-2. each replica builds the factors $P_A$, $P_B$ of the global batch and computes
-   its share of the tile grid: a block of `ceil(2^ceil(k/2) / R)` consecutive
-   rows of $\bar p = P_A^T P_B / W$ (zero rows pad the last blocks; they add 0);
+2. each replica builds the factor $P_B$ of the global batch and its block of
+   $P_A$, and computes its share of the tile grid: a block of
+   `ceil(2^ceil(k/2) / R)` consecutive rows of $\bar p = P_A^T P_B / W$ (zero
+   rows pad the last blocks; they add 0). With R a power of two the block of
+   $P_A$ is made directly (`_share_factors`), so no replica holds all of it;
 3. the share's partial entropy sums are all-reduced (one scalar per group);
 4. backward: the gradient of a replica's share w.r.t. the gathered logits is
    linear in the cotangent, so the replicas' partial gradients add up to the
@@ -68,6 +70,35 @@ def block_size(rows: int, replicas: int) -> int:
     return -(-rows // replicas)
 
 
+def _share_factors(a, weights, xp, collectives: Collectives, subcode_probs_fn: Callable):
+    """`(this replica's block of P_A * w, P_B)` of one group's gathered logits `a` `[N, C, k]`.
+
+    With R a power of two not above $2^{|A|}$, block r is the set of A's sub-codes
+    whose top log2(R) bits spell r (the index is MSB first), so it is made
+    directly: the probability of that prefix times the sub-code probabilities of
+    the remaining bits. P_A of the global batch is never whole on one replica.
+    Otherwise P_A is made, zero-padded to R equal blocks, and sliced.
+    """
+    replicas = collectives.replicas
+    split = (a.shape[-1] + 1) // 2  # A = the high ceil(k/2) bits, as `subcode_factors`
+    prefix = replicas.bit_length() - 1
+    if replicas & (replicas - 1) or prefix > split:
+        probs_a, probs_b = subcode_factors(a, weights, xp, subcode_probs_fn)
+        rows = probs_a.shape[-1]
+        size = block_size(rows, replicas)
+        pad = size * replicas - rows  # < replicas: zero rows of pbar, adding 0
+        if pad:
+            probs_a = xp.concat([probs_a, *([xp.zeros_like(probs_a[..., :1])] * pad)], axis=-1)
+        return collectives.share(probs_a, size), probs_b
+    probs_b = subcode_probs_fn(a[..., split:])
+    mine = weights[:, None, None] * xp.ones_like(a[..., :1])
+    if prefix:
+        mine = mine * collectives.share(subcode_probs_fn(a[..., :prefix]), 1)  # P(prefix = r)
+    if split > prefix:
+        mine = mine * subcode_probs_fn(a[..., prefix:split])
+    return mine, probs_b
+
+
 def reduce_sums(
     sums: LossSums,
     cfg: Config,
@@ -112,16 +143,11 @@ def reduce_sums(
     values, start = [], 0
     for f in logits:
         k = f.shape[-1]
-        probs_a, probs_b = subcode_factors(gathered[..., start : start + k], weights_global, xp, subcode_probs_fn)
+        group = gathered[..., start : start + k]
         start += k
-        rows = probs_a.shape[-1]
-        size = block_size(rows, collectives.replicas)
-        pad = size * collectives.replicas - rows  # < replicas: zero rows of pbar, adding 0
-        if pad:
-            probs_a = xp.concat([probs_a, *([xp.zeros_like(probs_a[..., :1])] * pad)], axis=-1)
-        mine = collectives.share(probs_a, size)
-        partial = tiled_entropy_fn(mine, probs_b, count, tiled.tile_rows(cfg, size, probs_b.shape[-1]))
-        values.append(collectives.psum(partial))
+        mine, probs_b = _share_factors(group, weights_global, xp, collectives, subcode_probs_fn)
+        rows = tiled.tile_rows(cfg, mine.shape[-1], probs_b.shape[-1])
+        values.append(collectives.psum(tiled_entropy_fn(mine, probs_b, count, rows)))
     histograms = list(rest.histograms)
     for i, value in zip(groups, values):
         histograms.insert(i, tiled.GroupEntropy(value))

@@ -169,6 +169,22 @@ JAX_SCRIPT = textwrap.dedent(r"""
         "value": abs(float(value) - float(reference.lfq(zg, groups, mg).aux_loss)),
         "grad": float(np.max(np.abs(np.asarray(grad) - want_grad)) / np.max(np.abs(want_grad))),
     }
+    # Three devices (not a power of two: P_A made whole and sliced) and groups of 3, 2, 2 bits
+    # (fewer high bits than log2(4 devices): the same fallback).
+    for tag, devices, bits in (("three_devices", 3, 12), ("small_groups", 4, 7)):
+        cfg = lfq.Config(codebook_dim=bits, batch_entropy="groups:3" if bits == 7 else "exact",
+                         entropy_tile=2**3, inv_temperature=4.0)
+        sub = Mesh(np.array(jax.devices()[:devices]), ("data",))
+        zs = np.random.default_rng(devices).standard_normal((devices * 2, 3, bits)) * 0.4
+        ms = np.random.default_rng(bits).random((devices * 2, 3)) > 0.3
+        f = lambda z, m, cfg=cfg: jax.value_and_grad(lambda z_: be.lfq(z_, cfg, m, axis_name="data").aux_loss)(z)
+        value, grad = jax.jit(jax.shard_map(f, mesh=sub, in_specs=(P("data"), P("data")),
+                                            out_specs=(P(), P("data"))))(jnp.asarray(zs), jnp.asarray(ms))
+        want_grad = reference.vjp("aux_loss", zs, cfg, mask=ms)
+        report[tag] = {
+            "value": abs(float(value) - float(reference.lfq(zs, cfg, ms).aux_loss)),
+            "grad": float(np.max(np.abs(np.asarray(grad) - want_grad)) / np.max(np.abs(want_grad))),
+        }
     # The program exchanges no histogram: the largest all-reduce is the scalars' (no 2**12-entry one).
     hlo = run.lower(jnp.asarray(z), jnp.asarray(np.ones(z.shape[:2], bool))).as_text()
     report["all_gather"] = "all_gather" in hlo or "all-gather" in hlo
@@ -188,7 +204,7 @@ def jax_report():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("scenario", ["none", "ragged", "empty", "groups"])
+@pytest.mark.parametrize("scenario", ["none", "ragged", "empty", "groups", "three_devices", "small_groups"])
 def test_jax_shard_map_values_and_gradients_equal_one_device(jax_report, scenario):
     assert jax_report["devices"] == 4 and jax_report["all_gather"]
     assert jax_report[scenario]["value"] < 1e-12
