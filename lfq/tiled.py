@@ -10,13 +10,13 @@ $$H = -\sum_{c}\sum_{i,j} \bar p_{cij} \log \bar p_{cij},\qquad
 
 `entropy_sum` computes H (summed over the C codebooks) over tiles of whole rows of
 $\bar p$: a tile holds `rows` rows of every codebook (`[C, rows, S]`), its
-$-\sum p \log p$ is added to a running sum, and it is dropped. `entropy_sum_vjp`
-recomputes each tile for the backward pass (as flash attention does):
-$G = -(\log \bar p + 1)/W$ (0 where $\bar p = 0$, the derivative of the untiled
-path's $0 \log 0 = 0$), $dP_A \mathrel{+}= P_B G^\top$, $dP_B \mathrel{+}= P_A G$.
-The sub-code VJP (`lfq.factorized.subcode_probs_vjp`) then takes the gradient to
-the bit logits, as in the untiled path. Memory is $O(N (R + S) C)$ plus one tile,
-forward and backward; the time is about $6 N 2^k C$ flops for both.
+$-\sum \bar p \log \bar p$ is added to a running sum, and it is dropped.
+`entropy_sum_vjp` recomputes each tile for the backward pass (as flash attention
+does): $G = -(\log \bar p + 1)/W$, $dP_A \mathrel{+}= P_B G^\top$,
+$dP_B \mathrel{+}= P_A G$. The sub-code VJP (`lfq.factorized.subcode_probs_vjp`)
+then takes the gradient to the bit logits, as in the untiled path. Memory is
+$O(N (R + S) C)$ plus a few tiles, forward and backward; the time about
+$6 N 2^k C$ flops (forward 2, backward 4) plus a few passes over each tile.
 
 API (stable; the distributed variant builds on it):
 
@@ -24,16 +24,19 @@ API (stable; the distributed variant builds on it):
   (an entry of `lfq.factorized.LossSums.histograms`).
 * `uses_tiles(cfg, bits) -> bool`: whether a group of `bits` bits is tiled.
 * `tile_rows(cfg, rows, cols) -> int`: rows of $\bar p$ per tile.
-* `entropy_sum(probs_a, probs_b, count, rows, xp, matmul=None, scan=None, accumulate=None)`:
-  the forward value, a 0-d array of the inputs' dtype.
-* `entropy_sum_vjp(probs_a, probs_b, count, cotangent, rows, xp, matmul=None, scan=None, accumulate=None)`:
-  `(d_probs_a, d_probs_b)`, the gradient of `cotangent * entropy_sum(...)`.
-* `python_scan(body, init, xs)`: the loop primitive of eager frameworks, with the
-  signature of `jax.lax.scan` (`body(carry, x) -> (carry, y)`, xs iterated along
-  their first axis). Frameworks with a compiler pass their own loop that the
-  compiler keeps a loop (`jax.lax.scan`, a `tf.while_loop`).
-* `tiles(probs_a, rows, xp)`, `tile_entropy`, `tile_vjp`: the pieces, for a loop
-  over a share of the tiles.
+* `entropy_sum(probs_a, probs_b, count, rows, xp, matmul=None, scan=None,
+  accumulate=None, tile_range=None)`: the forward value, a 0-d array of the
+  inputs' dtype; `tile_range=(start, stop)` sums only those tiles (a replica's share).
+* `entropy_sum_vjp(probs_a, probs_b, count, cotangent, rows, xp, matmul=None,
+  scan=None, accumulate=None, tile_range=None)`: `(d_probs_a, d_probs_b)`, the
+  gradient of `cotangent * entropy_sum(...)` (of the share, with `tile_range`).
+* `python_scan(body, init, xs)`: the loop of eager frameworks, with the contract
+  of `jax.lax.scan` (`body(carry, x) -> (carry, y)`, xs iterated along their
+  first axis). Frameworks with a compiler pass a loop the compiler keeps a loop
+  (`jax.lax.scan`, a `tf.while_loop`; torch runs the Python loop inside a custom op).
+* The pieces: `tiles(probs_a, rows)` (`[T, C, rows, N]`), `untile`,
+  `scaled_b(probs_b, count)` (`P_B^T / W`), `tile_entropy(tile, right)`,
+  `tile_vjp(tile, right, cotangent)`.
 
 Accuracy. The tiled value differs from the untiled one only in the order of the
 final summation: each tile's terms are summed as the untiled histogram's are
@@ -56,7 +59,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
+
 from lfq.config import Config
+from lfq.validation import dtype_name
 
 __all__ = [
     "DEFAULT_TILE",
@@ -66,6 +72,7 @@ __all__ = [
     "entropy_sum",
     "entropy_sum_vjp",
     "python_scan",
+    "scaled_b",
     "tile_entropy",
     "tile_rows",
     "tile_vjp",
@@ -153,35 +160,71 @@ def untile(tiled, r: int, xp):
     return xp.permute_dims(flat[:, :r, :], (2, 0, 1))
 
 
-def _denominator(count, xp):
-    return xp.where(count > 0, count, xp.ones_like(count))
+def scaled_b(probs_b, count, xp):
+    """`P_B^T / W`, `[C, N, S]`: the right factor of every tile ($\\bar p$ = tile @ it).
+
+    W is the token count, 1 where it is 0 (no valid token: P_A is 0, every
+    $\\bar p$ is 0 and the entropy 0).
+    """
+    return xp.permute_dims(probs_b, (1, 0, 2)) / _denominator(count, probs_b, xp)
 
 
-def tile_entropy(tile, probs_b_t, denom, xp, matmul):
-    """$-\\sum p \\log p$ of one tile, summed over codebooks: a 0-d array.
+def _denominator(count, like, xp):
+    """W in `like`'s dtype, 1 where it is 0."""
+    return xp.astype(xp.where(count > 0, count, xp.ones_like(count)), like.dtype)
+
+
+def _log_p(tile, right, xp, matmul):
+    """$\\log \\bar p$ of a tile, with $\\bar p$ raised to the dtype's smallest normal.
+
+    The raise replaces the untiled path's `0 log 0 = 0` (`where`) at one pass
+    instead of three: $\\bar p \\log \\bar p$ is then 0 at $\\bar p = 0$, and below
+    the smallest normal (~1e-38 in float32) a term is under 1e-36, far below the
+    rounding of H; where $\\bar p = 0$ the gradient weight G is finite and is
+    multiplied by probabilities whose product underflowed (so it adds 0).
+    Returns `(p, log p)`.
+    """
+    p = matmul(tile, right)
+    tiny = float(np.finfo(dtype_name(p.dtype)).tiny)
+    return p, xp.log(xp.clip(p, tiny, 2.0))
+
+
+def _tree_sum(terms, xp):
+    """Sum of all entries of `terms` in stages of 32 (a few ulps whatever order a compiler
+    reduces in; see `lfq.factorized.distribution_entropy`)."""
+    n = 1
+    for size in terms.shape:
+        n *= size
+    terms = xp.reshape(terms, (n,))
+    while n > 32 and n % 32 == 0:
+        terms = xp.sum(xp.reshape(terms, (n // 32, 32)), axis=-1)
+        n //= 32
+    return xp.sum(terms)
+
+
+def tile_entropy(tile, right, xp, matmul):
+    """$-\\sum \\bar p \\log \\bar p$ of one tile, over its codebooks: a 0-d array.
 
     Args:
-        tile: `[C, rows, N]` rows of P_A (token axis last); probs_b_t: `[C, N, S]`.
-        denom: the token count (1 where it is 0).
+        tile: `[C, rows, N]` rows of P_A (token axis last, `tiles`).
+        right: `[C, N, S]`, `scaled_b(probs_b, count)`.
     """
-    from lfq.factorized import distribution_entropy
+    p, log_p = _log_p(tile, right, xp, matmul)
+    return -_tree_sum(p * log_p, xp)
 
-    return xp.sum(distribution_entropy(matmul(tile, probs_b_t) / denom, xp))
 
+def tile_vjp(tile, right, cotangent, xp, matmul):
+    """`(dP_A tile [C, rows, N], W * dP_B part [C, N, S])` of one tile, for `cotangent * H`.
 
-def tile_vjp(tile, probs_b_t, denom, scale, xp, matmul):
-    """`(dP_A tile [C, rows, N], dP_B part [C, N, S])` of one tile, times `scale`.
-
-    $G = -(\\log \\bar p + 1) / W$ where $\\bar p > 0$, else 0 (the derivative of
-    the untiled path's $0 \\log 0 = 0$); `scale` is the upstream cotangent.
+    With $G = -(\\log \\bar p + 1)$ times the cotangent: dP_A = G @ right^T exactly
+    (right holds the 1/W), and dP_B = (sum over tiles of tile^T @ G) / W, the
+    division left to the caller (once, after the sum).
     """
-    p = matmul(tile, probs_b_t) / denom
-    positive = p > 0
-    log_p = xp.log(xp.where(positive, p, xp.ones_like(p)))
-    g = xp.where(positive, -(log_p + 1.0), xp.zeros_like(p)) * (scale / denom)
-    d_tile = matmul(g, xp.permute_dims(probs_b_t, (0, 2, 1)))  # [C, rows, S] @ [C, S, N]
-    d_b = matmul(xp.permute_dims(tile, (0, 2, 1)), g)  # [C, N, rows] @ [C, rows, S]
-    return d_tile, d_b
+    _, log_p = _log_p(tile, right, xp, matmul)
+    g = (log_p + 1.0) * (-cotangent)
+    d_tile = matmul(g, xp.permute_dims(right, (0, 2, 1)))  # [C, rows, S] @ [C, S, N]
+    part = matmul(xp.permute_dims(tile, (0, 2, 1)), g)  # [C, N, rows] @ [C, rows, S]
+    return d_tile, part
 
 
 def _add(state, value, xp, compensated: bool):
@@ -196,7 +239,11 @@ def _add(state, value, xp, compensated: bool):
     return new, comp
 
 
-def entropy_sum(probs_a, probs_b, count, rows: int, xp, matmul=None, scan=None, accumulate=None):
+def _share(all_tiles, tile_range):
+    return all_tiles if tile_range is None else all_tiles[tile_range[0] : tile_range[1]]
+
+
+def entropy_sum(probs_a, probs_b, count, rows: int, xp, matmul=None, scan=None, accumulate=None, tile_range=None):
     """The batch entropy of a group, summed over codebooks, in tiles of `rows` rows.
 
     Args:
@@ -207,8 +254,10 @@ def entropy_sum(probs_a, probs_b, count, rows: int, xp, matmul=None, scan=None, 
         xp: array namespace.
         matmul: batched product `[C, M, K] @ [C, K, P]` (default `xp.matmul`).
         scan: the loop, `jax.lax.scan`'s contract (default `python_scan`).
-        accumulate: dtype of the running sum across tiles (default float64);
-            when it is the inputs' dtype the sum is compensated.
+        accumulate: dtype of the running sum across tiles (default float64),
+            compensated (Neumaier).
+        tile_range: `(start, stop)`: only tiles start..stop-1 of the
+            `ceil(R / rows)` (a replica's share; their sums add up to H).
 
     Returns:
         0-d array of probs_a's dtype: $-\\sum_{c,i,j} \\bar p \\log \\bar p$.
@@ -216,38 +265,44 @@ def entropy_sum(probs_a, probs_b, count, rows: int, xp, matmul=None, scan=None, 
     matmul = xp.matmul if matmul is None else matmul
     scan = python_scan if scan is None else scan
     accumulate = xp.float64 if accumulate is None else accumulate
-    denom = _denominator(count, xp)
-    probs_b_t = xp.permute_dims(probs_b, (1, 0, 2))  # [C, N, S]
+    right = scaled_b(probs_b, count, xp)
     zero = xp.zeros_like(count, dtype=accumulate)
 
     def body(state, tile):
-        value = tile_entropy(tile, probs_b_t, denom, xp, matmul)
+        value = tile_entropy(tile, right, xp, matmul)
         return _add(state, value, xp, True), value
 
-    (total, comp), _ = scan(body, (zero, zero), tiles(probs_a, rows, xp))
+    (total, comp), _ = scan(body, (zero, zero), _share(tiles(probs_a, rows, xp), tile_range))
     return xp.astype(total + comp, probs_a.dtype)
 
 
-def entropy_sum_vjp(probs_a, probs_b, count, cotangent, rows: int, xp, matmul=None, scan=None, accumulate=None):
+def entropy_sum_vjp(
+    probs_a, probs_b, count, cotangent, rows: int, xp, matmul=None, scan=None, accumulate=None, tile_range=None
+):
     """`(d_probs_a [N, C, R], d_probs_b [N, C, S])`: the gradient of `cotangent * entropy_sum(...)`.
 
     Each tile is recomputed (nothing of size `2**k` is kept from the forward pass).
-    Arguments as `entropy_sum`'s; `cotangent` is a 0-d array or a number.
+    Arguments as `entropy_sum`'s; `cotangent` is a 0-d array or a number. With
+    `tile_range`, the gradient of that share's sum (d_probs_a is 0 outside its rows).
     """
     matmul = xp.matmul if matmul is None else matmul
     scan = python_scan if scan is None else scan
     accumulate = xp.float64 if accumulate is None else accumulate
     compensated = accumulate == probs_a.dtype
-    denom = _denominator(count, xp)
-    probs_b_t = xp.permute_dims(probs_b, (1, 0, 2))  # [C, N, S]
-    zero = xp.zeros_like(probs_b_t, dtype=accumulate)
+    right = scaled_b(probs_b, count, xp)
+    zero = xp.zeros_like(right, dtype=accumulate)
 
     def body(state, tile):
-        d_tile, d_b = tile_vjp(tile, probs_b_t, denom, cotangent, xp, matmul)
-        return _add(state, d_b, xp, compensated), d_tile
+        d_tile, part = tile_vjp(tile, right, cotangent, xp, matmul)
+        return _add(state, part, xp, compensated), d_tile
 
-    (total, comp), d_tiles = scan(body, (zero, zero), tiles(probs_a, rows, xp))
+    all_tiles = tiles(probs_a, rows, xp)
+    (total, comp), d_tiles = scan(body, (zero, zero), _share(all_tiles, tile_range))
     if isinstance(d_tiles, list):
         d_tiles = xp.stack(d_tiles)
-    d_b = xp.astype(total + comp if compensated else total, probs_a.dtype)
+    if tile_range is not None:  # zeros for the other tiles
+        start, stop = tile_range
+        before, after = all_tiles[:start], all_tiles[stop:]
+        d_tiles = xp.concat([xp.zeros_like(before), d_tiles, xp.zeros_like(after)], axis=0)
+    d_b = xp.astype(total + comp if compensated else total, probs_a.dtype) / _denominator(count, probs_a, xp)
     return untile(d_tiles, probs_a.shape[-1], xp), xp.permute_dims(d_b, (1, 0, 2))
