@@ -64,6 +64,28 @@ LARGE = lfq.Config(codebook_dim=26, max_exact_bits=26, inv_temperature=2.0)
 LARGE_SHARDS = (slice(0, 2), slice(2, 5))
 
 
+def tiled_layer():
+    """The torch `LFQ` layer (projections 6 -> 12 features) with tiles forced."""
+    import dataclasses
+
+    import torch
+    from lfq.backends.torch_backend import LFQ
+
+    torch.manual_seed(0)
+    layer = LFQ(dim=6, codebook_dim=12, inv_temperature=4.0, commitment_loss_weight=0.5).double()
+    layer.cfg = layer.cfg.replace(entropy_tile=2**7)
+    layer.options = dataclasses.replace(layer.options, config=layer.cfg)
+    return layer
+
+
+def layer_inputs():
+    import torch
+
+    x = np.random.default_rng(6).standard_normal((5, 3, 6))
+    mask = np.random.default_rng(7).random((5, 3)) > 0.3
+    return torch.from_numpy(x), torch.from_numpy(mask)
+
+
 def large_batch():
     return np.random.default_rng(3).standard_normal((5, LARGE.num_features)) * 0.3
 
@@ -83,6 +105,12 @@ def _torch_worker(rank, port, out_dir):
             out = be.lfq(zt, CFG, mt, distributed=True)
             grad = be.vjp("aux_loss", zt, CFG, mask=mt, distributed=True)
             results[name] = {"losses": [float(getattr(out, t)) for t in TERMS], "grad": grad.numpy() / TORCH_WORLD}
+        # DDP: the layer's parameter gradients after DDP's averaging.
+        layer = torch.nn.parallel.DistributedDataParallel(tiled_layer())  # distributed=None: auto on
+        x, m = layer_inputs()
+        ret = layer(x[TORCH_SHARDS[rank]], mask=m[TORCH_SHARDS[rank]])
+        (ret.aux_loss + ret.quantized.square().sum() * TORCH_WORLD / x[..., 0].numel()).backward()
+        results["ddp"] = {k: p.grad.numpy() for k, p in layer.module.named_parameters()}
         # D = 26 (past the default threshold, tiles automatic): 2 and 3 tokens.
         z26 = large_batch()
         zt = torch.from_numpy(z26[LARGE_SHARDS[rank]])
@@ -284,3 +312,13 @@ def test_torch_large_codebook_equals_one_process(torch_results):
         np.testing.assert_allclose(got["losses"], [float(getattr(ref, t)) for t in TERMS], rtol=1e-12, atol=1e-15)
         scale = np.abs(want_grad).max()
         np.testing.assert_allclose(got["grad"], want_grad[LARGE_SHARDS[rank]], rtol=0, atol=1e-11 * scale)
+
+
+def test_torch_ddp_parameter_gradients_equal_one_process(torch_results):
+    layer = tiled_layer()
+    x, m = layer_inputs()
+    ret = layer(x, mask=m)
+    (ret.aux_loss + ret.quantized.square().sum() / x[..., 0].numel()).backward()
+    for results in torch_results:
+        for name, p in layer.named_parameters():
+            np.testing.assert_allclose(results["ddp"][name], p.grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=name)
