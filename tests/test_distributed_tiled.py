@@ -56,6 +56,34 @@ def test_block_size_covers_the_rows():
             assert size * replicas >= rows > (size - 1) * replicas
 
 
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4, 8])
+def test_replica_blocks_tile_p_a(replicas):
+    """The replicas' blocks of P_A, side by side, are P_A (zero-padded): every row of pbar once."""
+    from lfq import factorized
+    from lfq.distributed_tiled import _share_factors
+
+    rng = np.random.default_rng(replicas)
+    for bits in range(1, 9):
+        a = rng.standard_normal((5, 2, bits)) * 3
+        w = (rng.random(5) > 0.3).astype(float)
+        want_a, want_b = factorized.subcode_factors(a, w, np, lambda x: factorized.subcode_probs(x, np))
+        blocks = []
+        for rank in range(replicas):
+            coll = distributed_tiled.Collectives(
+                gather=None,
+                psum=None,
+                share=lambda x, size, r=rank: x[..., r * size : (r + 1) * size],
+                replicas=replicas,
+                sum_rest=None,
+            )
+            mine, probs_b = _share_factors(a, w, np, coll, lambda x: factorized.subcode_probs(x, np))
+            np.testing.assert_allclose(probs_b, want_b, rtol=1e-14)
+            blocks.append(mine)
+        joined = np.concatenate(blocks, axis=-1)
+        np.testing.assert_allclose(joined[..., : want_a.shape[-1]], want_a, rtol=1e-13, atol=1e-300)
+        assert not joined[..., want_a.shape[-1] :].any()
+
+
 # --------------------------------------------------------------------------- torch
 
 TORCH_WORLD = 2
