@@ -93,12 +93,13 @@ class Factors(NamedTuple):
     Attributes:
         probs_a: `[N, C, 2**ceil(k/2)]`, the high bits' probabilities times the token weights.
         probs_b: `[N, C, 2**floor(k/2)]`, the low bits' probabilities.
+        logits: `[N, C, k]`, the group's bit logits, and weights: `[N]` the token
+            weights (None: all 1), from which `lfq.distributed_tiled` rebuilds the
+            factors over every replica's tokens.
     """
 
     probs_a: object
     probs_b: object
-    #: `[N, C, k]` the group's bit logits and `[N]` the token weights (None: all 1), from
-    #: which `lfq.distributed_tiled` rebuilds the factors over every replica's tokens.
     logits: object = None
     weights: object = None
 
