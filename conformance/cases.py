@@ -600,6 +600,18 @@ CASES: tuple[Case, ...] = (
         seed=37,
         note="typical encoder outputs at the default temperature: nearly all bits saturated",
     ),
+    Case(
+        "tiled-d13-c2-ragged",
+        # 3 rows of 2 * 2**6 entries a tile: 3 does not divide the 2**7 rows of the grid
+        dict(codebook_dim=13, num_codebooks=2, entropy_tile=3 * 2 * 2**6),
+        (4, 10),
+        seed=38,
+        sigma=0.01,
+        mask="ragged",
+        dtypes=("float32",),
+        note="the tiled batch entropy (entropy_tile): tiles of whole rows, the last one partial, "
+        "computed and differentiated tile by tile (as past 2**24 histogram entries)",
+    ),
 )
 
 

@@ -292,13 +292,15 @@ def entropy_sum_vjp(
     compensated = accumulate == probs_a.dtype
     right = scaled_b(probs_b, count, xp)
     zero = xp.zeros_like(right, dtype=accumulate)
+    # The compensation term only where it is used (a float64 one would double the sum's memory).
+    comp = zero if compensated else xp.zeros_like(count, dtype=accumulate)
 
     def body(state, tile):
         d_tile, part = tile_vjp(tile, right, cotangent, xp, matmul)
         return _add(state, part, xp, compensated), d_tile
 
     all_tiles = tiles(probs_a, rows, xp)
-    (total, comp), d_tiles = scan(body, (zero, zero), _share(all_tiles, tile_range))
+    (total, comp), d_tiles = scan(body, (zero, comp), _share(all_tiles, tile_range))
     if isinstance(d_tiles, list):
         d_tiles = xp.stack(d_tiles)
     if tile_range is not None:  # zeros for the other tiles

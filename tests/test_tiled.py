@@ -87,10 +87,12 @@ def _compare(be, cfg, tile, z, mask, dtype, schedule=None):
     mm = None if mask is None else be.asarray(mask)
     loss_tol = dict(float64=1e-12, float32=2e-6, float16=1e-3, bfloat16=8e-3)[dtype]
     want, got = be.lfq(zz, cfg, mm, **schedule), be.lfq(zz, tiled_cfg, mm, **schedule)
+    batch = abs(float(np.asarray(be.to_numpy(want.batch_entropy), np.float64)))
     for field in ("batch_entropy", "aux_loss"):
         w = float(np.asarray(be.to_numpy(getattr(want, field)), np.float64))
         g = float(np.asarray(be.to_numpy(getattr(got, field)), np.float64))
-        assert abs(g - w) <= loss_tol * max(abs(w), 1e-3), (cfg, tile, dtype, field, g, w)
+        # the aux loss is a difference of entropies: its error is relative to the batch entropy's size
+        assert abs(g - w) <= loss_tol * max(abs(w) + batch, 1e-3), (cfg, tile, dtype, field, g, w)
     exact = np.asarray(be.to_numpy(zz), np.float64)
     exact_cfg = cfg.replace(**{k: float(v) for k, v in schedule.items()})
     for term in ("batch_entropy", "aux_loss"):
@@ -115,7 +117,8 @@ def _inputs(cfg, tokens, masked, sigma, seed):
 @pytest.mark.parametrize("name,mode", _backends(compiled=False), ids=lambda v: v)
 def test_tiled_equals_untiled_eager(name, mode):
     be = _backend(name, mode)
-    for i, (cfg, tile, tokens, masked, sigma) in enumerate(_cases(8, seed=1)):
+    # JAX eager compiles every operation for every new shape (minutes here): fewer configurations.
+    for i, (cfg, tile, tokens, masked, sigma) in enumerate(_cases(2 if name == "jax" else 8, seed=1)):
         z, mask = _inputs(cfg, tokens, masked, sigma, i)
         with _x64(name):
             _compare(be, cfg, tile, z, mask, "float64")
@@ -286,3 +289,21 @@ def test_d30_memory(name):
     growth, entropy = out.stdout.split()
     assert int(growth) < 2**30, f"peak RSS grew by {int(growth) / 2**20:.0f} MiB"
     assert 0.0 < float(entropy) <= 30 * np.log(2)
+
+
+def test_bench_tiled_row_and_gpu_step(monkeypatch, tmp_path, capsys):
+    """benchmarks/gpu.py's tiled step is a valid bench_tiled.py command; a small row runs here."""
+    pytest.importorskip("torch")
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    monkeypatch.syspath_prepend(bench)
+    import bench_tiled
+    import gpu
+
+    calls = []
+    monkeypatch.setattr(gpu, "step", lambda title, cmd, out, name, timeout: calls.append(cmd) or 0)
+    assert gpu.main(["--out", str(tmp_path), "--skip-conformance"]) == 0
+    (cmd,) = [c for c in calls if c[1].endswith("bench_tiled.py")]
+    assert "--in-process" in cmd and cmd[cmd.index("--device") + 1] == "cuda"
+    assert bench_tiled.main(["--rows", "12:16", "--tile", "200", "--in-process"]) == 0
+    d, n, ms, floor_ms, over, _, _, rows = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert (d, n, rows) == ("12", "16", "3") and float(ms) > 0 and float(floor_ms) > 0 and float(over) > 0

@@ -29,17 +29,14 @@ def _matmul(precision):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def tiled_entropy(probs_a, probs_b, count, rows: int, precision):
-    """`lfq.tiled.entropy_sum` of `[N, C, R]` and `[N, C, S]` sub-code probabilities: a 0-d
-    array of probs_a's dtype, with the recomputing gradient. `rows` and `precision` (of
-    the matrix products, a `jax.lax.Precision`) are static."""
+def _tiled_entropy(probs_a, probs_b, count, rows: int, precision):
     return tiled.entropy_sum(
         probs_a, probs_b, count, rows, jnp, _matmul(precision), jax.lax.scan, accumulate=_accumulate()
     )
 
 
 def _forward(probs_a, probs_b, count, rows, precision):
-    return tiled_entropy(probs_a, probs_b, count, rows, precision), (probs_a, probs_b, count)
+    return _tiled_entropy(probs_a, probs_b, count, rows, precision), (probs_a, probs_b, count)
 
 
 def _backward(rows, precision, residuals, cotangent):
@@ -50,4 +47,11 @@ def _backward(rows, precision, residuals, cotangent):
     return d_a, d_b, jnp.zeros_like(count)
 
 
-tiled_entropy.defvjp(_forward, _backward)
+_tiled_entropy.defvjp(_forward, _backward)
+
+#: `lfq.tiled.entropy_sum` of `[N, C, R]` and `[N, C, S]` sub-code probabilities: a 0-d
+#: array of probs_a's dtype, with the recomputing gradient. `rows` and `precision` (of
+#: the matrix products, a `jax.lax.Precision`) are static. Jitted so that eager calls
+#: reuse one compiled loop per shape (a bare `lax.scan` of a new closure recompiles on
+#: every eager call); under an enclosing `jax.jit` it is inlined.
+tiled_entropy = jax.jit(_tiled_entropy, static_argnums=(3, 4))
