@@ -117,11 +117,13 @@ class ArrayBackend:
             return None
         return int(xp.min(indices)), int(xp.max(indices))
 
-    def all_reduce(self, sums: factorized.LossSums, options: dict) -> factorized.LossSums:
+    def all_reduce(self, sums: factorized.LossSums, options: dict, cfg: Config | None = None) -> factorized.LossSums:
         """Hook: sum `sums` over data-parallel replicas (identity without options).
 
         `options` are the keyword arguments the caller gave to `lfq`/`entropy`/
         `commitment_loss` beyond `mask` (for example an axis name or process group).
+        Tiled groups (`lfq.tiled.Factors`) become `lfq.tiled.GroupEntropy` through
+        `lfq.distributed_tiled.reduce_sums`, which needs `cfg`.
         """
         if options:
             raise TypeError(f"backend {self.name!r} takes no distributed options, got {sorted(options)}")
@@ -428,7 +430,7 @@ class ArrayBackend:
             device=device,
             schedule=schedule,
         )
-        sums = self.all_reduce(sums, options)
+        sums = self.all_reduce(sums, options, cfg)
         losses = factorized.losses_from_sums(
             sums,
             cfg,

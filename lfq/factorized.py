@@ -453,7 +453,8 @@ def loss_sums(
     hists = []
     for lo, hi in bit_groups(cfg) if with_histograms else ():
         if tiled.uses_tiles(cfg, hi - lo):  # past the threshold: no histogram is stored
-            hists.append(tiled.Factors(*subcode_factors(a[..., lo:hi], weights, xp, subcode_probs_fn)))
+            factors = subcode_factors(a[..., lo:hi], weights, xp, subcode_probs_fn)
+            hists.append(tiled.Factors(*factors, a[..., lo:hi], weights))
         else:
             hists.append(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn))
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), tuple(hists))
@@ -503,6 +504,8 @@ def losses_from_sums(
         if isinstance(hist, tiled.Factors):
             rows = tiled.tile_rows(cfg, hist.probs_a.shape[-1], hist.probs_b.shape[-1])
             batch = batch + tiled_entropy(hist.probs_a, hist.probs_b, count, rows)
+        elif isinstance(hist, tiled.GroupEntropy):  # computed across replicas
+            batch = batch + hist.value
         else:
             batch = batch + xp.sum(distribution_entropy(hist / denom, xp))
     batch = batch / c

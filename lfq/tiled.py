@@ -69,6 +69,7 @@ __all__ = [
     "DEFAULT_TILE",
     "TILE_THRESHOLD",
     "Factors",
+    "GroupEntropy",
     "entropy_sum",
     "entropy_sum_vjp",
     "python_scan",
@@ -94,10 +95,22 @@ class Factors(NamedTuple):
     Attributes:
         probs_a: `[N, C, 2**ceil(k/2)]`, the high bits' probabilities times the token weights.
         probs_b: `[N, C, 2**floor(k/2)]`, the low bits' probabilities.
+        logits: `[N, C, k]`, the group's bit logits, and weights: `[N]` the token
+            weights (None: all 1), from which `lfq.distributed_tiled` rebuilds the
+            factors over every replica's tokens.
     """
 
     probs_a: object
     probs_b: object
+    logits: object = None
+    weights: object = None
+
+
+class GroupEntropy(NamedTuple):
+    """A bit group's batch entropy, summed over codebooks, already computed (0-d): what a
+    distributed reduction (`lfq.distributed_tiled`) leaves in place of its `Factors`."""
+
+    value: object
 
 
 def uses_tiles(cfg: Config, bits: int) -> bool:

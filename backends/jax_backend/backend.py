@@ -39,6 +39,8 @@ from lfq import factorized, validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
 
+from . import distributed as _distributed
+
 __all__ = ["JaxBackend", "positive", "x64_enabled"]
 
 _X64_FIX = "enable 64-bit mode first: jax.config.update('jax_enable_x64', True) (or the jax.enable_x64() context)"
@@ -223,12 +225,21 @@ class JaxBackend(ArrayBackend):
         host = np.asarray(indices)
         return int(host.min()), int(host.max())
 
-    def all_reduce(self, sums: factorized.LossSums, options: dict) -> factorized.LossSums:
-        """`jax.lax.psum` of every field over `options["axis_name"]` (none: identity)."""
+    def all_reduce(self, sums: factorized.LossSums, options: dict, cfg: Config | None = None) -> factorized.LossSums:
+        """`jax.lax.psum` of every field over `options["axis_name"]` (none: identity); groups
+        past the tile threshold through `distributed.psum_tiled` (no histogram moves)."""
         axis_name = options.get("axis_name")
         if axis_name is None:
             return sums
         try:
+            if cfg is not None and _distributed.has_tiled_groups(sums):
+                return _distributed.psum_tiled(
+                    sums,
+                    axis_name,
+                    cfg,
+                    lambda a: self.subcode_probs(a, cfg),
+                    lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
+                )
             return jax.lax.psum(sums, axis_name)
         except NameError as err:
             raise NameError(

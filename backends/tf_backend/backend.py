@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from lfq.backends.tf_backend import array_namespace, ops
+from lfq.backends.tf_backend import array_namespace, distributed, ops
 
 from lfq import validation
 from lfq.array_backend import ArrayBackend
@@ -133,7 +133,7 @@ class TensorFlowBackend(ArrayBackend):
                 "option is replica_context=tf.distribute.get_replica_context() (or 'auto')"
             )
 
-    def all_reduce(self, sums: LossSums, options: dict) -> LossSums:
+    def all_reduce(self, sums: LossSums, options: dict, cfg: Config | None = None) -> LossSums:
         context = options.get("replica_context")
         if isinstance(context, str):
             if context != "auto":
@@ -146,10 +146,15 @@ class TensorFlowBackend(ArrayBackend):
                 f"replica_context={context!r} must be a tf.distribute.ReplicaContext, "
                 "as returned by tf.distribute.get_replica_context() inside strategy.run"
             )
-        flat = [sums.sample_entropy, sums.token_count, sums.commitment, *sums.histograms]
-        # One batched collective; its gradient is again an all-reduce SUM (see the class docstring).
-        total = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
-        return LossSums(total[0], total[1], total[2], tuple(total[3:]))
+        if cfg is not None and distributed.has_tiled_groups(sums):  # past the tile threshold: no histogram moves
+            return distributed.all_reduce_tiled(
+                sums,
+                context,
+                cfg,
+                lambda a: self.subcode_probs(a, cfg),
+                lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
+            )
+        return distributed.all_reduce_sums(sums, context)
 
     # ------------------------------------------------------- entry points
 

@@ -120,9 +120,19 @@ class TorchBackend(ArrayBackend):
             return None  # a traced graph cannot read values; compiled() checks before tracing
         return int(indices.min()), int(indices.max())
 
-    def all_reduce(self, sums, options: dict):
+    def all_reduce(self, sums, options: dict, cfg: Config | None = None):
         enabled, group = _dist.parse_options(options)
-        return _dist.all_reduce_sums(sums, group) if enabled else sums
+        if not enabled:
+            return sums
+        if cfg is not None and _dist.has_tiled_groups(sums):  # past the tile threshold: no histogram moves
+            return _dist.all_reduce_tiled(
+                sums,
+                group,
+                cfg,
+                lambda a: self.subcode_probs(a, cfg),
+                lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
+            )
+        return _dist.all_reduce_sums(sums, group)
 
     def check_options(self, options: dict) -> None:
         _dist.parse_options(options)

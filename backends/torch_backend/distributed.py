@@ -19,6 +19,13 @@ DDP's averaging means for any loss.)
 The collective is `torch.distributed._functional_collectives.all_reduce`, which
 `torch.compile` traces into the graph (the in-place `dist.all_reduce` it could
 not capture).
+
+Past the tile threshold (`lfq.tiled`) no histogram exists to all-reduce:
+`all_reduce_tiled` runs `lfq.distributed_tiled.reduce_sums` with an all-gather of
+the bit logits (its backward a reduce-scatter: the sum over replicas of the
+gradients of this replica's rows) and the all-reduce above for the scalar partial
+sums, so the gradient convention is the same. Uneven batches are padded to the
+largest with weight-0 rows (all-gather needs equal sizes); they add nothing.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from lfq import distributed_tiled, tiled
 from lfq.factorized import LossSums
 
-__all__ = ["all_reduce_sums", "layer_options", "parse_options", "world_size"]
+__all__ = ["all_reduce_sums", "all_reduce_tiled", "has_tiled_groups", "layer_options", "parse_options", "world_size"]
 
 _OPTIONS = ("distributed", "process_group")
 
@@ -125,3 +133,60 @@ def all_reduce_sums(sums: LossSums, group=None) -> LossSums:
         out.append(total[start : start + p.numel()].reshape(p.shape))
         start += p.numel()
     return LossSums(out[0], out[1], out[2], tuple(out[3:]))
+
+
+class _AllGather(torch.autograd.Function):
+    """Rows of every replica concatenated in rank order (equal sizes); backward: the
+    reduce-scatter (sum over replicas) of the upstream gradient, this replica's rows."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        import torch.distributed._functional_collectives as funcol
+
+        ctx.group = group
+        return _wait(funcol.all_gather_tensor(x.contiguous(), 0, group))
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed._functional_collectives as funcol
+
+        return _wait(funcol.reduce_scatter_tensor(grad.contiguous(), "sum", 0, ctx.group)), None
+
+
+def _gather_padded(x: torch.Tensor, group) -> torch.Tensor:
+    """`_AllGather` of `x` `[n, ...]` padded with zero rows to the largest n of the group."""
+    import torch.distributed._functional_collectives as funcol
+
+    n = torch.tensor([x.shape[0]], device=x.device)
+    largest = int(_wait(funcol.all_reduce(n, "max", group)))
+    if largest > x.shape[0]:
+        x = torch.cat([x, x.new_zeros((largest - x.shape[0],) + tuple(x.shape[1:]))])
+    return _AllGather.apply(x, group)
+
+
+def has_tiled_groups(sums: LossSums) -> bool:
+    """Whether some bit group of `sums` is past the tile threshold (an `lfq.tiled.Factors`)."""
+    return any(isinstance(h, tiled.Factors) for h in sums.histograms)
+
+
+def all_reduce_tiled(sums: LossSums, group, cfg, subcode_probs_fn, tiled_entropy_fn) -> LossSums:
+    """`lfq.distributed_tiled.reduce_sums` over the process group (see the module docstring).
+
+    Args:
+        sums: this replica's `LossSums`, some groups as `lfq.tiled.Factors`.
+        group: a `torch.distributed.ProcessGroup`; None = the default (world) group.
+        cfg: configuration.
+        subcode_probs_fn, tiled_entropy_fn: the backend's hooks.
+    """
+    import array_api_compat.torch as xp
+
+    group = dist.group.WORLD if group is None else group
+    rank = dist.get_rank(group)
+    collectives = distributed_tiled.Collectives(
+        gather=lambda x: _gather_padded(x, group),
+        psum=lambda x: _AllReduceSum.apply(x, group),
+        share=lambda x, size: x[..., rank * size : (rank + 1) * size],
+        replicas=dist.get_world_size(group),
+        sum_rest=lambda rest: all_reduce_sums(rest, group),
+    )
+    return distributed_tiled.reduce_sums(sums, cfg, xp, collectives, subcode_probs_fn, tiled_entropy_fn)
