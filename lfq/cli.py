@@ -179,8 +179,9 @@ def _load(name: str, asked: bool, status, device: str | None = None) -> bool:
             raise UsageError(f"{flag}: {problem}") from None
         status(f"skipping {name}: it failed to load: {problem}")
         return False
-    problem = None if device is None else _device_problem(name, device)
-    if problem is not None:
+    device_problem = None if device is None else _device_problem(name, device)
+    if device_problem is not None:
+        problem = device_problem
         if asked or name in _REGISTERED:
             raise UsageError(f"--device {device}: {problem}")
         status(f"skipping {name}: --device {device}: {problem}")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -77,9 +77,9 @@ class LossSums(NamedTuple):
             `losses_from_sums` computes the entropy tile by tile.
     """
 
-    sample_entropy: object
-    token_count: object
-    commitment: object
+    sample_entropy: Any
+    token_count: Any
+    commitment: Any
     histograms: tuple
 
     def map(self, fn) -> LossSums:
@@ -104,10 +104,10 @@ class Schedule:
     built (see `aux_loss`), only its weight is a run-time value.
     """
 
-    inv_temperature: object = None
-    diversity_gamma: object = None
-    entropy_weight: object = None
-    commitment_weight: object = None
+    inv_temperature: Any = None
+    diversity_gamma: Any = None
+    entropy_weight: Any = None
+    commitment_weight: Any = None
 
     def value(self, name: str, cfg: Config):
         """The value of field `name`: this schedule's, else the config's."""
@@ -258,23 +258,18 @@ def subcode_probs(a, xp):
     return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True)
 
 
-#: Largest argument of `exp` used by `sigmoid` per dtype: `exp` of it is finite, and
-#: `1 / (1 + exp(it))` is already below the smallest normal number (float32:
-#: 6.1e-39 < 1.2e-38; float64: 1.2e-308 < 2.2e-308), so clipping there changes no
-#: probability after `flush_subnormal`, and no `exp` overflows (NumPy would warn).
-_EXP_LIMIT = {"float32": 88.0, "float64": 709.0}
-
-
 def sigmoid(x, xp):
-    r"""$\sigma(x) = 1 / (1 + e^{-x})$ in four operations, to a few ulps relative wherever
-    $\sigma(x)$ is a normal number.
+    r"""$\sigma(x)$ to a few ulps relative wherever it is a normal number, with finite derivatives.
 
-    $-x$ is clipped to $\pm$`_EXP_LIMIT`: below $-$limit the value is below the
-    dtype's smallest normal number (made 0 by `flush_subnormal` where it matters),
-    above it is exactly 1 at the dtype's precision.
+    With $e = e^{-|x|} \le 1$: $\sigma(x) = 1/(1+e)$ for $x \ge 0$ and $e/(1+e)$ below.
+    No intermediate exceeds 1, so forward-mode autodiff (a tangent times $e^{|x|}$ in
+    the one-exp form $1/(1+e^{-x})$) cannot overflow into $\infty \cdot 0 = $ NaN at
+    saturated bits; below about $-87$ (float32) the value is subnormal or 0 and
+    `flush_subnormal` makes it 0 where it matters.
     """
-    limit = _EXP_LIMIT["float64" if x.dtype == xp.float64 else "float32"]
-    return 1.0 / (1.0 + xp.exp(xp.clip(-x, -limit, limit)))
+    e = xp.exp(-xp.abs(x))
+    positive = 1.0 / (1.0 + e)
+    return xp.where(x >= 0, positive, e * positive)
 
 
 def _outer_tree(pairs, lo: int, hi: int, xp):
@@ -349,14 +344,11 @@ def subcode_factors(a, weights, xp, subcode_probs_fn: Callable | None = None):
     """
     probs_of = (lambda bits: subcode_probs(bits, xp)) if subcode_probs_fn is None else subcode_probs_fn
     split = (a.shape[-1] + 1) // 2
-    if 2 * split == a.shape[-1]:
-        # Equal halves (even k): one call on both, [2, N, C, k/2] -> [2, N, C, 2^(k/2)],
-        # the same values with half the operations (and kernel launches).
-        # unstack, not indexing: its gradient is one stack, not a zero-filled copy per half.
-        probs_a, probs_b = xp.unstack(probs_of(xp.stack([a[..., :split], a[..., split:]])))
-    else:
-        probs_a = probs_of(a[..., :split])  # [N, C, 2^|A|]
-        probs_b = probs_of(a[..., split:])  # [N, C, 2^|B|]
+    # Two calls, also for equal halves: stacking the halves into one call saves a few
+    # kernel launches, but its backward concatenates full-size gradients (peak memory)
+    # and its unstack has no vmap rule in torch.func.
+    probs_a = probs_of(a[..., :split])  # [N, C, 2^|A|]
+    probs_b = probs_of(a[..., split:])  # [N, C, 2^|B|]
     if weights is not None:
         probs_a = probs_a * weights[:, None, None]
     return probs_a, probs_b
@@ -453,8 +445,8 @@ def loss_sums(
     hists = []
     for lo, hi in bit_groups(cfg) if with_histograms else ():
         if tiled.uses_tiles(cfg, hi - lo):  # past the threshold: no histogram is stored
-            factors = subcode_factors(a[..., lo:hi], weights, xp, subcode_probs_fn)
-            hists.append(tiled.Factors(*factors, a[..., lo:hi], weights))
+            probs_a, probs_b = subcode_factors(a[..., lo:hi], weights, xp, subcode_probs_fn)
+            hists.append(tiled.Factors(probs_a, probs_b, a[..., lo:hi], weights))
         else:
             hists.append(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn))
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), tuple(hists))

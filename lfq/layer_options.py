@@ -361,7 +361,11 @@ def layer_options(**given) -> LayerOptions:
     values, _ = bind(layer_options.__signature__, given, "layer_options")
     for name in ("channel_first", "keep_num_codebooks_dim", "has_projections"):
         _flag(name, values[name])
-    fields = {_TABLE[name].config_field: values[name] for name in _RESOLVED if _TABLE[name].config_field}
+    fields: dict[str, Any] = {}
+    for name in _RESOLVED:
+        field = _TABLE[name].config_field
+        if field:
+            fields[field] = values[name]
     fields["codebook_dim"] = _codebook_dim(values["codebook_size"], values["codebook_dim"], values["dim"])
     config = Config(**fields)
     features = config.num_features

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,17 +100,17 @@ class Factors(NamedTuple):
             factors over every replica's tokens.
     """
 
-    probs_a: object
-    probs_b: object
-    logits: object = None
-    weights: object = None
+    probs_a: Any
+    probs_b: Any
+    logits: Any = None
+    weights: Any = None
 
 
 class GroupEntropy(NamedTuple):
     """A bit group's batch entropy, summed over codebooks, already computed (0-d): what a
     distributed reduction (`lfq.distributed_tiled`) leaves in place of its `Factors`."""
 
-    value: object
+    value: Any
 
 
 def uses_tiles(cfg: Config, bits: int) -> bool:

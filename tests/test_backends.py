@@ -106,17 +106,9 @@ def test_case_matches_reference(backend_run, case):
 # ------------------------------------------------------------------ masks
 
 
-_JAX_JIT_SIGN = pytest.mark.xfail(
-    strict=True, reason="compiled JAX returns batch_entropy -0.0 for an all-false mask (eager: +0.0); to be fixed"
-)
-
-
 @pytest.mark.parametrize(
     "backend_run",
-    [
-        pytest.param(*p.values, id=p.id, marks=_JAX_JIT_SIGN) if p.id == "jax-compiled-float32" else p
-        for p in _affordable(backend_runs(dtypes=["float32"]))
-    ],
+    _affordable(backend_runs(dtypes=["float32"])),
     indirect=True,
 )
 def test_all_false_mask_gives_zero_losses_and_gradients(backend_run):

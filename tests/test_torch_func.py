@@ -149,16 +149,14 @@ def test_grad_of_a_model_through_functional_call(dtype):
                 torch.testing.assert_close(per_example[name][i], one[name], **tol, msg=name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="torch 2.13 has no vmap batching rule for aten::moveaxis.int, which array_api_compat's "
-    "unstack calls; lfq.factorized.code_histogram unstacks the two halves of an even D",
-)
-def test_vmap_at_even_d():
-    cfg = lfq.Config(codebook_dim=4)
-    batch = _input(cfg, 6, 0, torch.float32).reshape(2, 3, 4)
-    torch.func.vmap(lambda z: BE.lfq(z, cfg).aux_loss)(batch)
+@pytest.mark.parametrize("codebook_dim", [4, 5, 8])
+def test_vmap_at_even_and_odd_d(codebook_dim):
+    """vmap over independent batches equals a loop over them (even D: equal halves A and B)."""
+    cfg = lfq.Config(codebook_dim=codebook_dim)
+    batch = _input(cfg, 6, codebook_dim, torch.float32).reshape(2, 3, codebook_dim)
+    mapped = torch.func.vmap(lambda z: BE.lfq(z, cfg).aux_loss)(batch)
+    looped = torch.stack([BE.lfq(z, cfg).aux_loss for z in batch])
+    torch.testing.assert_close(mapped, looped, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

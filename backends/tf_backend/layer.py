@@ -197,7 +197,7 @@ class LFQLayer(keras.layers.Layer):
             self.code_usage_metric = keras.metrics.Mean(name=f"{self.name}_code_usage")
             self.perplexity_metric = keras.metrics.Mean(name=f"{self.name}_perplexity")
 
-    __init__.__signature__ = _SIGNATURE
+    __init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]  # help() shows the table's arguments
 
     # ------------------------------------------------------------------ layout
 

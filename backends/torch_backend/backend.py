@@ -79,6 +79,7 @@ class TorchBackend(ArrayBackend):
             raise ValueError(f"compile_mode={compile_mode!r} needs mode='compiled'")
         self.device = torch.device(device) if device is not None else None
         self.mode = mode
+        self.compiles = mode == "compiled"  # the shared program mechanism runs this backend's operations
         self.compile_mode = compile_mode
         self._compiled_backends: dict = {}
 
@@ -160,10 +161,6 @@ class TorchBackend(ArrayBackend):
         return torch.zeros_like(z) if grad is None else grad
 
     # ------------------------------------------------------- compiled programs
-
-    @property
-    def compiles(self) -> bool:
-        return self.mode == "compiled"
 
     flat_programs = True  # one program, N dynamic, for every shape and rank
     min_program_tokens = 2  # torch specializes sizes 0 and 1: pad below 2 tokens

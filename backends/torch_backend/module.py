@@ -253,7 +253,7 @@ class LFQ(nn.Module):
             nn.init.orthogonal_(rotation)
             self.register_buffer("orthogonal_rot", rotation)
 
-    __init__.__signature__ = _SIGNATURE
+    __init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]  # help() shows the table's arguments
 
     # ------------------------------------------------------------ attributes
 
