@@ -222,10 +222,19 @@ def _distribution_entropy(p: np.ndarray) -> np.ndarray:
 
 
 def _batch_entropy(sums: factorized.LossSums, cfg: Config) -> np.ndarray:
-    """The batch entropy from the factorized token sums, by `_distribution_entropy` (float64)."""
+    """The batch entropy from the factorized token sums, by `_distribution_entropy` (float64).
+
+    A group past the tile threshold (`lfq.tiled.Factors`: no stored histogram) is
+    summed tile by tile (`lfq.tiled.entropy_sum`), with `-p log p` per entry: the
+    top code's `log1p` form needs the whole distribution, which tiles never hold.
+    """
     count = float(sums.token_count)
     batch = 0.0
     for hist in sums.histograms:
+        if isinstance(hist, tiled.Factors):
+            rows = tiled.tile_rows(cfg, hist.probs_a.shape[-1], hist.probs_b.shape[-1])
+            batch += float(tiled.entropy_sum(hist.probs_a, hist.probs_b, np.float64(max(count, 1.0)), rows, np))
+            continue
         pbar = hist.reshape(cfg.num_codebooks, -1) / max(count, 1.0)
         batch += np.sum(_distribution_entropy(pbar))
     return np.float64(batch / cfg.num_codebooks)
