@@ -16,7 +16,7 @@ import contextlib
 
 import numpy as np
 
-from lfq import factorized, features, program, tiled, validation
+from lfq import distributed_tiled, factorized, features, program, tiled, validation
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, LOSS_TERMS, CodeUsage, LFQOutput
 
@@ -117,17 +117,43 @@ class ArrayBackend:
             return None
         return int(xp.min(indices)), int(xp.max(indices))
 
+    def replica_group(self, options: dict):
+        """Hook: the replicas to sum the losses over, from the caller's distributed
+        `options` (a process group, an axis name, a replica context), or None for
+        none (a single process). Default: no distributed options, no replicas."""
+        if options:
+            raise TypeError(f"backend {self.name!r} takes no distributed options, got {sorted(options)}")
+        return None
+
+    def collectives(self):
+        """Hook: the framework's collectives, an object (a module) with
+        `all_reduce_sums(sums, group)` (every field summed over the replicas) and
+        `all_reduce_tiled(sums, group, cfg, subcode_probs_fn, tiled_entropy_fn)`
+        (`lfq.distributed_tiled.reduce_sums` with the framework's all-gather)."""
+        raise NotImplementedError(f"backend {self.name!r} has no collectives")
+
     def all_reduce(self, sums: factorized.LossSums, options: dict, cfg: Config | None = None) -> factorized.LossSums:
-        """Hook: sum `sums` over data-parallel replicas (identity without options).
+        """Sum `sums` over the data-parallel replicas of `options` (identity without).
 
         `options` are the keyword arguments the caller gave to `lfq`/`entropy`/
         `commitment_loss` beyond `mask` (for example an axis name or process group).
-        Tiled groups (`lfq.tiled.Factors`) become `lfq.tiled.GroupEntropy` through
-        `lfq.distributed_tiled.reduce_sums`, which needs `cfg`.
+        Below the tile threshold every field is summed (the histograms too); past it,
+        tiled groups (`lfq.tiled.Factors`) become `lfq.tiled.GroupEntropy` through
+        `lfq.distributed_tiled.reduce_sums` (nothing of size `2**D` moves), which needs `cfg`.
         """
-        if options:
-            raise TypeError(f"backend {self.name!r} takes no distributed options, got {sorted(options)}")
-        return sums
+        group = self.replica_group(options)
+        if group is None:
+            return sums
+        collectives = self.collectives()
+        if cfg is not None and distributed_tiled.has_tiled_groups(sums):
+            return collectives.all_reduce_tiled(
+                sums,
+                group,
+                cfg,
+                lambda a: self.subcode_probs(a, cfg),
+                lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
+            )
+        return collectives.all_reduce_sums(sums, group)
 
     def check_options(self, options: dict) -> None:
         """Hook: refuse distributed options this backend does not take (before any

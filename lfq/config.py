@@ -75,8 +75,8 @@ class Config:
             its entropy added to a float64 running sum, and dropped, and the
             backward pass recomputes it (`lfq.tiled`). Rounded down to whole rows
             of `num_codebooks * 2**floor(bits/2)` entries, at least one row.
-            None (default): tiles of 2**22 entries, used only where the histogram
-            has more than 2**24 entries; any value forces tiles. Same result
+            None (default): tiles of `2**22` entries, used only where the histogram
+            has more than `2**24` entries; any value forces tiles. Same result
             either way, to float rounding.
         feature_axis: the axis of z that holds the `C*D` features.
         precision: "highest" (default: full float32 matrix products, no TF32 /

@@ -38,7 +38,12 @@ from lfq import tiled
 from lfq.config import Config
 from lfq.factorized import LossSums, subcode_factors
 
-__all__ = ["Collectives", "block_size", "reduce_sums"]
+__all__ = ["Collectives", "block_size", "has_tiled_groups", "reduce_sums"]
+
+
+def has_tiled_groups(sums: LossSums) -> bool:
+    """Whether some bit group of `sums` is past the tile threshold (an `lfq.tiled.Factors`)."""
+    return any(isinstance(h, tiled.Factors) for h in sums.histograms)
 
 
 class Collectives(NamedTuple):

@@ -225,22 +225,17 @@ class JaxBackend(ArrayBackend):
         host = np.asarray(indices)
         return int(host.min()), int(host.max())
 
+    def replica_group(self, options: dict):
+        return options.get("axis_name")  # a mesh axis (inside jax.shard_map) or a vmap axis name
+
+    def collectives(self):
+        return _distributed
+
     def all_reduce(self, sums: factorized.LossSums, options: dict, cfg: Config | None = None) -> factorized.LossSums:
-        """`jax.lax.psum` of every field over `options["axis_name"]` (none: identity); groups
-        past the tile threshold through `distributed.psum_tiled` (no histogram moves)."""
+        """The shared reduction over `options["axis_name"]`, with the fix named when the axis is unbound."""
         axis_name = options.get("axis_name")
-        if axis_name is None:
-            return sums
         try:
-            if cfg is not None and _distributed.has_tiled_groups(sums):
-                return _distributed.psum_tiled(
-                    sums,
-                    axis_name,
-                    cfg,
-                    lambda a: self.subcode_probs(a, cfg),
-                    lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
-                )
-            return jax.lax.psum(sums, axis_name)
+            return super().all_reduce(sums, options, cfg)
         except NameError as err:
             raise NameError(
                 f"axis_name={axis_name!r} is not a bound axis here: call lfq(..., axis_name={axis_name!r}) "

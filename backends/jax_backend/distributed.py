@@ -16,19 +16,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lfq import distributed_tiled, tiled
+from lfq import distributed_tiled
 from lfq.config import Config
 from lfq.factorized import LossSums
 
-__all__ = ["has_tiled_groups", "psum_tiled"]
+__all__ = ["all_reduce_sums", "all_reduce_tiled"]
 
 
-def has_tiled_groups(sums: LossSums) -> bool:
-    """Whether some bit group of `sums` is past the tile threshold (an `lfq.tiled.Factors`)."""
-    return any(isinstance(h, tiled.Factors) for h in sums.histograms)
+def all_reduce_sums(sums: LossSums, axis_name) -> LossSums:
+    """Every field of `sums` summed over the mesh or vmap axis `axis_name`."""
+    return jax.lax.psum(sums, axis_name)
 
 
-def psum_tiled(sums: LossSums, axis_name, cfg: Config, subcode_probs_fn, tiled_entropy_fn) -> LossSums:
+def all_reduce_tiled(sums: LossSums, axis_name, cfg: Config, subcode_probs_fn, tiled_entropy_fn) -> LossSums:
     """`lfq.distributed_tiled.reduce_sums` over `axis_name` (see the module docstring)."""
 
     def share(x, size):

@@ -33,7 +33,6 @@ from lfq.backends.tf_backend import array_namespace, distributed, ops
 from lfq import validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
-from lfq.factorized import LossSums
 from lfq.interface import GRAD_TERMS, LFQOutput
 
 __all__ = ["TensorFlowBackend"]
@@ -133,28 +132,25 @@ class TensorFlowBackend(ArrayBackend):
                 "option is replica_context=tf.distribute.get_replica_context() (or 'auto')"
             )
 
-    def all_reduce(self, sums: LossSums, options: dict, cfg: Config | None = None) -> LossSums:
+    def replica_group(self, options: dict):
+        """The replica context of `options["replica_context"]` ("auto": the current one);
+        None outside `strategy.run` or with one replica."""
         context = options.get("replica_context")
         if isinstance(context, str):
             if context != "auto":
                 raise ValueError(f"replica_context={context!r} must be a tf.distribute.ReplicaContext, 'auto' or None")
             context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
-            return sums
+            return None
         if not isinstance(context, tf.distribute.ReplicaContext):
             raise TypeError(
                 f"replica_context={context!r} must be a tf.distribute.ReplicaContext, "
                 "as returned by tf.distribute.get_replica_context() inside strategy.run"
             )
-        if cfg is not None and distributed.has_tiled_groups(sums):  # past the tile threshold: no histogram moves
-            return distributed.all_reduce_tiled(
-                sums,
-                context,
-                cfg,
-                lambda a: self.subcode_probs(a, cfg),
-                lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
-            )
-        return distributed.all_reduce_sums(sums, context)
+        return context
+
+    def collectives(self):
+        return distributed
 
     # ------------------------------------------------------- entry points
 

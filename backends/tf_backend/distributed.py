@@ -16,11 +16,11 @@ from __future__ import annotations
 import tensorflow as tf
 from lfq.backends.tf_backend import array_namespace
 
-from lfq import distributed_tiled, tiled
+from lfq import distributed_tiled
 from lfq.config import Config
 from lfq.factorized import LossSums
 
-__all__ = ["all_reduce_sums", "all_reduce_tiled", "has_tiled_groups"]
+__all__ = ["all_reduce_sums", "all_reduce_tiled"]
 
 
 def all_reduce_sums(sums: LossSums, context) -> LossSums:
@@ -28,11 +28,6 @@ def all_reduce_sums(sums: LossSums, context) -> LossSums:
     flat = [sums.sample_entropy, sums.token_count, sums.commitment, *sums.histograms]
     total = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
     return LossSums(total[0], total[1], total[2], tuple(total[3:]))
-
-
-def has_tiled_groups(sums: LossSums) -> bool:
-    """Whether some bit group of `sums` is past the tile threshold (an `lfq.tiled.Factors`)."""
-    return any(isinstance(h, tiled.Factors) for h in sums.histograms)
 
 
 def all_reduce_tiled(sums: LossSums, context, cfg: Config, subcode_probs_fn, tiled_entropy_fn) -> LossSums:

@@ -121,19 +121,14 @@ class TorchBackend(ArrayBackend):
             return None  # a traced graph cannot read values; compiled() checks before tracing
         return int(indices.min()), int(indices.max())
 
-    def all_reduce(self, sums, options: dict, cfg: Config | None = None):
+    def replica_group(self, options: dict):
         enabled, group = _dist.parse_options(options)
         if not enabled:
-            return sums
-        if cfg is not None and _dist.has_tiled_groups(sums):  # past the tile threshold: no histogram moves
-            return _dist.all_reduce_tiled(
-                sums,
-                group,
-                cfg,
-                lambda a: self.subcode_probs(a, cfg),
-                lambda pa, pb, count, rows: self.tiled_entropy(pa, pb, count, rows, cfg),
-            )
-        return _dist.all_reduce_sums(sums, group)
+            return None
+        return torch.distributed.group.WORLD if group is None else group
+
+    def collectives(self):
+        return _dist
 
     def check_options(self, options: dict) -> None:
         _dist.parse_options(options)

@@ -33,10 +33,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from lfq import distributed_tiled, tiled
+from lfq import distributed_tiled
 from lfq.factorized import LossSums
 
-__all__ = ["all_reduce_sums", "all_reduce_tiled", "has_tiled_groups", "layer_options", "parse_options", "world_size"]
+__all__ = ["all_reduce_sums", "all_reduce_tiled", "layer_options", "parse_options", "world_size"]
 
 _OPTIONS = ("distributed", "process_group")
 
@@ -162,11 +162,6 @@ def _gather_padded(x: torch.Tensor, group) -> torch.Tensor:
     if largest > x.shape[0]:
         x = torch.cat([x, x.new_zeros((largest - x.shape[0],) + tuple(x.shape[1:]))])
     return _AllGather.apply(x, group)
-
-
-def has_tiled_groups(sums: LossSums) -> bool:
-    """Whether some bit group of `sums` is past the tile threshold (an `lfq.tiled.Factors`)."""
-    return any(isinstance(h, tiled.Factors) for h in sums.histograms)
 
 
 def all_reduce_tiled(sums: LossSums, group, cfg, subcode_probs_fn, tiled_entropy_fn) -> LossSums:
