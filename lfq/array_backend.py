@@ -209,6 +209,13 @@ class ArrayBackend:
         of a program, indexable by 0..3 inside it (default: the tuple itself)."""
         return values
 
+    def program_rows(self, n: int, options: dict) -> int:
+        """Hook: how many token rows a flat program sees for a batch of `n` tokens (the
+        pad rows are masked-out zeros): at least `min_program_tokens`. torch: with
+        `distributed=True`, the group's largest batch, so that the tiled entropy's
+        all-gather inside the program needs no data-dependent size."""
+        return max(n, self.min_program_tokens)
+
     def program_key(self, x) -> tuple:
         """Hook: what besides the signature's fields selects a program for input `x`
         (torch: the device, and whether a gradient is recorded)."""

@@ -171,7 +171,7 @@ def run(
         x, tokens = _flatten(x, -1 if op == "indices_to_codes" else cfg.feature_axis, xp)
         n = x.shape[0]
         mask = None if mask is None else xp.reshape(mask, (n,))
-        x, mask = _pad(backend, x, mask, op in _SCHEDULED, xp)
+        x, mask = _pad(backend, x, mask, op in _SCHEDULED, xp, backend.program_rows(n, options))
     if flat and cfg.feature_axis != -1:  # the programs see features last: layouts share them
         cfg_in = cfg.replace(feature_axis=-1)
     else:
@@ -254,13 +254,13 @@ def _flatten(x, axis: int, xp):
     return xp.reshape(x, (n, x.shape[-1])), tokens
 
 
-def _pad(backend, x, mask, losses: bool, xp):
-    """`(x, mask)` with at least `backend.min_program_tokens` rows: pad rows are zeros, masked out.
+def _pad(backend, x, mask, losses: bool, xp, least: int):
+    """`(x, mask)` with at least `least` rows (`backend.program_rows`): pad rows are zeros, masked out.
 
     Without padding `mask` stays as given (None for no mask); a padded loss batch
     always gets a mask, so the pad rows count in no loss.
     """
-    n, least = x.shape[0], backend.min_program_tokens
+    n = x.shape[0]
     if n >= least:
         return x, mask
     device = backend.device_of(x)

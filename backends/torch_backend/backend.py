@@ -128,7 +128,14 @@ class TorchBackend(ArrayBackend):
         return torch.distributed.group.WORLD if group is None else group
 
     def collectives(self):
-        return _dist
+        return _dist.EQUAL_ROWS if self.compiles else _dist
+
+    def program_rows(self, n: int, options: dict) -> int:
+        rows = super().program_rows(n, options)
+        enabled, group = _dist.parse_options(options)
+        # One small eager all-reduce before the program: inside it every replica then has the
+        # same number of rows, and the tiled groups' all-gather reads no size from the data.
+        return _dist.largest_rows(rows, group) if enabled else rows
 
     def check_options(self, options: dict) -> None:
         _dist.parse_options(options)

@@ -30,6 +30,8 @@ largest with weight-0 rows (all-gather needs equal sizes); they add nothing.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 
@@ -153,18 +155,32 @@ class _AllGather(torch.autograd.Function):
         return _wait(funcol.reduce_scatter_tensor(grad.contiguous(), "sum", 0, ctx.group)), None
 
 
-def _gather_padded(x: torch.Tensor, group) -> torch.Tensor:
-    """`_AllGather` of `x` `[n, ...]` padded with zero rows to the largest n of the group."""
+def largest_rows(n: int, group=None) -> int:
+    """The largest `n` over the process group (one small all-reduce, read on the host)."""
     import torch.distributed._functional_collectives as funcol
 
-    n = torch.tensor([x.shape[0]], device=x.device)
-    largest = int(_wait(funcol.all_reduce(n, "max", group)))
+    group = dist.group.WORLD if group is None else group
+    device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
+    return int(_wait(funcol.all_reduce(torch.tensor([n], device=device), "max", group)))
+
+
+def _gather_padded(x: torch.Tensor, group, equal_rows: bool = False) -> torch.Tensor:
+    """`_AllGather` of `x` `[n, ...]` padded with zero rows to the largest n of the group.
+
+    `equal_rows`: every replica's `n` is known to be equal (the backend's compiled
+    mode pads each batch to the group's largest before its program, see
+    `TorchBackend.program_rows`), so no size is read: a compiled graph cannot read
+    one. (A user's own `torch.compile` of the eager backend breaks its graph at the read.)
+    """
+    if equal_rows:
+        return _AllGather.apply(x, group)
+    largest = largest_rows(x.shape[0], group)
     if largest > x.shape[0]:
         x = torch.cat([x, x.new_zeros((largest - x.shape[0],) + tuple(x.shape[1:]))])
     return _AllGather.apply(x, group)
 
 
-def all_reduce_tiled(sums: LossSums, group, cfg, subcode_probs_fn, tiled_entropy_fn) -> LossSums:
+def all_reduce_tiled(sums: LossSums, group, cfg, subcode_probs_fn, tiled_entropy_fn, equal_rows=False) -> LossSums:
     """`lfq.distributed_tiled.reduce_sums` over the process group (see the module docstring).
 
     Args:
@@ -172,16 +188,28 @@ def all_reduce_tiled(sums: LossSums, group, cfg, subcode_probs_fn, tiled_entropy
         group: a `torch.distributed.ProcessGroup`; None = the default (world) group.
         cfg: configuration.
         subcode_probs_fn, tiled_entropy_fn: the backend's hooks.
+        equal_rows: every replica has the same number of rows (see `_gather_padded`).
     """
     import array_api_compat.torch as xp
 
     group = dist.group.WORLD if group is None else group
     rank = dist.get_rank(group)
     collectives = distributed_tiled.Collectives(
-        gather=lambda x: _gather_padded(x, group),
+        gather=lambda x: _gather_padded(x, group, equal_rows),
         psum=lambda x: _AllReduceSum.apply(x, group),
         share=lambda x, size: x[..., rank * size : (rank + 1) * size],
         replicas=dist.get_world_size(group),
         sum_rest=lambda rest: all_reduce_sums(rest, group),
     )
     return distributed_tiled.reduce_sums(sums, cfg, xp, collectives, subcode_probs_fn, tiled_entropy_fn)
+
+
+class _EqualRows:
+    """The collectives of the compiled backend, whose programs see equal row counts on
+    every replica (`TorchBackend.program_rows`): no size is read inside the graph."""
+
+    all_reduce_sums = staticmethod(all_reduce_sums)
+    all_reduce_tiled = staticmethod(functools.partial(all_reduce_tiled, equal_rows=True))
+
+
+EQUAL_ROWS = _EqualRows()
