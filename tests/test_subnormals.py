@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lfq.conformance.cases import DEFAULT_TOLERANCES
 
 import lfq
-from lfq.conformance.cases import DEFAULT_TOLERANCES
 from lfq import factorized, reference
 
 torch = pytest.importorskip("torch")
