@@ -294,7 +294,7 @@ def subcode_bits(k: int):
     return (np.arange(2**k)[:, None] >> np.arange(k - 1, -1, -1)) & 1
 
 
-def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = None):
+def subcode_probs_vjp(a, probs, cotangent, xp):
     r"""Gradient of `subcode_probs` w.r.t. `a`, in O(2^k) work per row and no matrix product.
 
     $p_j = \prod_i \sigma(\pm a_i)$, so $\partial p_j / \partial a_i = p_j\,(\mathrm{bit}_i(j) - \sigma(a_i))$
@@ -304,12 +304,10 @@ def subcode_probs_vjp(a, probs, cotangent, bits, xp, matmul: Callable | None = N
     Args:
         a: `[..., k]` bit logits; probs: `subcode_probs(a)`, `[..., 2**k]`.
         cotangent: `[..., 2**k]` upstream gradient.
-        bits, matmul: not used any more (the sums over codes with bit i set are
-            `bit_sums`, which beat a `[M, 2^k] @ [2^k, k]` product whose k columns
-            are too few for a GEMM: 2 to 6 times faster on a CPU); accepted so
-            that callers written for the product keep working.
+
+    The sums over the codes with bit i set are `bit_sums`, not a `[M, 2^k] @ [2^k, k]`
+    product, whose k columns are too few for a GEMM (2 to 6 times slower on a CPU).
     """
-    del bits, matmul
     # No flush here: subnormal entries of the product reach only additions (`bit_sums`),
     # not a matrix product, and flushing would cost a copy of the [.., 2^k] table.
     weighted = cotangent * probs

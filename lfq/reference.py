@@ -481,8 +481,7 @@ def _tiled_group_vjp(a, factors, w, count, cfg: Config) -> np.ndarray:
     parts = []
     for half, cotangent in ((a[..., :split], d_pa), (a[..., split:], d_pb)):
         probs = factorized.subcode_probs(half, np)
-        bits = factorized.subcode_bits(half.shape[-1]).astype(np.float64)
-        parts.append(factorized.subcode_probs_vjp(half, probs, cotangent, bits, np))
+        parts.append(factorized.subcode_probs_vjp(half, probs, cotangent, np))
     return np.concatenate(parts, axis=-1)
 
 

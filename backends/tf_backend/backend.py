@@ -88,7 +88,7 @@ class TensorFlowBackend(ArrayBackend):
         return ops.positive(x)
 
     def subcode_probs(self, a, cfg: Config):
-        return ops.subcode_probs(a, cfg.precision == "highest")
+        return ops.subcode_probs(a)
 
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from lfq.backends.tf_backend.tiled import tiled_entropy  # custom gradient over tf.while_loop

@@ -90,11 +90,11 @@ def matmul_highest(a, b):
     return _dot_nn(a, b)
 
 
-def subcode_probs(a, highest: bool):
+def subcode_probs(a):
     """`factorized.subcode_probs(a)` whose gradient is the analytic `factorized.subcode_probs_vjp`.
 
     Autodiff through the product loop costs one strided pass per bit; the analytic
-    rule is one matrix product. The gradient function uses the forward's tensors,
+    rule is one pass of sums over the codes. The gradient function uses the forward's tensors,
     which the tape recorded, so higher-order gradients stay exact.
     """
 
@@ -103,10 +103,7 @@ def subcode_probs(a, highest: bool):
         probs = factorized.subcode_probs(a, array_namespace)
 
         def grad(cotangent):
-            bits = tf.constant(factorized.subcode_bits(a.shape[-1]), dtype=probs.dtype)
-            return factorized.subcode_probs_vjp(
-                a, probs, cotangent, bits, array_namespace, matmul_highest if highest else tf.linalg.matmul
-            )
+            return factorized.subcode_probs_vjp(a, probs, cotangent, array_namespace)
 
         return probs, grad
 

@@ -102,7 +102,7 @@ class TorchBackend(ArrayBackend):
         return ops.matmul(a, b, cfg.precision == "highest")  # "default" obeys torch's settings
 
     def subcode_probs(self, a, cfg: Config):
-        return subcode_probs(a, cfg.precision == "highest")
+        return subcode_probs(a)
 
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from .tiled import tiled_entropy  # the recomputing gradient; a custom op under torch.compile

@@ -3,8 +3,8 @@
 * `straight_through(value, carrier)`: a custom `torch.autograd.Function` whose
   forward returns `value` itself (bitwise: no `f(x) + (q - f(x))` arithmetic) and
   whose backward hands the upstream gradient to `carrier` unchanged.
-* `subcode_probs(a, highest)`: `lfq.factorized.subcode_probs` whose backward is
-  the analytic `lfq.factorized.subcode_probs_vjp` (one matrix product) instead of
+* `subcode_probs(a)`: `lfq.factorized.subcode_probs` whose backward is
+  the analytic `lfq.factorized.subcode_probs_vjp` (sums over the codes) instead of
   autograd through the per-bit product loop (four or more kernels per bit).
 * `matmul(a, b, highest)`: `matmul_highest` for float32 when asked, else `torch.matmul`.
 * `matmul_highest(a, b)`: a batched matrix product at full float32 precision
@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import array_api_compat.torch as torch_namespace
 import torch
@@ -185,24 +184,18 @@ class _SubcodeProbs(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(a, highest):  # noqa: ARG004 - highest is read by setup_context
+    def forward(a):
         return factorized.subcode_probs(a, torch_namespace)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, highest = inputs
+        (a,) = inputs
         ctx.save_for_backward(a, output)
-        ctx.highest = highest
 
     @staticmethod
     def backward(ctx, cotangent):
         a, probs = ctx.saved_tensors
-        k = a.shape[-1]
-        bits = device_constant(("subcode_bits", k), lambda: factorized.subcode_bits(k), probs.dtype, probs.device)
-        grad = factorized.subcode_probs_vjp(
-            a, probs, cotangent, bits, torch_namespace, functools.partial(matmul, highest=ctx.highest)
-        )
-        return grad, None
+        return factorized.subcode_probs_vjp(a, probs, cotangent, torch_namespace)
 
 
 class _EagerMatmulHighest(torch.autograd.Function):
@@ -246,11 +239,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, highest: bool) -> torch.Tensor:
     return torch.matmul(a, b)
 
 
-def subcode_probs(a: torch.Tensor, highest: bool = True) -> torch.Tensor:
+def subcode_probs(a: torch.Tensor) -> torch.Tensor:
     """`[..., k]` bit logits -> `[..., 2**k]` sub-code probabilities, with the analytic gradient."""
     if not (torch.is_grad_enabled() and a.requires_grad):
         return factorized.subcode_probs(a, torch_namespace)
-    return _SubcodeProbs.apply(a, highest)
+    return _SubcodeProbs.apply(a)
 
 
 _AUTOCAST_DEVICES = ("cpu", "cuda")
