@@ -28,7 +28,9 @@ the process's CPU time (`cpu_clock`), so that other work on the machine does not
   a warm-up step, against `P_A + P_B + histogram` (float32 bytes).
 * **inference**: quantize + indices of `2**22` tokens, D = 16, without gradients,
   as GB/s of bytes read and written, against a copy of z into an existing buffer
-  and a clone (a copy into new memory, which is what the step does with its outputs).
+  and a clone (a copy into new memory, which is what every call does with its
+  outputs), under each allocator setting of `ALLOCATORS` (fresh processes); "jax -z"
+  is JAX's cheapest kernel of z's size, JAX's own floor.
 """
 
 from __future__ import annotations
@@ -281,14 +283,25 @@ def run_first_calls(d: int, timeout: float) -> list[dict]:
 # ----------------------------------------------------------------------------- inference
 
 
-def run_inference(n: int, d: int, repeat: int) -> list[dict]:
-    """Quantize + indices GB/s (bytes of z read, codes written, int64 indices written)."""
+#: Allocator settings the inference runs under, each in its own process (they act at
+#: start-up). The outputs of one call are 288 MiB of new memory: by default glibc maps
+#: blocks that large afresh for every call and the kernel zeroes each new page, which
+#: costs more than the copy itself; huge pages make that 512 times fewer faults, and a
+#: heap that keeps freed blocks (no mmap) lets the next call's outputs reuse them.
+ALLOCATORS = {
+    "default": {},
+    "huge pages": {"THP_MEM_ALLOC_ENABLE": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    "heap reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)},
+}
+
+
+def inference_case(n: int, d: int, repeat: int) -> list[dict]:
+    """Quantize + indices GB/s (bytes of z read, codes and indices written)."""
     torch = _torch()
     import jax
 
     cfg = lfq.Config(codebook_dim=d)
     z = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
-    moved = 2 * z.nbytes + n * 8
     tb, jb = lfq.get("torch"), lfq.get("jax")
     zt, zj = torch.from_numpy(z), jax.device_put(z)
 
@@ -297,6 +310,7 @@ def run_inference(n: int, d: int, repeat: int) -> list[dict]:
 
     compiled = torch.compile(torch_fn, fullgraph=True)
     jitted = jax.jit(lambda v: (jb.quantize(v, cfg), jb.codes_to_indices(v, cfg)))
+    negate = jax.jit(lambda v: -v)
     dst = torch.empty_like(zt)
     fns = {
         "torch-eager": lambda: torch_fn(zt),
@@ -304,13 +318,17 @@ def run_inference(n: int, d: int, repeat: int) -> list[dict]:
         "jax-jit": lambda: jax.block_until_ready(jitted(zj)),
         "copy": lambda: dst.copy_(zt),
         # a copy into new memory, as the steps write their outputs: the kernel's page
-        # faults on fresh memory cost more than the copy itself on this machine
+        # faults on fresh memory can cost more than the copy itself
         "clone": lambda: zt.clone(),
+        # JAX's own cheapest kernel of z's size (read z, write a new array): JAX's floor
+        "jax -z": lambda: jax.block_until_ready(negate(zj)),
     }
     times = {k: [] for k in fns}
+    moved = {}  # bytes read and written: z, and every output (JAX's indices are int32)
     with torch.no_grad():
-        for fn in fns.values():
-            fn()
+        for k, fn in fns.items():
+            outputs = fn()
+            moved[k] = z.nbytes + sum(o.nbytes for o in (outputs if isinstance(outputs, tuple) else (outputs,)))
         for _ in range(repeat):
             for k, fn in fns.items():
                 start = cpu_clock()
@@ -319,8 +337,8 @@ def run_inference(n: int, d: int, repeat: int) -> list[dict]:
     copy_gbps = 2 * z.nbytes / min(times["copy"]) / 1e9
     clone_gbps = 2 * z.nbytes / min(times["clone"]) / 1e9
     rows = []
-    for k in ("torch-eager", "torch-compiled", "jax-jit"):
-        gbps = moved / min(times[k]) / 1e9
+    for k in ("torch-eager", "torch-compiled", "jax-jit", "clone", "jax -z"):
+        gbps = moved[k] / min(times[k]) / 1e9
         rows.append(
             {
                 "variant": k,
@@ -333,6 +351,24 @@ def run_inference(n: int, d: int, repeat: int) -> list[dict]:
                 "of_clone": gbps / clone_gbps,
             }
         )
+    return rows
+
+
+def run_inference(n: int, d: int, repeat: int, timeout: float, allocators=tuple(ALLOCATORS)) -> list[dict]:
+    """`inference_case` under each of `allocators` (names in `ALLOCATORS`), each in a fresh process."""
+    rows = []
+    for name in allocators:
+        settings = ALLOCATORS[name]
+        cmd = [sys.executable, os.path.abspath(__file__), "--_inference", json.dumps([n, d, repeat])]
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **settings)
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+            found = json.loads(lines[-1]) if lines else [{"variant": "all", "note": proc.stderr[-200:]}]
+        except subprocess.TimeoutExpired:
+            found = [{"variant": "all", "note": f"timed out after {timeout:.0f} s"}]
+        rows += [{"allocator": name, **r} for r in found]
     return rows
 
 
@@ -396,12 +432,16 @@ def format_report(steps, floors, ops, memory, inference, first_calls=()) -> str:
                 )
     if inference:
         out.append("")
-        out.append("| inference | N | D | GB/s | copy GB/s | of copy | clone GB/s | of clone |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| inference | allocator | N | D | GB/s | copy GB/s | of copy | clone GB/s | of clone |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         for r in inference:
+            if "gbps" not in r:
+                out.append(f"| {r['variant']} | {r.get('allocator', '')} | {r.get('note', '')[:80]} | | | | | | |")
+                continue
             out.append(
-                f"| {r['variant']} | {r['N']} | {r['D']} | {r['gbps']:.2f} | {r['copy_gbps']:.2f} "
-                f"| {100 * r['of_copy']:.0f}% | {r.get('clone_gbps', 0):.2f} | {100 * r.get('of_clone', 0):.0f}% |"
+                f"| {r['variant']} | {r.get('allocator', '')} | {r['N']} | {r['D']} | {r['gbps']:.2f} "
+                f"| {r['copy_gbps']:.2f} | {100 * r['of_copy']:.0f}% | {r['clone_gbps']:.2f} "
+                f"| {100 * r['of_clone']:.0f}% |"
             )
     if first_calls:
         out.append("")
@@ -423,12 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-tokens", type=int, default=2**18)
     parser.add_argument("--memory-dim", type=int, default=16)
     parser.add_argument("--inference-tokens", type=int, default=2**22)
+    parser.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=list(ALLOCATORS))
     parser.add_argument("--skip", nargs="*", default=[], choices=["steps", "memory", "inference", "ops", "first-call"])
     parser.add_argument("--warm-cache", action="store_true", help="keep torch.compile's on-disk cache")
     parser.add_argument("--json", help="also write every row to this file")
     parser.add_argument("--first-call-dim", type=int, default=14)
     parser.add_argument("--_memory", help=argparse.SUPPRESS)
     parser.add_argument("--_first", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_inference", help=argparse.SUPPRESS)
     return parser
 
 
@@ -436,6 +478,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args._memory:
         print(json.dumps(memory_case(*json.loads(args._memory))))
+        return 0
+    if args._inference:
+        print(json.dumps(inference_case(*json.loads(args._inference))))
         return 0
     if args._first:
         print(json.dumps(first_call_case(args._first)))
@@ -452,7 +497,9 @@ def main(argv=None) -> int:
             steps += time_steps(args.variants, d, args.tokens, std, args.repeat)
             print(format_report(steps[-len(args.variants) :], floors, {}, [], []), file=sys.stderr, flush=True)
     memory = [] if "memory" in args.skip else run_memory(args.memory_tokens, args.memory_dim, 1200)
-    inference = [] if "inference" in args.skip else run_inference(args.inference_tokens, 16, args.repeat)
+    inference = []
+    if "inference" not in args.skip:
+        inference = run_inference(args.inference_tokens, 16, args.repeat, 1200, args.allocators)
     first_calls = [] if "first-call" in args.skip else run_first_calls(args.first_call_dim, 1200)
     print(f"{machine()}; {versions()}; {datetime.date.today()}")
     print(format_report(steps, floors, ops, memory, inference, first_calls))

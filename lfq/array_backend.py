@@ -40,6 +40,9 @@ class ArrayBackend:
     #: TensorFlow's CPU kernels do); such backends implement `bitcast`, and the
     #: spherical projection rescales tiny groups exactly on their bit patterns.
     flushes_subnormals = False
+    #: Sum the index bits in exact float32 runs (`features.indices_from_bits`) rather than
+    #: in the index dtype: for frameworks whose kernels vectorize float reductions only.
+    float_index_sums = False
 
     # ------------------------------------------------------------------ hooks
 
@@ -410,8 +413,11 @@ class ArrayBackend:
     def _codes_to_indices(self, z, cfg: Config):
         xp = self.namespace(z)
         dtype = self.index_dtype(xp, cfg)
-        bits = xp.astype(self.positive(features.group_features(z, cfg, xp)), dtype)
-        return xp.sum(bits * self.constant(features.bit_weights(cfg), dtype, z), axis=-1, dtype=dtype)
+        bits = self.positive(features.group_features(z, cfg, xp))
+        if self.float_index_sums:
+            return features.indices_from_bits(bits, cfg, xp, dtype, lambda v, t: self.constant(v, t, z))
+        weights = self.constant(features.bit_weights(cfg), dtype, z)
+        return xp.sum(xp.astype(bits, dtype) * weights, axis=-1, dtype=dtype)
 
     def _indices_to_codes(self, indices, cfg: Config, dtype: str = "float32"):
         xp = self.namespace(indices)

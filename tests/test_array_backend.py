@@ -56,3 +56,20 @@ def test_transformed_features_are_the_features_the_losses_see(name):
         got = be.to_numpy(be.transformed_features(z, cfg))
         assert got.shape == want.shape and got.dtype == np.float32, (name, got.shape, got.dtype)
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=f"{name} {cfg}")
+
+
+@pytest.mark.parametrize("bit_order", ["msb", "lsb"])
+def test_float32_index_sums_equal_the_integer_rule_for_every_width(bit_order):
+    """`features.indices_from_bits` (exact float32 runs of at most 24 bits, shifted into
+    place) against the reference's int64 sum, for every D from 1 to 63."""
+    from lfq import features
+
+    rng = np.random.default_rng(7)
+    for d in range(1, 64):
+        cfg = lfq.Config(codebook_dim=d, num_codebooks=2, bit_order=bit_order, max_exact_bits=1)
+        z = rng.standard_normal((9, 2 * d))
+        z[0] = 1.0  # every bit set: the largest index, 2**D - 1
+        bits = features.group_features(z, cfg, np) > 0
+        got = features.indices_from_bits(bits, cfg, np, np.int64, lambda v, t: np.asarray(v, dtype=t))
+        assert got.dtype == np.int64 and np.array_equal(got, reference.codes_to_indices(z, cfg)), d
+        assert all(stop - start <= 24 for start, stop, _ in features.index_chunks(cfg))

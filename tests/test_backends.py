@@ -169,7 +169,7 @@ def test_indices_round_trip_up_to_63_bits(backend_run, bit_order):
     """int64 indices, never negative (the largest is 2**D - 1), decoded back to the codes;
     int32 indices are accepted where they fit."""
     be, put, get = backend_run.be, backend_run.put, backend_run.get
-    for d, c in ((1, 1), (9, 2), (31, 1), (40, 2), (63, 1)):
+    for d, c in ((1, 1), (9, 2), (24, 1), (25, 3), (31, 1), (40, 2), (63, 1)):  # float32 runs end at 24 bits
         cfg = lfq.Config(
             codebook_dim=d, num_codebooks=c, bit_order=bit_order, max_exact_bits=1, batch_entropy=f"groups:{d}"
         )

@@ -20,7 +20,7 @@ def test_a_small_run_prints_ratios_floor_ops_and_inference(tmp_path):
     out = tmp_path / "rows.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu.py"), "--dims", "4", "--stds", "0.1", "--tokens", "64"]
     cmd += ["--repeat", "2", "--variants", "jax-jit", "torch-eager", "--inference-tokens", "4096"]
-    cmd += ["--skip", "memory", "first-call", "--warm-cache", "--json", str(out)]
+    cmd += ["--skip", "memory", "first-call", "--warm-cache", "--json", str(out), "--allocators", "heap reuse"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -28,7 +28,9 @@ def test_a_small_run_prints_ratios_floor_ops_and_inference(tmp_path):
     steps = {r["variant"]: r for r in rows["steps"]}
     assert set(steps) == {"jax-jit", "torch-eager"} and all(r["ms"] > 0 for r in steps.values())
     assert rows["floors"]["4"] > 0 and rows["ops"]["4"] > 50  # aten ops of one eager step
-    assert {r["variant"] for r in rows["inference"]} == {"torch-eager", "torch-compiled", "jax-jit"}
+    assert {r["variant"] for r in rows["inference"]} == {"torch-eager", "torch-compiled", "jax-jit", "clone", "jax -z"}
+    assert {r["allocator"] for r in rows["inference"]} == {"heap reuse"}
+    assert all(r["gbps"] > 0 for r in rows["inference"])
     assert "| 4 | 0.1 | jax-jit |" in proc.stdout and "| 4 | 0.1 | torch-eager |" in proc.stdout
     assert "x floor" in proc.stdout and "copy GB/s" in proc.stdout
 

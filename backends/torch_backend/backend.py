@@ -70,6 +70,9 @@ class TorchBackend(ArrayBackend):
     name = "torch"
     dtypes = validation.FLOAT_DTYPES
     modes = ("eager", "compiled")
+    # ATen's and inductor's CPU kernels vectorize float sums, not int64 ones: the int64
+    # index sum over 16 bits took 216 ms for 2^22 tokens compiled, the float32 runs 21 ms.
+    float_index_sums = True
 
     def __init__(self, device=None, mode: str = "eager", compile_mode: str | None = None):
         if mode not in self.modes:
