@@ -294,7 +294,7 @@ def subcode_bits(k: int):
     return (np.arange(2**k)[:, None] >> np.arange(k - 1, -1, -1)) & 1
 
 
-def subcode_probs_vjp(a, probs, cotangent, xp):
+def subcode_probs_vjp(a, probs, cotangent, xp, bit_sums_fn: Callable | None = None):
     r"""Gradient of `subcode_probs` w.r.t. `a`, in O(2^k) work per row and no matrix product.
 
     $p_j = \prod_i \sigma(\pm a_i)$, so $\partial p_j / \partial a_i = p_j\,(\mathrm{bit}_i(j) - \sigma(a_i))$
@@ -304,6 +304,7 @@ def subcode_probs_vjp(a, probs, cotangent, xp):
     Args:
         a: `[..., k]` bit logits; probs: `subcode_probs(a)`, `[..., 2**k]`.
         cotangent: `[..., 2**k]` upstream gradient.
+        bit_sums_fn: `bit_sums(w, k)` computed another way (default `bit_sums`).
 
     The sums over the codes with bit i set are `bit_sums`, not a `[M, 2^k] @ [2^k, k]`
     product, whose k columns are too few for a GEMM (2 to 6 times slower on a CPU).
@@ -312,7 +313,7 @@ def subcode_probs_vjp(a, probs, cotangent, xp):
     # not a matrix product, and flushing would cost a copy of the [.., 2^k] table.
     weighted = cotangent * probs
     positive = sigmoid(a, xp)
-    on, total = bit_sums(weighted, a.shape[-1], xp)
+    on, total = bit_sums(weighted, a.shape[-1], xp) if bit_sums_fn is None else bit_sums_fn(weighted, a.shape[-1])
     return on - positive * total
 
 
