@@ -22,6 +22,7 @@ read) is skipped; `compiled()` keeps it, running the checks eagerly first.
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import final
 
 import array_api_compat.torch as torch_namespace
@@ -34,7 +35,7 @@ from lfq.config import Config
 
 from . import distributed as _dist
 from . import ops
-from .ops import device_constant, no_autocast, straight_through, subcode_probs
+from .ops import _AUTOCAST_DEVICES, device_constant, no_autocast, straight_through, subcode_probs
 
 __all__ = ["TorchBackend"]
 
@@ -148,7 +149,14 @@ class TorchBackend(ArrayBackend):
             raise ValueError(f"{name} is on {x.device} but z is on {z.device}: move it with .to(z.device)")
 
     def compute_context(self, x):
-        return no_autocast(x.device.type if isinstance(x, torch.Tensor) else "cpu")
+        device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        # Enter the autocast-off context only where autocast is on: traced, the context is
+        # an _enter_autocast node, which makes AOT autograd's cache refuse the whole graph
+        # (every restarted process would then re-trace the joint graph: seconds per program).
+        # Dynamo reads the flag at trace time and guards on it, so both states stay correct.
+        if device_type in _AUTOCAST_DEVICES and not torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        return no_autocast(device_type)
 
     def gradient(self, fn, z, cotangent):
         z = z.detach().requires_grad_(True)
