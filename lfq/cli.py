@@ -10,10 +10,12 @@
     lfq conformance --check-golden             # check that they reproduce (float64 results within a tolerance)
 
 `lfq conformance` exits with status 1 when any check fails (2 on a usage error)
-and prints a reproducer (config, seed, Python snippet) for each failure.
-Progress goes to stderr (a running counter on a terminal, a line per backend and
-one at least every 15 s otherwise; every step with -v, nothing with -q), the
-report to stdout. `--register` imports the named module, which runs its code.
+and prints a reproducer (config, seed, Python snippet) for each failure. Two or
+more backends are checked side by side, each in a process of its own
+(`lfq.cli_parallel`; `--jobs N` at most N at once, `--jobs 1` one after the other
+in this process). Progress goes to stderr (`lfq.cli_progress`: a running counter
+on a terminal, a line per backend and one at least every 15 s otherwise; every
+step with -v, nothing with -q), the report to stdout. `--register` imports the named module, which runs its code.
 
 `lfq info` imports no framework: it lists the built-in backends from the
 registry's static metadata and the installed packages' metadata (it takes a
