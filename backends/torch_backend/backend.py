@@ -181,6 +181,7 @@ class TorchBackend(ArrayBackend):
         (any N >= 2 reuses the trace); inputs contiguous, as fresh tensor objects (never
         the caller's own, which `mark_dynamic` would mark)."""
         compiled = torch.compile(fn, fullgraph=True, mode=self.compile_mode)
+        first_call = [True]
 
         def call(x, *rest):
             x = x.contiguous().view(x.shape)
@@ -189,6 +190,11 @@ class TorchBackend(ArrayBackend):
                 mask = rest[1].view(rest[1].shape)
                 torch._dynamo.mark_dynamic(mask, 0)
                 rest = (rest[0], mask)
+            if first_call and _AOT_CACHEABLE is not None:  # it compiles: let AOT autograd cache it
+                with _AOT_CACHEABLE():
+                    out = compiled(x, *rest)
+                first_call.clear()  # N is dynamic: later calls run the compiled code (no 35 us patch)
+                return out
             return compiled(x, *rest)
 
         return call
@@ -271,6 +277,26 @@ class TorchBackend(ArrayBackend):
             return array.to(torch.float32).numpy().astype(validation.numpy_dtype("bfloat16"))
         return array.numpy()
 
+
+def _aot_cacheable():
+    """A context in which AOT autograd's on-disk cache takes our programs' graphs.
+
+    It refuses graphs with a custom `torch.autograd.Function` unless told otherwise
+    (their Python could hide state from the cache key); ours (straight-through, the
+    sub-code probabilities) are traced whole into the graph, forward and backward,
+    so the key sees all of them. Scoped to the calls of our own programs (the
+    compile happens inside the first call): a user's global config is left alone.
+    A restarted process then skips the joint forward-backward trace (measured in
+    docs/performance.md, "Compile times").
+    """
+    from torch._functorch import config
+
+    if not hasattr(config, "autograd_cache_allow_custom_autograd_functions"):  # an older torch
+        return contextlib.nullcontext()
+    return config.patch(autograd_cache_allow_custom_autograd_functions=True)
+
+
+_AOT_CACHEABLE = _aot_cacheable  # None: the programs are called without it
 
 #: `torch.compile` modes (`torch._inductor.list_mode_options()`), besides None.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
