@@ -128,7 +128,9 @@ def run_in_processes(names: list[str], asked: bool, options: dict, progress, job
         sys_path=list(sys.path),
     )
     messages: queue_module.Queue = queue_module.Queue()
-    waiting, running, finished, ended = list(names), {}, {}, set()
+    waiting, ended = list(names), set()
+    running: dict[str, subprocess.Popen] = {}
+    finished: dict[str, tuple] = {}
     try:
         while waiting or running:
             while waiting and len(running) < max(jobs, 1):
@@ -136,6 +138,7 @@ def run_in_processes(names: list[str], asked: bool, options: dict, progress, job
                 process = subprocess.Popen(
                     [sys.executable, "-m", "lfq.cli_parallel"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
                 )
+                assert process.stdin is not None and process.stdout is not None  # both are pipes
                 process.stdin.write(pickle.dumps(dict(common, name=name)))
                 process.stdin.close()
                 threading.Thread(target=_read, args=(name, process.stdout, messages), daemon=True).start()
