@@ -21,7 +21,8 @@ the process's CPU time (`cpu_clock`), so that other work on the machine does not
 * **first call**: the first step of each variant at each D (torch.compile / XLA
   compile, with a fresh inductor cache unless `--warm-cache`); and, each in a fresh
   process, the first forward + backward of `torch.compile(LFQ layer)` on a new
-  inductor cache ("cold") and again on the cache it left ("warm": a restarted run).
+  inductor cache ("cold") and again on the cache it left ("warm": a restarted run),
+  and then of a second input shape in the same process (one recompile).
 * **ops**: aten operations per eager torch step (forward + backward).
 * **memory**: each backend's step in a fresh process at `--memory-tokens`,
   D = `--memory-dim`: growth of the resident high-water mark over the size after
@@ -251,17 +252,21 @@ def run_memory(n: int, d: int, timeout: float) -> list[dict]:
 
 
 def first_call_case(d: int) -> dict:
-    """Seconds of the first forward + backward of `torch.compile(LFQ layer)` (run in a fresh process)."""
+    """Seconds of the first forward + backward of `torch.compile(LFQ layer)` (run in a fresh process),
+    then of a second input shape (torch recompiles once, with the changed axis dynamic)."""
     torch = _torch()
     from lfq.backends.torch_backend import LFQ
 
     layer = LFQ(codebook_size=2**d, dim=d)
-    x = torch.randn(2, 512, d, requires_grad=True)
     compiled = torch.compile(layer)
-    start = time.perf_counter()
-    out = compiled(x)
-    (out[0].sum() + out[2]).backward()
-    return {"D": d, "first_s": time.perf_counter() - start}
+    seconds = []
+    for shape in ((2, 512, d), (3, 300, d)):
+        x = torch.randn(*shape, requires_grad=True)
+        start = time.perf_counter()
+        out = compiled(x)
+        (out[0].sum() + out[2]).backward()
+        seconds.append(time.perf_counter() - start)
+    return {"D": d, "first_s": seconds[0], "second_shape_s": seconds[1]}
 
 
 def run_first_calls(d: int, timeout: float) -> list[dict]:
@@ -445,10 +450,12 @@ def format_report(steps, floors, ops, memory, inference, first_calls=()) -> str:
             )
     if first_calls:
         out.append("")
-        out.append("| first call of torch.compile(LFQ layer), forward + backward | D | inductor cache | s |")
-        out.append("|---|---|---|---|")
+        out.append(
+            "| first call of torch.compile(LFQ layer), forward + backward | D | inductor cache | s | second shape, s |"
+        )
+        out.append("|---|---|---|---|---|")
         for r in first_calls:
-            value = f"{r['first_s']:.1f}" if "first_s" in r else r.get("note", "")[:80]
+            value = f"{r['first_s']:.1f} | {r['second_shape_s']:.1f}" if "first_s" in r else r.get("note", "")[:80]
             out.append(f"| | {r['D']} | {r['cache']} | {value} |")
     return "\n".join(out)
 

@@ -10,10 +10,12 @@
     lfq conformance --check-golden             # check that they reproduce (float64 results within a tolerance)
 
 `lfq conformance` exits with status 1 when any check fails (2 on a usage error)
-and prints a reproducer (config, seed, Python snippet) for each failure.
-Progress goes to stderr (a running counter on a terminal, a line per backend and
-one at least every 15 s otherwise; every step with -v, nothing with -q), the
-report to stdout. `--register` imports the named module, which runs its code.
+and prints a reproducer (config, seed, Python snippet) for each failure. Two or
+more backends are checked side by side, each in a process of its own
+(`lfq.cli_parallel`; `--jobs N` at most N at once, `--jobs 1` one after the other
+in this process). Progress goes to stderr (`lfq.cli_progress`: a running counter
+on a terminal, a line per backend and one at least every 15 s otherwise; every
+step with -v, nothing with -q), the report to stdout. `--register` imports the named module, which runs its code.
 
 `lfq info` imports no framework: it lists the built-in backends from the
 registry's static metadata and the installed packages' metadata (it takes a
@@ -34,6 +36,7 @@ import sys
 import time
 
 import lfq
+from lfq.cli_progress import Progress, progress_mode
 
 __all__ = ["main"]
 
@@ -203,6 +206,46 @@ def _backends(args, status) -> list[str]:
     return [name for name in lfq.list_backends() if name in loaded]
 
 
+def _candidates(args, status) -> list[str]:
+    """The backends a run would check, found without importing a framework (a parallel run's
+    children load them): the asked ones, or every registered one whose framework is installed
+    (the others skipped with the reason, as `_backends` says it). Backends registered here
+    are loaded at once, so that a mistake in --register shows before anything starts."""
+    from lfq import registry
+
+    for name in _REGISTERED:
+        _load(name, True, status, args.device)
+    if args.backend:
+        for name in args.backend:
+            try:
+                reason = registry.unavailable_reason(name)
+            except ValueError as err:  # unknown name
+                raise UsageError(f"--backend {name}: {err}") from None
+            if reason is not None:
+                raise UsageError(f"--backend {name}: {reason}")
+        return list(dict.fromkeys(args.backend))
+    names = []
+    for name in lfq.list_backends():
+        reason = registry.unavailable_reason(name)
+        if reason is None:
+            names.append(name)
+        else:
+            status(f"skipping {name}: {reason}")
+    return names
+
+
+def _run_in_processes(args, names: list[str], progress):
+    """The run of `names` with each backend in a process of its own (`lfq.cli_parallel`)."""
+    from lfq.cli_parallel import run_in_processes
+
+    options = dict(dtypes=args.dtype or None, full=args.full, device=args.device, case_names=args.case or None)
+    jobs = args.jobs or len(names)
+    report, ran = run_in_processes(names, bool(args.backend), options, progress, jobs, progress.mode == "verbose")
+    if not ran and args.device is not None:
+        raise UsageError(f"--device {args.device}: no available backend can use it")
+    return report
+
+
 def _device_problem(name: str, device: str) -> str | None:
     """Why backend `name` cannot make an array on `device` (one small `asarray`), or None.
 
@@ -224,88 +267,11 @@ def _device_problem(name: str, device: str) -> str | None:
 
 # ------------------------------------------------------------------ progress
 
-
-class _Progress:
-    """Renders the runner's steps on stderr.
-
-    "counter": one line rewritten in place (a terminal); "lines": a line as each
-    backend loads, starts and ends; "verbose": those and a line per step; "quiet": nothing.
-    """
-
-    #: In "lines" mode, a line with the count at least this often (seconds of a backend's run).
-    LINE_EVERY = 15.0
-
-    def __init__(self, mode: str, stream=None):
-        self.mode, self.stream = mode, stream or sys.stderr
-        self._live = False  # a counter line is on screen
-        self._last_line = 0.0  # seconds into the current backend's run of the last "lines" line
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # a closed stderr never stops the run
-            self.mode = "quiet"
-
-    def _clear(self) -> None:
-        if self._live:
-            self._write("\r\033[K")
-            self._live = False
-
-    def status(self, text: str, kind: str = "note") -> None:
-        """A message outside the steps: "live" shows only as the counter line (replaced by the
-        next), "log" only as a line of the "lines" and "verbose" modes, "note" always."""
-        if (
-            self.mode == "quiet"
-            or (kind == "live" and self.mode != "counter")
-            or (kind == "log" and self.mode == "counter")
-        ):
-            return
-        self._clear()
-        if kind == "live":
-            self._write(text + " ...")
-            self._live = True
-        else:
-            self._write(text + "\n")
-
-    def __call__(self, step) -> None:
-        if self.mode == "quiet":
-            return
-        done = getattr(step, "what", None) == "done"
-        if not hasattr(step, "total"):  # a plain line from another caller of the runner
-            self.status(str(step))
-            return
-        if done:
-            self._clear()
-            self._write(f"{step.backend}: done, {step.total} steps in {step.seconds:.1f} s\n")
-        elif self.mode == "counter":
-            self._clear()
-            self._write(f"{step.backend}: {step.done}/{step.total} {step.what} ({step.seconds:.0f} s)")
-            self._live = True
-        elif self.mode == "verbose":
-            self._write(f"{step.backend} [{step.done + 1}/{step.total}, {step.seconds:.1f} s]: {step.what}\n")
-        elif step.done == 0:
-            self._write(f"{step.backend}: checking, {step.total} steps ...\n")
-            self._last_line = step.seconds
-        elif step.seconds - self._last_line >= self.LINE_EVERY:
-            # a compiling backend can take minutes: never silent for long
-            self._write(f"{step.backend}: {step.done}/{step.total} steps ({step.seconds:.0f} s), {step.what}\n")
-            self._last_line = step.seconds
-
-    def finish(self) -> None:
-        self._clear()
+_Progress = Progress  # the names the tests and older callers use
 
 
 def _progress_mode(args) -> str:
-    if args.quiet:
-        return "quiet"
-    if args.verbose:
-        return "verbose"
-    try:
-        tty = sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    return "counter" if tty and os.environ.get("TERM") != "dumb" else "lines"
+    return progress_mode(args.quiet, args.verbose)
 
 
 # ------------------------------------------------------------------ lfq conformance
@@ -353,6 +319,8 @@ def _check_paths(args) -> None:
             )
     if args.max_failures < 0:
         raise UsageError(f"--max-failures {args.max_failures}: give 0 or more")
+    if args.jobs < 0:
+        raise UsageError(f"--jobs {args.jobs}: give 1 or more (0: every backend at once)")
 
 
 def cmd_conformance(args) -> int:
@@ -391,13 +359,21 @@ def cmd_conformance(args) -> int:
     if progress.mode != "verbose" and tf_level == logging.NOTSET:
         tf_logger.setLevel(logging.ERROR)
     try:
-        names = _backends(args, progress.status)
-        if args.cross and len(names) < 2:
-            raise UsageError(f"--cross needs two or more available backends, got {names}")
-        options = dict(
-            dtypes=args.dtype or None, full=args.full, device=args.device, cases=args.case or None, progress=progress
-        )
-        report = (conformance.cross if args.cross else conformance.run)(names, **options)
+        candidates = None if args.cross or args.jobs == 1 else _candidates(args, progress.status)
+        if candidates is not None and len(candidates) > 1:
+            report = _run_in_processes(args, candidates, progress)
+        else:
+            names = _backends(args, progress.status)
+            if args.cross and len(names) < 2:
+                raise UsageError(f"--cross needs two or more available backends, got {names}")
+            options = dict(
+                dtypes=args.dtype or None,
+                full=args.full,
+                device=args.device,
+                cases=args.case or None,
+                progress=progress,
+            )
+            report = (conformance.cross if args.cross else conformance.run)(names, **options)
     finally:
         progress.finish()
         tf_logger.setLevel(tf_level)
@@ -468,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="print each step (backend, case, dtype) with its time on stderr"
     )
     chatter.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    conf.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="check up to N backends at once, each in a process of its own (default: all of them; "
+        "1: one after the other, in this process)",
+    )
     conf.add_argument(
         "--write-golden",
         nargs="?",

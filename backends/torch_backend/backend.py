@@ -22,6 +22,7 @@ read) is skipped; `compiled()` keeps it, running the checks eagerly first.
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import final
 
 import array_api_compat.torch as torch_namespace
@@ -34,7 +35,7 @@ from lfq.config import Config
 
 from . import distributed as _dist
 from . import ops
-from .ops import device_constant, no_autocast, straight_through, subcode_probs
+from .ops import _AUTOCAST_DEVICES, device_constant, no_autocast, straight_through, subcode_probs
 
 __all__ = ["TorchBackend"]
 
@@ -151,7 +152,14 @@ class TorchBackend(ArrayBackend):
             raise ValueError(f"{name} is on {x.device} but z is on {z.device}: move it with .to(z.device)")
 
     def compute_context(self, x):
-        return no_autocast(x.device.type if isinstance(x, torch.Tensor) else "cpu")
+        device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        # Enter the autocast-off context only where autocast is on: traced, the context is
+        # an _enter_autocast node, which makes AOT autograd's cache refuse the whole graph
+        # (every restarted process would then re-trace the joint graph: seconds per program).
+        # Dynamo reads the flag at trace time and guards on it, so both states stay correct.
+        if device_type in _AUTOCAST_DEVICES and not torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        return no_autocast(device_type)
 
     def gradient(self, fn, z, cotangent):
         z = z.detach().requires_grad_(True)
@@ -176,6 +184,7 @@ class TorchBackend(ArrayBackend):
         (any N >= 2 reuses the trace); inputs contiguous, as fresh tensor objects (never
         the caller's own, which `mark_dynamic` would mark)."""
         compiled = torch.compile(fn, fullgraph=True, mode=self.compile_mode)
+        first_call = [True]
 
         def call(x, *rest):
             x = x.contiguous().view(x.shape)
@@ -184,6 +193,11 @@ class TorchBackend(ArrayBackend):
                 mask = rest[1].view(rest[1].shape)
                 torch._dynamo.mark_dynamic(mask, 0)
                 rest = (rest[0], mask)
+            if first_call and _AOT_CACHEABLE is not None:  # it compiles: let AOT autograd cache it
+                with _AOT_CACHEABLE():
+                    out = compiled(x, *rest)
+                first_call.clear()  # N is dynamic: later calls run the compiled code (no 35 us patch)
+                return out
             return compiled(x, *rest)
 
         return call
@@ -266,6 +280,26 @@ class TorchBackend(ArrayBackend):
             return array.to(torch.float32).numpy().astype(validation.numpy_dtype("bfloat16"))
         return array.numpy()
 
+
+def _aot_cacheable():
+    """A context in which AOT autograd's on-disk cache takes our programs' graphs.
+
+    It refuses graphs with a custom `torch.autograd.Function` unless told otherwise
+    (their Python could hide state from the cache key); ours (straight-through, the
+    sub-code probabilities) are traced whole into the graph, forward and backward,
+    so the key sees all of them. Scoped to the calls of our own programs (the
+    compile happens inside the first call): a user's global config is left alone.
+    A restarted process then skips the joint forward-backward trace (measured in
+    docs/performance.md, "Compile times").
+    """
+    from torch._functorch import config
+
+    if not hasattr(config, "autograd_cache_allow_custom_autograd_functions"):  # an older torch
+        return contextlib.nullcontext()
+    return config.patch(autograd_cache_allow_custom_autograd_functions=True)
+
+
+_AOT_CACHEABLE = _aot_cacheable  # None: the programs are called without it
 
 #: `torch.compile` modes (`torch._inductor.list_mode_options()`), besides None.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
