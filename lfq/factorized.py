@@ -28,8 +28,7 @@ over the concatenated global batch.
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from lfq import features, tiled
 from lfq.config import Config
+from lfq.schedule import _NO_SCHEDULE, SCHEDULE_FIELDS, Schedule, _is_number, _like
 
 __all__ = [
     "LossSums",
@@ -87,49 +87,6 @@ class LossSums(NamedTuple):
         return LossSums(
             fn(self.sample_entropy), fn(self.token_count), fn(self.commitment), tuple(fn(h) for h in self.histograms)
         )
-
-
-#: Config fields that a training schedule may change per call (see `Schedule`).
-SCHEDULE_FIELDS = ("inv_temperature", "diversity_gamma", "entropy_weight", "commitment_weight")
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Per-call values of `SCHEDULE_FIELDS`, overriding the config's; None keeps the config's.
-
-    A value is a Python number or a 0-d array of the backend (a traced value
-    under a compiler, so that an annealed temperature does not recompile). A
-    weight given as an array counts as zero exactly when the config's weight is
-    zero: whether a term enters the aux loss is decided when the program is
-    built (see `aux_loss`), only its weight is a run-time value.
-    """
-
-    inv_temperature: Any = None
-    diversity_gamma: Any = None
-    entropy_weight: Any = None
-    commitment_weight: Any = None
-
-    def value(self, name: str, cfg: Config):
-        """The value of field `name`: this schedule's, else the config's."""
-        value = getattr(self, name)
-        return getattr(cfg, name) if value is None else value
-
-    def is_zero(self, name: str, cfg: Config) -> bool:
-        """Whether `name` is zero, known without reading a run-time array."""
-        value = self.value(name, cfg)
-        return value == 0 if _is_number(value) else getattr(cfg, name) == 0
-
-
-_NO_SCHEDULE = Schedule()
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real)
-
-
-def _like(value, like, xp):
-    """A Python number unchanged; an array cast to `like`'s dtype (no promotion of `like`)."""
-    return value if _is_number(value) else xp.astype(value, like.dtype)
 
 
 def sum_replicas(parts) -> LossSums:
@@ -217,7 +174,7 @@ _LARGEST_SUBNORMAL = {
 }
 
 
-def flush_subnormal(x, xp, nonnegative: bool = False):
+def flush_subnormal(x, xp, nonnegative: bool = False, overwrite: bool = False):
     r"""`x` with its entries of magnitude below the dtype's smallest normal number replaced by exact 0.
 
     `nonnegative` (x known to be >= 0) saves the `abs`. NaN stays NaN. For the
@@ -229,8 +186,20 @@ def flush_subnormal(x, xp, nonnegative: bool = False):
     mode (`torch.set_flush_denormal`). No loss changes at float precision:
     docs/spec.md ("Subnormal probabilities") bounds the effect. float32 is assumed
     for every dtype but float64 (half inputs are computed in float32).
+
+    `overwrite` (with `nonnegative`: x is a temporary the caller gives up) flushes
+    in place where the namespace can (torch's `threshold_`, NumPy's `putmask`): no
+    second table of x's size, and torch's pass is about 10 times faster than the copy.
     """
     name = "float64" if x.dtype == xp.float64 else "float32"
+    if overwrite and nonnegative:
+        threshold_ = getattr(xp, "threshold_", None)
+        if threshold_ is not None:  # torch: x <= largest subnormal -> 0 (NaN stays)
+            return threshold_(x, _LARGEST_SUBNORMAL[name], 0.0)
+        putmask = getattr(xp, "putmask", None)
+        if putmask is not None:  # NumPy
+            putmask(x, x < SMALLEST_NORMAL[name], 0.0)
+            return x
     hardshrink = getattr(xp, "hardshrink", None)
     if hardshrink is not None:
         # torch: one vectorized kernel; its CPU `where` (plus the compare and the
@@ -255,7 +224,7 @@ def subcode_probs(a, xp):
         return xp.ones_like(xp.sum(a, axis=-1, keepdims=True))
     # [..., k, 2]: per bit, (p(-), p(+)) = the factor for a 0 bit, then a 1 bit.
     pairs = sigmoid(xp.stack([-a, a], axis=-1), xp)
-    return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True)
+    return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True, overwrite=True)
 
 
 def sigmoid(x, xp):
@@ -294,7 +263,7 @@ def subcode_bits(k: int):
     return (np.arange(2**k)[:, None] >> np.arange(k - 1, -1, -1)) & 1
 
 
-def subcode_probs_vjp(a, probs, cotangent, xp):
+def subcode_probs_vjp(a, probs, cotangent, xp, mul: Callable = operator.mul, add: Callable = operator.add):
     r"""Gradient of `subcode_probs` w.r.t. `a`, in O(2^k) work per row and no matrix product.
 
     $p_j = \prod_i \sigma(\pm a_i)$, so $\partial p_j / \partial a_i = p_j\,(\mathrm{bit}_i(j) - \sigma(a_i))$
@@ -304,32 +273,37 @@ def subcode_probs_vjp(a, probs, cotangent, xp):
     Args:
         a: `[..., k]` bit logits; probs: `subcode_probs(a)`, `[..., 2**k]`.
         cotangent: `[..., 2**k]` upstream gradient.
+        mul, add: the products and sums over `[..., 2**j]` tables; a backend whose
+            caller hands over `cotangent` as a temporary passes in-place operations
+            (writing into their first argument), so that no table of the size of
+            `probs` is allocated (`lfq.histogram_grad`).
 
     The sums over the codes with bit i set are `bit_sums`, not a `[M, 2^k] @ [2^k, k]`
     product, whose k columns are too few for a GEMM (2 to 6 times slower on a CPU).
     """
     # No flush here: subnormal entries of the product reach only additions (`bit_sums`),
     # not a matrix product, and flushing would cost a copy of the [.., 2^k] table.
-    weighted = cotangent * probs
+    weighted = mul(cotangent, probs)
     positive = sigmoid(a, xp)
-    on, total = bit_sums(weighted, a.shape[-1], xp)
+    on, total = bit_sums(weighted, a.shape[-1], xp, add)
     return on - positive * total
 
 
-def bit_sums(w, k: int, xp):
+def bit_sums(w, k: int, xp, add: Callable = operator.add):
     """`(on, total)`: `on[..., i]` sums `w[..., j]` over the codes j whose bit i (MSB first)
     is 1, `total[..., 0]` over all j. `w` is `[..., 2**k]`, `on` `[..., k]`, `total` `[..., 1]`.
 
     A halving tree: bit 0 splits the codes into the halves `j < 2^(k-1)` and
     `j >= 2^(k-1)`; the upper half's sum is `on[..., 0]`, and adding the halves
     marginalizes bit 0 out for the remaining bits. 2^k additions per row in all.
+    `add` may write into its first argument (the lower half of `w`).
     """
     lead = tuple(w.shape[:-1])
     outs = []
     for i in range(k):
         halves = xp.reshape(w, lead + (2, 2 ** (k - 1 - i)))
         outs.append(xp.sum(halves[..., 1, :], axis=-1))
-        w = halves[..., 0, :] + halves[..., 1, :]
+        w = add(halves[..., 0, :], halves[..., 1, :])
     on = xp.stack(outs, axis=-1) if outs else xp.zeros_like(w[..., :0])
     return on, w
 
@@ -405,6 +379,7 @@ def loss_sums(
     with_histograms: bool = True,
     device=None,
     schedule: Schedule = _NO_SCHEDULE,
+    histogram_fn: Callable | None = None,
 ) -> LossSums:
     """Token sums of every loss term, for one replica's tokens.
 
@@ -420,6 +395,8 @@ def loss_sums(
             enough for the per-sample entropy and commitment terms, at any D.
         device: where the token count is made without a mask (`features.scalar`).
         schedule: per-call values of the config's schedule fields (`Schedule`).
+        histogram_fn: `(a, weights) -> code_histogram(a, weights, ...)` with a
+            backend's gradient rule (`lfq.histogram_grad`); default `code_histogram`.
 
     Returns:
         `LossSums`. Masked-out tokens are zeroed before any arithmetic, so a NaN or
@@ -446,7 +423,11 @@ def loss_sums(
             probs_a, probs_b = subcode_factors(a[..., lo:hi], weights, xp, subcode_probs_fn)
             hists.append(tiled.Factors(probs_a, probs_b, a[..., lo:hi], weights))
         else:
-            hists.append(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn))
+            group = a[..., lo:hi]
+            if histogram_fn is None:
+                hists.append(code_histogram(group, weights, xp, matmul, subcode_probs_fn))
+            else:
+                hists.append(histogram_fn(group, weights))
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), tuple(hists))
 
 
