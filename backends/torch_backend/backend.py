@@ -105,7 +105,7 @@ class TorchBackend(ArrayBackend):
         return subcode_probs(a)
 
     def code_histogram(self, a, weights, cfg: Config):
-        return ops.code_histogram(a, weights, cfg.precision == "highest")
+        return ops.code_histogram(a, weights, lambda p, q: self.matmul(p, q, cfg))
 
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from .tiled import tiled_entropy  # the recomputing gradient; a custom op under torch.compile

@@ -6,7 +6,7 @@
 * `subcode_probs(a)`: `lfq.factorized.subcode_probs` whose backward is
   the analytic `lfq.factorized.subcode_probs_vjp` (sums over the codes) instead of
   autograd through the per-bit product loop (four or more kernels per bit).
-* `code_histogram(a, weights, highest)`: `lfq.factorized.code_histogram` whose
+* `code_histogram(a, weights, product)`: `lfq.factorized.code_histogram` whose
   backward is `lfq.histogram_grad.code_histogram_vjp`, one half of the bits at a
   time and in place (peak memory).
 * `matmul(a, b, highest)`: `matmul_highest` for float32 when asked, else `torch.matmul`.
@@ -258,15 +258,13 @@ class _CodeHistogram(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(a, weights, highest):
+    def forward(a, weights, product):
         with torch.no_grad():
-            return histogram_grad.histogram_with_factors(
-                a, weights, torch_namespace, lambda p, q: matmul(p, q, highest)
-            )
+            return histogram_grad.histogram_with_factors(a, weights, torch_namespace, product)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, weights, ctx.highest = inputs
+        a, weights, ctx.product = inputs
         _, probs_a, probs_b = output
         ctx.mark_non_differentiable(probs_a, probs_b)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the tables
@@ -277,10 +275,7 @@ class _CodeHistogram(torch.autograd.Function):
         a, weights, probs_a, probs_b = ctx.saved_tensors
         if cotangent is None:  # the histogram did not reach the loss
             return None, None, None
-
-        def product(p, q):
-            return matmul(p, q, ctx.highest)
-
+        product = ctx.product
         if torch.compiler.is_compiling():
             # Traced once for first derivatives (grad mode on while tracing): the saved
             # tables serve, and out-of-place ops (in-place writes into views would be
@@ -299,12 +294,13 @@ class _CodeHistogram(torch.autograd.Function):
         return grad, None, None
 
 
-def code_histogram(a: torch.Tensor, weights: torch.Tensor | None, highest: bool) -> torch.Tensor:
+def code_histogram(a: torch.Tensor, weights: torch.Tensor | None, product) -> torch.Tensor:
     """`[N, C, k]` bit logits (and `[N]` weights or None) -> `[C, 2**|A|, 2**|B|]` code
-    histogram (`lfq.factorized.code_histogram`), with the half-at-a-time gradient."""
+    histogram (`lfq.factorized.code_histogram`), with the half-at-a-time gradient.
+    `product(p, q)` is the backend's batched matrix product (its precision)."""
     if not (torch.is_grad_enabled() and a.requires_grad):  # forward mode (jvp) differentiates this
-        return factorized.code_histogram(a, weights, torch_namespace, lambda p, q: matmul(p, q, highest))
-    return _CodeHistogram.apply(a, weights, highest)[0]
+        return factorized.code_histogram(a, weights, torch_namespace, product)
+    return _CodeHistogram.apply(a, weights, product)[0]
 
 
 def subcode_probs(a: torch.Tensor) -> torch.Tensor:
