@@ -209,11 +209,14 @@ def flush_subnormal(x, xp, nonnegative: bool = False, overwrite: bool = False):
     return xp.where((x if nonnegative else xp.abs(x)) < tiny, xp.zeros_like(x), x)
 
 
-def subcode_probs(a, xp):
+def subcode_probs(a, xp, in_place: bool = True):
     """Probabilities of every sign pattern of the bits of `a`, MSB first.
 
     Args:
         a: `[..., k]` bit logits.
+        in_place: flush the table in place where the namespace can
+            (`flush_subnormal`'s `overwrite`); torch passes False under
+            `torch.compile`, whose functionalization would copy the table instead.
 
     Returns:
         `[..., 2**k]`: entry j is `prod_i p(bit i = bit i of j)`, bit 0 of `a`
@@ -224,7 +227,7 @@ def subcode_probs(a, xp):
         return xp.ones_like(xp.sum(a, axis=-1, keepdims=True))
     # [..., k, 2]: per bit, (p(-), p(+)) = the factor for a 0 bit, then a 1 bit.
     pairs = sigmoid(xp.stack([-a, a], axis=-1), xp)
-    return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True, overwrite=True)
+    return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True, overwrite=in_place)
 
 
 def sigmoid(x, xp):
