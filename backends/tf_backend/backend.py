@@ -90,9 +90,6 @@ class TensorFlowBackend(ArrayBackend):
     def subcode_probs(self, a, cfg: Config):
         return ops.subcode_probs(a)
 
-    def code_histogram(self, a, weights, cfg: Config):
-        return ops.code_histogram(a, weights, lambda p, q: self.matmul(p, q, cfg))
-
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from lfq.backends.tf_backend.tiled import tiled_entropy  # custom gradient over tf.while_loop
 
