@@ -243,6 +243,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, highest: bool) -> torch.Tensor:
     return torch.matmul(a, b)
 
 
+#: Tables from this size on are worth a `malloc_trim` before the backward: glibc's
+#: largest mmap threshold, below which freed blocks stay in its heap anyway.
+_TRIM_BYTES = 32 * 2**20
+
+
 class _CodeHistogram(torch.autograd.Function):
     """Bit logits `[N, C, k]` -> code histogram, with the half-at-a-time gradient.
 
@@ -281,10 +286,12 @@ class _CodeHistogram(torch.autograd.Function):
             probs_a, probs_b = factorized.subcode_factors(a, weights, torch_namespace, subcode_probs)
             grad = histogram_grad.code_histogram_vjp(a, probs_a, probs_b, cotangent, torch_namespace, product)
         else:
-            if a.device.type == "cpu":
+            if a.device.type == "cpu" and probs_a.numel() * probs_a.element_size() >= _TRIM_BYTES:
                 # glibc keeps the forward's freed temporaries in its heap, where the
                 # backward's tables do not fit: hand them back first (peak RSS at
-                # N = 2**17, D = 16: 2.1 -> 1.8 units of P_A + P_B).
+                # N = 2**17, D = 16: 2.1 -> 1.8 units of P_A + P_B). Only for large
+                # tables: the trim walks the whole heap (other frameworks' too), and
+                # pages it returns are faulted in again, which costs small steps 10-20%.
                 tiled.release_heap()
             grad = histogram_grad.code_histogram_vjp(
                 a, probs_a, probs_b, cotangent, torch_namespace, product, torch.Tensor.mul_, torch.Tensor.add_
