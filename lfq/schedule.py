@@ -28,7 +28,7 @@ class Schedule:
     under a compiler, so that an annealed temperature does not recompile). A
     weight given as an array counts as zero exactly when the config's weight is
     zero: whether a term enters the aux loss is decided when the program is
-    built (see `aux_loss`), only its weight is a run-time value.
+    built (see `lfq.factorized.aux_loss`), only its weight is a run-time value.
     """
 
     inv_temperature: Any = None

@@ -18,15 +18,7 @@ from tensorflow.compiler.xla import xla_data_pb2
 
 from lfq import factorized, validation
 
-__all__ = [
-    "as_tensor",
-    "device_name",
-    "dot_tn",
-    "matmul_highest",
-    "pass_gradient",
-    "positive",
-    "subcode_probs",
-]
+__all__ = ["as_tensor", "device_name", "dot_tn", "matmul_highest", "pass_gradient", "positive", "subcode_probs"]
 
 _HIGHEST = xla_data_pb2.PrecisionConfig(operand_precision=[xla_data_pb2.PrecisionConfig.HIGHEST] * 2)
 
