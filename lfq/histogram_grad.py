@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from lfq import factorized
 
-__all__ = ["code_histogram_vjp", "histogram_with_factors"]
+__all__ = ["code_histogram_vjp", "histogram_with_factors", "token_block_histogram"]
 
 
 def histogram_with_factors(a, weights, xp, matmul: Callable, subcode_probs_fn: Callable | None = None):
@@ -82,3 +82,34 @@ def code_histogram_vjp(
     )
     grad_b = factorized.subcode_probs_vjp(logits[..., split:], table_b, matmul(table_a, cotangent), xp, mul, add)
     return xp.permute_dims(xp.concat([grad_a, grad_b], axis=-1), (1, 0, 2))
+
+
+def token_block_histogram(a, weights, rows: int, xp, histogram: Callable, scan: Callable):
+    """`code_histogram` summed over blocks of `rows` tokens, for a framework that recomputes
+    each block in the backward pass (its `scan` checkpoints the body).
+
+    Peak memory is then that of one block's tables, whatever N: the forward keeps only
+    the running `[C, 2**|A|, 2**|B|]` sum, the backward recomputes a block's `P_A`,
+    `P_B` from its `[rows, C, k]` logits (as flash attention recomputes its tiles).
+
+    Args:
+        a: `[N, C, k]` bit logits, N > rows; weights: `[N]` or None.
+        rows: tokens per block; the last block is padded with weight-0 tokens.
+        histogram: `(a_block, weights_block) -> [C, 2**|A|, 2**|B|]`.
+        scan: `jax.lax.scan`'s contract (`lfq.tiled.python_scan`).
+    """
+    n, c, k = a.shape
+    blocks = -(-n // rows)
+    pad = blocks * rows - n  # < rows < n
+    w = xp.ones_like(a[:, 0, 0]) if weights is None else weights
+    if pad:
+        a = xp.concat([a, xp.zeros_like(a[:pad])], axis=0)
+        w = xp.concat([w, xp.zeros_like(w[:pad])], axis=0)
+    high = (k + 1) // 2
+
+    def body(total, block):
+        return total + histogram(*block), None
+
+    init = xp.zeros((c, 2**high, 2 ** (k - high)), dtype=a.dtype)
+    total, _ = scan(body, init, (xp.reshape(a, (blocks, rows, c, k)), xp.reshape(w, (blocks, rows))))
+    return total
