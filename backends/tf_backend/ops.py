@@ -3,6 +3,8 @@
 * `matmul_highest`: batched products as XLA dots with operand precision HIGHEST
   (full float32, never TF32), differentiable to any order;
 * `subcode_probs`: `lfq.factorized.subcode_probs` with its analytic gradient;
+* `block_histogram`: the code histogram over blocks of tokens, recomputed in the
+  gradient (large tables);
 * `positive`: `x > 0` on the bit pattern (subnormal-safe);
 * `pass_gradient`: the straight-through value/gradient split;
 * `as_tensor`, `device_name`: input conversion and device strings.
@@ -16,9 +18,18 @@ from lfq.backends.tf_backend import array_namespace
 from tensorflow.compiler.tf2xla.python import xla as tf2xla
 from tensorflow.compiler.xla import xla_data_pb2
 
-from lfq import factorized, validation
+from lfq import factorized, histogram_grad, validation
 
-__all__ = ["as_tensor", "device_name", "dot_tn", "matmul_highest", "pass_gradient", "positive", "subcode_probs"]
+__all__ = [
+    "as_tensor",
+    "block_histogram",
+    "device_name",
+    "dot_tn",
+    "matmul_highest",
+    "pass_gradient",
+    "positive",
+    "subcode_probs",
+]
 
 _HIGHEST = xla_data_pb2.PrecisionConfig(operand_precision=[xla_data_pb2.PrecisionConfig.HIGHEST] * 2)
 
@@ -131,6 +142,55 @@ class _RowSums:
 
 
 _ROW_SUMS = _RowSums()
+
+
+def block_histogram(a, weights, rows: int, matmul):
+    """`factorized.code_histogram(a, weights)` summed over blocks of `rows` tokens in a
+    `tf.while_loop`; the gradient loops over the blocks again, recomputing each block's
+    tables and taking `histogram_grad.code_histogram_vjp` of it (one half at a time).
+
+    Nothing of the size of all N tokens' `P_A` is formed, forward or backward. For large
+    tables only (`TensorFlowBackend.code_histogram`): first derivatives.
+
+    Args:
+        a: `[N, C, k]` bit logits with a static N > rows; weights: `[N]` or None.
+        rows: tokens per block (the last block padded with weight-0 tokens).
+        matmul: the backend's batched product.
+    """
+    n, c, k = a.shape
+    blocks = -(-n // rows)
+    pad = blocks * rows - n
+    w = tf.ones_like(a[:, 0, 0]) if weights is None else weights
+    w_blocks = tf.reshape(tf.concat([w, tf.zeros_like(w[:pad])], axis=0), (blocks, rows))
+    high = (k + 1) // 2
+
+    def table(i, a_blocks):
+        return histogram_grad.histogram_with_factors(tf.gather(a_blocks, i), tf.gather(w_blocks, i), _ROW_SUMS, matmul)
+
+    @tf.custom_gradient
+    def run(a_blocks):
+        def add(i, total):
+            return i + 1, total + table(i, a_blocks)[0]
+
+        init = tf.zeros((c, 2**high, 2 ** (k - high)), a.dtype)
+        _, total = tf.while_loop(lambda i, _: i < blocks, add, (tf.constant(0), init), parallel_iterations=1)
+
+        def grad(cotangent):
+            def step(i, grads):
+                _, probs_a, probs_b = table(i, a_blocks)
+                block = histogram_grad.code_histogram_vjp(
+                    tf.gather(a_blocks, i), probs_a, probs_b, cotangent, _ROW_SUMS, matmul
+                )
+                return i + 1, grads.write(i, block)
+
+            grads = tf.TensorArray(a.dtype, size=blocks)
+            _, grads = tf.while_loop(lambda i, _: i < blocks, step, (tf.constant(0), grads), parallel_iterations=1)
+            return grads.stack()
+
+        return total, grad
+
+    padded = tf.concat([a, tf.zeros_like(a[:pad])], axis=0)
+    return run(tf.reshape(padded, (blocks, rows, c, k)))
 
 
 _INT_OF_SIZE = {2: tf.int16, 4: tf.int32, 8: tf.int64}
