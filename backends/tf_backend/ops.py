@@ -3,8 +3,8 @@
 * `matmul_highest`: batched products as XLA dots with operand precision HIGHEST
   (full float32, never TF32), differentiable to any order;
 * `subcode_probs`: `lfq.factorized.subcode_probs` with its analytic gradient;
-* `block_histogram`: the code histogram over blocks of tokens, recomputed in the
-  gradient (large tables);
+* `block_histogram`: the code histogram over blocks of tokens, each block
+  recomputed in the gradient (large tables);
 * `positive`: `x > 0` on the bit pattern (subnormal-safe);
 * `pass_gradient`: the straight-through value/gradient split;
 * `as_tensor`, `device_name`: input conversion and device strings.
@@ -18,7 +18,7 @@ from lfq.backends.tf_backend import array_namespace
 from tensorflow.compiler.tf2xla.python import xla as tf2xla
 from tensorflow.compiler.xla import xla_data_pb2
 
-from lfq import factorized, histogram_grad, validation
+from lfq import factorized, validation
 
 __all__ = [
     "as_tensor",
@@ -129,8 +129,8 @@ class _RowSums:
     entropy's sum over all codes); XLA:CPU then materializes each half-table of
     `bit_sums` as a float64 copy (twice the table's bytes) before reducing it
     (peak of a compiled step at N = 2**17, D = 16: 4.3 -> 3.4 units of `P_A + P_B`).
-    A custom gradient for the whole histogram (`lfq.histogram_grad`) gave 3.0 but
-    doubled the compiled step's time at N = 4096, D = 14, so it is not used here.
+    (`lfq.histogram_grad.code_histogram_vjp` as the whole histogram's custom gradient
+    gave 3.0 but doubled the compiled step's time at N = 4096, D = 14: not used.)
     """
 
     def __getattr__(self, name):
@@ -144,10 +144,10 @@ class _RowSums:
 _ROW_SUMS = _RowSums()
 
 
-def block_histogram(a, weights, rows: int, matmul):
-    """`factorized.code_histogram(a, weights)` summed over blocks of `rows` tokens in a
-    `tf.while_loop`; the gradient loops over the blocks again, recomputing each block's
-    tables and taking `histogram_grad.code_histogram_vjp` of it (one half at a time).
+def block_histogram(a, weights, rows: int, histogram):
+    """`histogram(a, weights)` (the code histogram) summed over blocks of `rows` tokens in
+    a `tf.while_loop`; the gradient loops over the blocks again, recomputing each block's
+    histogram under a tape and differentiating it (the backend's own gradient rules).
 
     Nothing of the size of all N tokens' `P_A` is formed, forward or backward. For large
     tables only (`TensorFlowBackend.code_histogram`): first derivatives.
@@ -155,7 +155,7 @@ def block_histogram(a, weights, rows: int, matmul):
     Args:
         a: `[N, C, k]` bit logits with a static N > rows; weights: `[N]` or None.
         rows: tokens per block (the last block padded with weight-0 tokens).
-        matmul: the backend's batched product.
+        histogram: `(a_block, weights_block) -> [C, 2**|A|, 2**|B|]`.
     """
     n, c, k = a.shape
     blocks = -(-n // rows)
@@ -164,24 +164,21 @@ def block_histogram(a, weights, rows: int, matmul):
     w_blocks = tf.reshape(tf.concat([w, tf.zeros_like(w[:pad])], axis=0), (blocks, rows))
     high = (k + 1) // 2
 
-    def table(i, a_blocks):
-        return histogram_grad.histogram_with_factors(tf.gather(a_blocks, i), tf.gather(w_blocks, i), _ROW_SUMS, matmul)
-
     @tf.custom_gradient
     def run(a_blocks):
         def add(i, total):
-            return i + 1, total + table(i, a_blocks)[0]
+            return i + 1, total + histogram(tf.gather(a_blocks, i), tf.gather(w_blocks, i))
 
         init = tf.zeros((c, 2**high, 2 ** (k - high)), a.dtype)
         _, total = tf.while_loop(lambda i, _: i < blocks, add, (tf.constant(0), init), parallel_iterations=1)
 
         def grad(cotangent):
             def step(i, grads):
-                _, probs_a, probs_b = table(i, a_blocks)
-                block = histogram_grad.code_histogram_vjp(
-                    tf.gather(a_blocks, i), probs_a, probs_b, cotangent, _ROW_SUMS, matmul
-                )
-                return i + 1, grads.write(i, block)
+                block = tf.gather(a_blocks, i)
+                with tf.GradientTape() as tape:
+                    tape.watch(block)
+                    hist = histogram(block, tf.gather(w_blocks, i))
+                return i + 1, grads.write(i, tape.gradient(hist, block, output_gradients=cotangent))
 
             grads = tf.TensorArray(a.dtype, size=blocks)
             _, grads = tf.while_loop(lambda i, _: i < blocks, step, (tf.constant(0), grads), parallel_iterations=1)
