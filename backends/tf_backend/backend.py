@@ -102,8 +102,11 @@ class TensorFlowBackend(ArrayBackend):
         row_bytes = c * 2 ** ((k + 1) // 2) * a.dtype.size
         if not isinstance(n, int) or n * row_bytes < 4 * _BLOCK_BYTES:
             return super().code_histogram(a, weights, cfg)
-        rows = _BLOCK_BYTES // row_bytes
-        return ops.block_histogram(a, weights, rows, lambda p, q: super(TensorFlowBackend, self).code_histogram(p, q, cfg))
+
+        def histogram(a_block, w_block):
+            return super(TensorFlowBackend, self).code_histogram(a_block, w_block, cfg)
+
+        return ops.block_histogram(a, weights, _BLOCK_BYTES // row_bytes, histogram)
 
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from lfq.backends.tf_backend.tiled import tiled_entropy  # custom gradient over tf.while_loop
