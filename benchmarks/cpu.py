@@ -235,9 +235,9 @@ def memory_case(variant: str, n: int, d: int) -> dict:
     return {"variant": variant, "N": n, "D": d, "peak_mib": grow, "pab_mib": unit, "x_pab": grow / unit}
 
 
-def run_memory(n: int, d: int, timeout: float) -> list[dict]:
+def run_memory(n: int, d: int, timeout: float, variants=MEMORY_VARIANTS) -> list[dict]:
     rows = []
-    for v in MEMORY_VARIANTS:
+    for v in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--_memory", json.dumps([v, n, d])]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -469,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--memory-tokens", type=int, default=2**18)
     parser.add_argument("--memory-dim", type=int, default=16)
+    parser.add_argument("--memory-variants", nargs="+", default=list(MEMORY_VARIANTS), choices=MEMORY_VARIANTS)
     parser.add_argument("--inference-tokens", type=int, default=2**22)
     parser.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=list(ALLOCATORS))
     parser.add_argument("--skip", nargs="*", default=[], choices=["steps", "memory", "inference", "ops", "first-call"])
@@ -503,7 +504,9 @@ def main(argv=None) -> int:
         for std in args.stds:
             steps += time_steps(args.variants, d, args.tokens, std, args.repeat)
             print(format_report(steps[-len(args.variants) :], floors, {}, [], []), file=sys.stderr, flush=True)
-    memory = [] if "memory" in args.skip else run_memory(args.memory_tokens, args.memory_dim, 1200)
+    memory = (
+        [] if "memory" in args.skip else run_memory(args.memory_tokens, args.memory_dim, 1200, args.memory_variants)
+    )
     inference = []
     if "inference" not in args.skip:
         inference = run_inference(args.inference_tokens, 16, args.repeat, 1200, args.allocators)

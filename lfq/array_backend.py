@@ -80,6 +80,14 @@ class ArrayBackend:
         """Hook: batched matrix product for the code histograms (full float32 by default)."""
         return self.namespace(a).matmul(a, b)
 
+    def code_histogram(self, a, weights, cfg: Config):
+        """Hook: `factorized.code_histogram` of one bit group; backends attach the
+        half-at-a-time gradient `lfq.histogram_grad.code_histogram_vjp` (peak memory)."""
+        xp = self.namespace(a)
+        return factorized.code_histogram(
+            a, weights, xp, lambda p, q: self.matmul(p, q, cfg), lambda b: self.subcode_probs(b, cfg)
+        )
+
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         """Hook: `lfq.tiled.entropy_sum` (a group's batch entropy in tiles of `rows` rows).
 
@@ -468,6 +476,7 @@ class ArrayBackend:
             with_histograms=batch_entropy,
             device=device,
             schedule=schedule,
+            histogram_fn=lambda a, w: self.code_histogram(a, w, cfg),
         )
         sums = self.all_reduce(sums, options, cfg)
         losses = factorized.losses_from_sums(

@@ -28,8 +28,7 @@ over the concatenated global batch.
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,6 +36,8 @@ import numpy as np
 
 from lfq import features, tiled
 from lfq.config import Config
+from lfq.schedule import _NO_SCHEDULE, SCHEDULE_FIELDS, Schedule, _is_number, _like
+from lfq.subnormal import flush_subnormal
 
 __all__ = [
     "LossSums",
@@ -87,49 +88,6 @@ class LossSums(NamedTuple):
         return LossSums(
             fn(self.sample_entropy), fn(self.token_count), fn(self.commitment), tuple(fn(h) for h in self.histograms)
         )
-
-
-#: Config fields that a training schedule may change per call (see `Schedule`).
-SCHEDULE_FIELDS = ("inv_temperature", "diversity_gamma", "entropy_weight", "commitment_weight")
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Per-call values of `SCHEDULE_FIELDS`, overriding the config's; None keeps the config's.
-
-    A value is a Python number or a 0-d array of the backend (a traced value
-    under a compiler, so that an annealed temperature does not recompile). A
-    weight given as an array counts as zero exactly when the config's weight is
-    zero: whether a term enters the aux loss is decided when the program is
-    built (see `aux_loss`), only its weight is a run-time value.
-    """
-
-    inv_temperature: Any = None
-    diversity_gamma: Any = None
-    entropy_weight: Any = None
-    commitment_weight: Any = None
-
-    def value(self, name: str, cfg: Config):
-        """The value of field `name`: this schedule's, else the config's."""
-        value = getattr(self, name)
-        return getattr(cfg, name) if value is None else value
-
-    def is_zero(self, name: str, cfg: Config) -> bool:
-        """Whether `name` is zero, known without reading a run-time array."""
-        value = self.value(name, cfg)
-        return value == 0 if _is_number(value) else getattr(cfg, name) == 0
-
-
-_NO_SCHEDULE = Schedule()
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real)
-
-
-def _like(value, like, xp):
-    """A Python number unchanged; an array cast to `like`'s dtype (no promotion of `like`)."""
-    return value if _is_number(value) else xp.astype(value, like.dtype)
 
 
 def sum_replicas(parts) -> LossSums:
@@ -208,43 +166,14 @@ def bernoulli_entropy(a, xp):
     return soft + t * xp.exp(-t - soft)
 
 
-#: Smallest positive normal float32 and float64 (`finfo(dtype).smallest_normal`).
-SMALLEST_NORMAL = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
-#: Largest subnormal float32 and float64: `hardshrink(x, this)` zeros exactly the subnormals.
-_LARGEST_SUBNORMAL = {
-    name: float(np.nextafter(np.asarray(tiny, dtype), dtype(0)))
-    for (name, tiny), dtype in zip(SMALLEST_NORMAL.items(), (np.float32, np.float64))
-}
-
-
-def flush_subnormal(x, xp, nonnegative: bool = False):
-    r"""`x` with its entries of magnitude below the dtype's smallest normal number replaced by exact 0.
-
-    `nonnegative` (x known to be >= 0) saves the `abs`. NaN stays NaN. For the
-    operands of the matrix products (the sub-code probabilities, and the reference's
-    cotangent-weighted copies): a CPU matrix product with subnormal inputs runs
-    up to 100 times slower where the hardware takes a microcode assist per subnormal
-    (10% of the float32 entries of $P_A$ are subnormal at input std 0.1); flushing
-    them here keeps every backend fast without changing a process-wide floating-point
-    mode (`torch.set_flush_denormal`). No loss changes at float precision:
-    docs/spec.md ("Subnormal probabilities") bounds the effect. float32 is assumed
-    for every dtype but float64 (half inputs are computed in float32).
-    """
-    name = "float64" if x.dtype == xp.float64 else "float32"
-    hardshrink = getattr(xp, "hardshrink", None)
-    if hardshrink is not None:
-        # torch: one vectorized kernel; its CPU `where` (plus the compare and the
-        # zeros) costs about 10 times as much, which is most of an eager step's flush.
-        return hardshrink(x, _LARGEST_SUBNORMAL[name])
-    tiny = SMALLEST_NORMAL[name]
-    return xp.where((x if nonnegative else xp.abs(x)) < tiny, xp.zeros_like(x), x)
-
-
-def subcode_probs(a, xp):
+def subcode_probs(a, xp, in_place: bool = True):
     """Probabilities of every sign pattern of the bits of `a`, MSB first.
 
     Args:
         a: `[..., k]` bit logits.
+        in_place: flush the table in place where the namespace can
+            (`flush_subnormal`'s `overwrite`); torch passes False under
+            `torch.compile`, whose functionalization would copy the table instead.
 
     Returns:
         `[..., 2**k]`: entry j is `prod_i p(bit i = bit i of j)`, bit 0 of `a`
@@ -255,7 +184,7 @@ def subcode_probs(a, xp):
         return xp.ones_like(xp.sum(a, axis=-1, keepdims=True))
     # [..., k, 2]: per bit, (p(-), p(+)) = the factor for a 0 bit, then a 1 bit.
     pairs = sigmoid(xp.stack([-a, a], axis=-1), xp)
-    return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True)
+    return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True, overwrite=in_place)
 
 
 def sigmoid(x, xp):
@@ -294,7 +223,15 @@ def subcode_bits(k: int):
     return (np.arange(2**k)[:, None] >> np.arange(k - 1, -1, -1)) & 1
 
 
-def subcode_probs_vjp(a, probs, cotangent, xp, bit_sums_fn: Callable | None = None):
+def subcode_probs_vjp(
+    a,
+    probs,
+    cotangent,
+    xp,
+    mul: Callable = operator.mul,
+    add: Callable = operator.add,
+    bit_sums_fn: Callable | None = None,
+):
     r"""Gradient of `subcode_probs` w.r.t. `a`, in O(2^k) work per row and no matrix product.
 
     $p_j = \prod_i \sigma(\pm a_i)$, so $\partial p_j / \partial a_i = p_j\,(\mathrm{bit}_i(j) - \sigma(a_i))$
@@ -304,33 +241,44 @@ def subcode_probs_vjp(a, probs, cotangent, xp, bit_sums_fn: Callable | None = No
     Args:
         a: `[..., k]` bit logits; probs: `subcode_probs(a)`, `[..., 2**k]`.
         cotangent: `[..., 2**k]` upstream gradient.
+        mul, add: the products and sums over `[..., 2**j]` tables; a backend whose
+            caller hands over `cotangent` as a temporary passes in-place operations
+            (writing into their first argument), so that no table of the size of
+            `probs` is allocated (`lfq.histogram_grad`).
         bit_sums_fn: `bit_sums(w, k)` computed another way (default `bit_sums`).
 
-    The sums over the codes with bit i set are `bit_sums`, not a `[M, 2^k] @ [2^k, k]`
-    product, whose k columns are too few for a GEMM (2 to 6 times slower on a CPU).
+    The sums over the codes with bit i set are `bit_sums` by default, not a
+    `[M, 2^k] @ [2^k, k]` product, whose k columns are too few for a GEMM in torch's
+    kernels (2 to 6 times slower on a CPU); under XLA it is the other way round, and
+    the TensorFlow backend passes that product as `bit_sums_fn`.
     """
-    # No flush here: subnormal entries of the product reach only additions (`bit_sums`),
-    # not a matrix product, and flushing would cost a copy of the [.., 2^k] table.
-    weighted = cotangent * probs
+    # No flush here: with `bit_sums` subnormal entries of the product reach only
+    # additions, and flushing would cost a copy of the [.., 2^k] table (the TensorFlow
+    # product runs where the framework itself treats subnormal inputs as 0).
+    weighted = mul(cotangent, probs)
     positive = sigmoid(a, xp)
-    on, total = bit_sums(weighted, a.shape[-1], xp) if bit_sums_fn is None else bit_sums_fn(weighted, a.shape[-1])
+    if bit_sums_fn is None:
+        on, total = bit_sums(weighted, a.shape[-1], xp, add)
+    else:
+        on, total = bit_sums_fn(weighted, a.shape[-1])
     return on - positive * total
 
 
-def bit_sums(w, k: int, xp):
+def bit_sums(w, k: int, xp, add: Callable = operator.add):
     """`(on, total)`: `on[..., i]` sums `w[..., j]` over the codes j whose bit i (MSB first)
     is 1, `total[..., 0]` over all j. `w` is `[..., 2**k]`, `on` `[..., k]`, `total` `[..., 1]`.
 
     A halving tree: bit 0 splits the codes into the halves `j < 2^(k-1)` and
     `j >= 2^(k-1)`; the upper half's sum is `on[..., 0]`, and adding the halves
     marginalizes bit 0 out for the remaining bits. 2^k additions per row in all.
+    `add` may write into its first argument (the lower half of `w`).
     """
     lead = tuple(w.shape[:-1])
     outs = []
     for i in range(k):
         halves = xp.reshape(w, lead + (2, 2 ** (k - 1 - i)))
         outs.append(xp.sum(halves[..., 1, :], axis=-1))
-        w = halves[..., 0, :] + halves[..., 1, :]
+        w = add(halves[..., 0, :], halves[..., 1, :])
     on = xp.stack(outs, axis=-1) if outs else xp.zeros_like(w[..., :0])
     return on, w
 
@@ -406,6 +354,7 @@ def loss_sums(
     with_histograms: bool = True,
     device=None,
     schedule: Schedule = _NO_SCHEDULE,
+    histogram_fn: Callable | None = None,
 ) -> LossSums:
     """Token sums of every loss term, for one replica's tokens.
 
@@ -421,6 +370,8 @@ def loss_sums(
             enough for the per-sample entropy and commitment terms, at any D.
         device: where the token count is made without a mask (`features.scalar`).
         schedule: per-call values of the config's schedule fields (`Schedule`).
+        histogram_fn: `(a, weights) -> code_histogram(a, weights, ...)` with a
+            backend's gradient rule (`lfq.histogram_grad`); default `code_histogram`.
 
     Returns:
         `LossSums`. Masked-out tokens are zeroed before any arithmetic, so a NaN or
@@ -447,7 +398,11 @@ def loss_sums(
             probs_a, probs_b = subcode_factors(a[..., lo:hi], weights, xp, subcode_probs_fn)
             hists.append(tiled.Factors(probs_a, probs_b, a[..., lo:hi], weights))
         else:
-            hists.append(code_histogram(a[..., lo:hi], weights, xp, matmul, subcode_probs_fn))
+            group = a[..., lo:hi]
+            if histogram_fn is None:
+                hists.append(code_histogram(group, weights, xp, matmul, subcode_probs_fn))
+            else:
+                hists.append(histogram_fn(group, weights))
     return LossSums(xp.sum(per_bit), count, xp.sum(sq_err), tuple(hists))
 
 

@@ -44,6 +44,10 @@ def _fully_defined(z) -> bool:
     return z.shape.is_fully_defined()
 
 
+#: Bytes of `P_A` per block of tokens in `TensorFlowBackend.code_histogram` (from 4 blocks on).
+_BLOCK_BYTES = 16 * 2**20
+
+
 class TensorFlowBackend(ArrayBackend):
     """LFQ on `tf.Tensor` (CPU or GPU), eager and inside `tf.function` / XLA.
 
@@ -89,6 +93,20 @@ class TensorFlowBackend(ArrayBackend):
 
     def subcode_probs(self, a, cfg: Config):
         return ops.subcode_probs(a)
+
+    def code_histogram(self, a, weights, cfg: Config):
+        """Past `_BLOCK_BYTES` of `P_A` (static N), the histogram over blocks of tokens,
+        recomputed in the gradient (`ops.block_histogram`): XLA:CPU keeps about four
+        tables of `P_A`'s size alive in a step's backward, blocks bound them."""
+        n, c, k = a.shape
+        row_bytes = c * 2 ** ((k + 1) // 2) * a.dtype.size
+        if not isinstance(n, int) or n * row_bytes < 4 * _BLOCK_BYTES:
+            return super().code_histogram(a, weights, cfg)
+
+        def histogram(a_block, w_block):
+            return super(TensorFlowBackend, self).code_histogram(a_block, w_block, cfg)
+
+        return ops.block_histogram(a, weights, _BLOCK_BYTES // row_bytes, histogram)
 
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from lfq.backends.tf_backend.tiled import tiled_entropy  # custom gradient over tf.while_loop

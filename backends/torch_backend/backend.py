@@ -108,6 +108,9 @@ class TorchBackend(ArrayBackend):
     def subcode_probs(self, a, cfg: Config):
         return subcode_probs(a)
 
+    def code_histogram(self, a, weights, cfg: Config):
+        return ops.code_histogram(a, weights, lambda p, q: self.matmul(p, q, cfg))
+
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from .tiled import tiled_entropy  # the recomputing gradient; a custom op under torch.compile
 
