@@ -58,6 +58,7 @@ __all__ = [
     "subcode_factors",
     "subcode_probs",
     "subcode_probs_vjp",
+    "sigmoid_pairs",
     "sigmoid",
     "sum_replicas",
 ]
@@ -166,7 +167,12 @@ def bernoulli_entropy(a, xp):
     return soft + t * xp.exp(-t - soft)
 
 
-def subcode_probs(a, xp, in_place: bool = True):
+def sigmoid_pairs(a, xp):
+    """`[..., k, 2]`: per bit of `a` (`[..., k]` logits), `(p(bit = 0), p(bit = 1))` = `(sigmoid(-a), sigmoid(a))`."""
+    return sigmoid(xp.stack([-a, a], axis=-1), xp)
+
+
+def subcode_probs(a, xp, in_place: bool = True, pairs=None):
     """Probabilities of every sign pattern of the bits of `a`, MSB first.
 
     Args:
@@ -174,6 +180,7 @@ def subcode_probs(a, xp, in_place: bool = True):
         in_place: flush the table in place where the namespace can
             (`flush_subnormal`'s `overwrite`); torch passes False under
             `torch.compile`, whose functionalization would copy the table instead.
+        pairs: `sigmoid_pairs(a, xp)` when the caller has it (computed here otherwise).
 
     Returns:
         `[..., 2**k]`: entry j is `prod_i p(bit i = bit i of j)`, bit 0 of `a`
@@ -183,7 +190,7 @@ def subcode_probs(a, xp, in_place: bool = True):
     if a.shape[-1] == 0:  # the empty half of D = 1: one pattern of probability 1, on a's device
         return xp.ones_like(xp.sum(a, axis=-1, keepdims=True))
     # [..., k, 2]: per bit, (p(-), p(+)) = the factor for a 0 bit, then a 1 bit.
-    pairs = sigmoid(xp.stack([-a, a], axis=-1), xp)
+    pairs = sigmoid_pairs(a, xp) if pairs is None else pairs
     return flush_subnormal(_outer_tree(pairs, 0, a.shape[-1], xp), xp, nonnegative=True, overwrite=in_place)
 
 
@@ -231,6 +238,7 @@ def subcode_probs_vjp(
     mul: Callable = operator.mul,
     add: Callable = operator.add,
     bit_sums_fn: Callable | None = None,
+    positive=None,
 ):
     r"""Gradient of `subcode_probs` w.r.t. `a`, in O(2^k) work per row and no matrix product.
 
@@ -246,6 +254,7 @@ def subcode_probs_vjp(
             (writing into their first argument), so that no table of the size of
             `probs` is allocated (`lfq.histogram_grad`).
         bit_sums_fn: `bit_sums(w, k)` computed another way (default `bit_sums`).
+        positive: `sigmoid(a)` when the caller saved it (computed here otherwise).
 
     The sums over the codes with bit i set are `bit_sums` by default, not a
     `[M, 2^k] @ [2^k, k]` product, whose k columns are too few for a GEMM in torch's
@@ -256,7 +265,7 @@ def subcode_probs_vjp(
     # additions, and flushing would cost a copy of the [.., 2^k] table (the TensorFlow
     # product runs where the framework itself treats subnormal inputs as 0).
     weighted = mul(cotangent, probs)
-    positive = sigmoid(a, xp)
+    positive = sigmoid(a, xp) if positive is None else positive
     if bit_sums_fn is None:
         on, total = bit_sums(weighted, a.shape[-1], xp, add)
     else:

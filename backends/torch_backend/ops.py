@@ -154,6 +154,20 @@ def _matmul_highest_backward(ctx, grad):
 
 matmul_highest.register_autograd(_matmul_highest_backward, setup_context=_matmul_highest_setup)
 
+
+@torch.library.custom_op("lfq::stored", mutates_args=())
+def stored(x: torch.Tensor) -> torch.Tensor:
+    """A copy of `x` that inductor cannot see through: what is computed before it is
+    stored once, and what reads it loads it, instead of inductor fusing the producer
+    into every consumer (recomputing it per element). Under `torch.compile` only."""
+    return x.clone()
+
+
+@stored.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
 _DEVICE_CONSTANTS: dict = {}
 
 
@@ -189,17 +203,29 @@ class _SubcodeProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(a):
-        return factorized.subcode_probs(a, torch_namespace, not torch.compiler.is_compiling())
+        # The `[..., k, 2]` sigmoid pairs are an output (saved for the backward) so that
+        # inductor stores them once: left inside the table's fused kernel, they were
+        # recomputed for every entry (a division per bit per entry, scalar code: 2-3x the
+        # whole step at D = 14), and their products made subnormals one multiply at a time.
+        pairs = factorized.sigmoid_pairs(a, torch_namespace)
+        compiling = torch.compiler.is_compiling()
+        if compiling:
+            pairs = stored(pairs)
+        return factorized.subcode_probs(a, torch_namespace, not compiling, pairs), pairs
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         (a,) = inputs
-        ctx.save_for_backward(a, output)
+        probs, pairs = output
+        ctx.mark_non_differentiable(pairs)
+        ctx.save_for_backward(a, probs, pairs)
 
     @staticmethod
-    def backward(ctx, cotangent):
-        a, probs = ctx.saved_tensors
-        return factorized.subcode_probs_vjp(a, probs, cotangent, torch_namespace)
+    def backward(ctx, cotangent, _pairs_cotangent):
+        a, probs, pairs = ctx.saved_tensors
+        # Differentiated itself (create_graph, torch.func): sigmoid(a) from `a`, differentiably.
+        positive = None if torch.is_grad_enabled() else pairs[..., 1]
+        return factorized.subcode_probs_vjp(a, probs, cotangent, torch_namespace, positive=positive)
 
 
 class _EagerMatmulHighest(torch.autograd.Function):
@@ -317,7 +343,7 @@ def subcode_probs(a: torch.Tensor) -> torch.Tensor:
     """`[..., k]` bit logits -> `[..., 2**k]` sub-code probabilities, with the analytic gradient."""
     if not (torch.is_grad_enabled() and a.requires_grad):
         return factorized.subcode_probs(a, torch_namespace, not torch.compiler.is_compiling())
-    return _SubcodeProbs.apply(a)
+    return _SubcodeProbs.apply(a)[0]
 
 
 _AUTOCAST_DEVICES = ("cpu", "cuda")
