@@ -9,6 +9,7 @@ tests/test_jax_grad.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -101,6 +102,32 @@ def test_torch_second_derivatives_equal_the_composition(name, monkeypatch):
     np.testing.assert_allclose(second, second_composed, rtol=1e-8, atol=1e-12 * float(np.max(np.abs(second_composed))))
 
 
+def _check_blocks(monkeypatch, be, put, cfg, seed, masked, backend_module, blocks_owner, blocks_name, context=None):
+    """`be`'s aux loss and its gradient with 8-token blocks (512 bytes of P_A: 45 tokens ->
+    6 blocks, 3 tokens padded), the block function counted, against the reference."""
+    monkeypatch.setattr(backend_module, "_BLOCK_BYTES", 512)
+    calls = []
+    blocks = getattr(blocks_owner, blocks_name)
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return blocks(*args, **kwargs)
+
+    monkeypatch.setattr(blocks_owner, blocks_name, counting)
+    z, mask = make_inputs(cfg, seed=seed, tokens=(5, 9), dtype="float32")
+    mask_arg = put(mask) if masked else None
+    mask_ref = mask if masked else None
+    with context or contextlib.nullcontext():
+        loss = be.lfq(put(z), cfg, mask=mask_arg).aux_loss
+        grad = be.vjp("aux_loss", put(z), cfg, mask=mask_arg)
+    assert calls and set(calls) == {8}
+    want = reference.lfq(z.astype(np.float64), cfg, mask=mask_ref).aux_loss
+    assert_close(np.asarray(loss), want, "float32", "loss", what="blocked aux_loss")
+    want_grad = reference.vjp("aux_loss", z.astype(np.float64), cfg, mask=mask_ref)
+    unit = _unit(cfg, mask if masked else np.ones_like(mask))
+    assert_close(np.asarray(grad), want_grad, "float32", "grad", scale=unit, what="blocked aux_loss grad")
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_jax_token_blocks_match_the_reference(masked, monkeypatch):
     """Past the block size JAX sums the histogram over padded blocks of tokens, each
@@ -110,28 +137,9 @@ def test_jax_token_blocks_match_the_reference(masked, monkeypatch):
     from lfq.backends.jax_backend import backend as jax_backend
 
     cfg = lfq.Config(codebook_dim=6, num_codebooks=2, inv_temperature=0.7)  # 64 bytes of P_A per token
-    monkeypatch.setattr(jax_backend, "_BLOCK_BYTES", 512)  # 8 tokens per block: 45 tokens -> 6 blocks, 3 padded
-    calls = []
-    blocks = histogram_grad.token_block_histogram
-
-    def counting(*args, **kwargs):
-        calls.append(args[2])
-        return blocks(*args, **kwargs)
-
-    monkeypatch.setattr(histogram_grad, "token_block_histogram", counting)
     be = lfq.get("jax")
-    z, mask = make_inputs(cfg, seed=7, tokens=(5, 9), dtype="float32")
-    mask_arg = jnp.asarray(mask) if masked else None
-    mask_ref = mask if masked else None
-    with jax.enable_x64(False):
-        loss = be.lfq(jnp.asarray(z), cfg, mask=mask_arg).aux_loss
-        grad = be.vjp("aux_loss", jnp.asarray(z), cfg, mask=mask_arg)
-    assert calls and set(calls) == {8}
-    want = reference.lfq(z.astype(np.float64), cfg, mask=mask_ref).aux_loss
-    assert_close(np.asarray(loss), want, "float32", "loss", what="blocked aux_loss")
-    want_grad = reference.vjp("aux_loss", z.astype(np.float64), cfg, mask=mask_ref)
-    unit = _unit(cfg, mask if masked else np.ones_like(mask))
-    assert_close(np.asarray(grad), want_grad, "float32", "grad", scale=unit, what="blocked aux_loss grad")
+    blocks = (histogram_grad, "token_block_histogram")
+    _check_blocks(monkeypatch, be, jnp.asarray, cfg, 7, masked, jax_backend, *blocks, jax.enable_x64(False))
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -144,25 +152,6 @@ def test_tensorflow_token_blocks_match_the_reference(masked, compiled, monkeypat
     from lfq.backends.tf_backend import ops as tf_ops
 
     cfg = lfq.Config(codebook_dim=6, num_codebooks=2, inv_temperature=0.6 + 0.01 * compiled)  # own programs
-    monkeypatch.setattr(tf_backend, "_BLOCK_BYTES", 512)  # 8 tokens per block: 45 tokens -> 6 blocks, 3 padded
-    calls = []
-    blocks = tf_ops.block_histogram
-
-    def counting(*args, **kwargs):
-        calls.append(args[2])
-        return blocks(*args, **kwargs)
-
-    monkeypatch.setattr(tf_ops, "block_histogram", counting)
     be = lfq.get("tensorflow")
     be = be.compiled() if compiled else be
-    z, mask = make_inputs(cfg, seed=8, tokens=(5, 9), dtype="float32")
-    mask_arg = tf.constant(mask) if masked else None
-    mask_ref = mask if masked else None
-    loss = be.lfq(tf.constant(z), cfg, mask=mask_arg).aux_loss
-    grad = be.vjp("aux_loss", tf.constant(z), cfg, mask=mask_arg)
-    assert calls and set(calls) == {8}
-    want = reference.lfq(z.astype(np.float64), cfg, mask=mask_ref).aux_loss
-    assert_close(np.asarray(loss), want, "float32", "loss", what="blocked aux_loss")
-    want_grad = reference.vjp("aux_loss", z.astype(np.float64), cfg, mask=mask_ref)
-    unit = _unit(cfg, mask if masked else np.ones_like(mask))
-    assert_close(np.asarray(grad), want_grad, "float32", "grad", scale=unit, what="blocked aux_loss grad")
+    _check_blocks(monkeypatch, be, tf.constant, cfg, 8, masked, tf_backend, tf_ops, "block_histogram")
