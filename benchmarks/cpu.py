@@ -31,7 +31,9 @@ the process's CPU time (`cpu_clock`), so that other work on the machine does not
   as GB/s of bytes read and written, against a copy of z into an existing buffer
   and a clone (a copy into new memory, which is what every call does with its
   outputs), under each allocator setting of `ALLOCATORS` (fresh processes); "jax -z"
-  is JAX's cheapest kernel of z's size, JAX's own floor.
+  is JAX's cheapest kernel of z's size, JAX's own floor. "into buffers" and
+  "donated" are an encode loop that keeps its output memory (docs/performance.md):
+  compiled torch writing into the caller's buffers, JAX with z donated.
 """
 
 from __future__ import annotations
@@ -313,27 +315,62 @@ def inference_case(n: int, d: int, repeat: int) -> list[dict]:
     def torch_fn(v):
         return tb.quantize(v, cfg), tb.codes_to_indices(v, cfg)
 
+    def torch_into(v, codes, indices):
+        # an encode loop's outputs in buffers it keeps: inductor writes them in place
+        codes.copy_(tb.quantize(v, cfg))
+        indices.copy_(tb.codes_to_indices(v, cfg))
+
+    def jax_encode(v):
+        # z donated: the codes reuse its memory. They are made from the indices
+        # (indices_to_codes o codes_to_indices == quantize, exactly), so that z is
+        # dead once the indices are read; quantize(z) beside codes_to_indices(z)
+        # makes XLA copy the donated z first.
+        indices = jb.codes_to_indices(v, cfg)
+        return jb.indices_to_codes(indices, cfg, dtype="float32"), indices
+
     compiled = torch.compile(torch_fn, fullgraph=True)
+    compiled_into = torch.compile(torch_into, fullgraph=True)
     jitted = jax.jit(lambda v: (jb.quantize(v, cfg), jb.codes_to_indices(v, cfg)))
+    donating = jax.jit(jax_encode, donate_argnums=0)
     negate = jax.jit(lambda v: -v)
+    negate_in_place = jax.jit(lambda v: -v, donate_argnums=0)
     dst = torch.empty_like(zt)
+    codes_buf, indices_buf = torch.empty_like(zt), torch.empty((n, 1), dtype=torch.int64)
+    donated = [jax.device_put(z), jax.device_put(z)]  # each call's z is the last call's codes (or -z)
+
+    def jax_donated():
+        donated[0] = jax.block_until_ready(donating(donated[0]))[0]
+        return donated[0], jb.codes_to_indices(donated[0][:1], cfg)  # (the indices' itemsize, for `moved`)
+
+    def negate_donated():
+        donated[1] = jax.block_until_ready(negate_in_place(donated[1]))
+        return donated[1]
+
+    def torch_into_buffers():
+        compiled_into(zt, codes_buf, indices_buf)
+        return codes_buf, indices_buf
+
     fns = {
         "torch-eager": lambda: torch_fn(zt),
         "torch-compiled": lambda: compiled(zt),
         "jax-jit": lambda: jax.block_until_ready(jitted(zj)),
+        "torch-compiled into buffers": torch_into_buffers,
+        "jax-jit donated": jax_donated,
         "copy": lambda: dst.copy_(zt),
         # a copy into new memory, as the steps write their outputs: the kernel's page
         # faults on fresh memory can cost more than the copy itself
         "clone": lambda: zt.clone(),
         # JAX's own cheapest kernel of z's size (read z, write a new array): JAX's floor
         "jax -z": lambda: jax.block_until_ready(negate(zj)),
+        "jax -z donated": negate_donated,
     }
     times = {k: [] for k in fns}
     moved = {}  # bytes read and written: z, and every output (JAX's indices are int32)
     with torch.no_grad():
         for k, fn in fns.items():
             outputs = fn()
-            moved[k] = z.nbytes + sum(o.nbytes for o in (outputs if isinstance(outputs, tuple) else (outputs,)))
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            moved[k] = z.nbytes + sum(o.nbytes * n // o.shape[0] for o in outputs)
         for _ in range(repeat):
             for k, fn in fns.items():
                 start = cpu_clock()
@@ -342,7 +379,7 @@ def inference_case(n: int, d: int, repeat: int) -> list[dict]:
     copy_gbps = 2 * z.nbytes / min(times["copy"]) / 1e9
     clone_gbps = 2 * z.nbytes / min(times["clone"]) / 1e9
     rows = []
-    for k in ("torch-eager", "torch-compiled", "jax-jit", "clone", "jax -z"):
+    for k in [k for k in fns if k != "copy"]:
         gbps = moved[k] / min(times[k]) / 1e9
         rows.append(
             {

@@ -28,7 +28,16 @@ def test_a_small_run_prints_ratios_floor_ops_and_inference(tmp_path):
     steps = {r["variant"]: r for r in rows["steps"]}
     assert set(steps) == {"jax-jit", "torch-eager"} and all(r["ms"] > 0 for r in steps.values())
     assert rows["floors"]["4"] > 0 and rows["ops"]["4"] > 50  # aten ops of one eager step
-    assert {r["variant"] for r in rows["inference"]} == {"torch-eager", "torch-compiled", "jax-jit", "clone", "jax -z"}
+    assert {r["variant"] for r in rows["inference"]} == {
+        "torch-eager",
+        "torch-compiled",
+        "jax-jit",
+        "torch-compiled into buffers",
+        "jax-jit donated",
+        "clone",
+        "jax -z",
+        "jax -z donated",
+    }
     assert {r["allocator"] for r in rows["inference"]} == {"heap reuse"}
     assert all(r["gbps"] > 0 for r in rows["inference"])
     assert "| 4 | 0.1 | jax-jit |" in proc.stdout and "| 4 | 0.1 | torch-eager |" in proc.stdout
