@@ -28,7 +28,26 @@ from collections.abc import Callable
 
 from lfq import factorized
 
-__all__ = ["code_histogram_vjp", "histogram_with_factors", "token_block_histogram"]
+__all__ = ["code_histogram_vjp", "histogram_with_factors", "token_block_histogram", "token_block_rows"]
+
+#: JAX and TensorFlow sum the histogram over blocks of tokens (`token_block_histogram`)
+#: from this many bytes of `P_A` on. Without blocks XLA:CPU keeps 2 (TensorFlow) to 3.5
+#: (JAX) tables of the size of `P_A + P_B` alive in a step's backward; with them, about
+#: one block's. Below it the blocks' fixed cost shows: at N = 4096, D = 16 (4 MiB of
+#: `P_A`) 1 MiB blocks made JAX's step 2.7 times as long.
+BLOCKS_FROM_BYTES = 16 * 2**20
+#: Bytes of `P_A` per block: a quarter of `P_A`, within these bounds (at 16 MiB per
+#: block and above the recomputation costs JAX nothing measurable).
+BLOCK_BYTES_RANGE = (4 * 2**20, 16 * 2**20)
+
+
+def token_block_rows(n, row_bytes: int) -> int | None:
+    """Tokens per block of `token_block_histogram` for `n` tokens of `row_bytes` bytes of
+    `P_A` each, or None for one pass (below `BLOCKS_FROM_BYTES`, or N not static)."""
+    if not isinstance(n, int) or n * row_bytes < BLOCKS_FROM_BYTES:
+        return None
+    low, high = BLOCK_BYTES_RANGE
+    return max(1, min(high, max(low, n * row_bytes // 4)) // row_bytes)
 
 
 def histogram_with_factors(a, weights, xp, matmul: Callable, subcode_probs_fn: Callable | None = None):

@@ -102,10 +102,11 @@ def test_torch_second_derivatives_equal_the_composition(name, monkeypatch):
     np.testing.assert_allclose(second, second_composed, rtol=1e-8, atol=1e-12 * float(np.max(np.abs(second_composed))))
 
 
-def _check_blocks(monkeypatch, be, put, cfg, seed, masked, backend_module, blocks_owner, blocks_name, context=None):
+def _check_blocks(monkeypatch, be, put, cfg, seed, masked, blocks_owner, blocks_name, context=None):
     """`be`'s aux loss and its gradient with 8-token blocks (512 bytes of P_A: 45 tokens ->
     6 blocks, 3 tokens padded), the block function counted, against the reference."""
-    monkeypatch.setattr(backend_module, "_BLOCK_BYTES", 512)
+    monkeypatch.setattr(histogram_grad, "BLOCKS_FROM_BYTES", 2048)
+    monkeypatch.setattr(histogram_grad, "BLOCK_BYTES_RANGE", (512, 512))
     calls = []
     blocks = getattr(blocks_owner, blocks_name)
 
@@ -134,12 +135,11 @@ def test_jax_token_blocks_match_the_reference(masked, monkeypatch):
     recomputed in the backward pass; values and gradients are the reference's."""
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
-    from lfq.backends.jax_backend import backend as jax_backend
 
     cfg = lfq.Config(codebook_dim=6, num_codebooks=2, inv_temperature=0.7)  # 64 bytes of P_A per token
     be = lfq.get("jax")
     blocks = (histogram_grad, "token_block_histogram")
-    _check_blocks(monkeypatch, be, jnp.asarray, cfg, 7, masked, jax_backend, *blocks, jax.enable_x64(False))
+    _check_blocks(monkeypatch, be, jnp.asarray, cfg, 7, masked, *blocks, jax.enable_x64(False))
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -148,10 +148,21 @@ def test_tensorflow_token_blocks_match_the_reference(masked, compiled, monkeypat
     """TensorFlow's blocks (a while loop forward and backward, the gradient recomputing
     each block): values and gradients are the reference's, eagerly and under XLA."""
     tf = pytest.importorskip("tensorflow")
-    from lfq.backends.tf_backend import backend as tf_backend
     from lfq.backends.tf_backend import ops as tf_ops
 
     cfg = lfq.Config(codebook_dim=6, num_codebooks=2, inv_temperature=0.6 + 0.01 * compiled)  # own programs
     be = lfq.get("tensorflow")
     be = be.compiled() if compiled else be
-    _check_blocks(monkeypatch, be, tf.constant, cfg, 8, masked, tf_backend, tf_ops, "block_histogram")
+    _check_blocks(monkeypatch, be, tf.constant, cfg, 8, masked, tf_ops, "block_histogram")
+
+
+def test_token_block_rows():
+    """One pass below 16 MiB of P_A (or for a symbolic N); from there a quarter of P_A per
+    block, at least 4 and at most 16 MiB."""
+    row = 1024  # D = 16: 256 float32 entries of P_A per token
+    assert histogram_grad.token_block_rows(16383, row) is None
+    assert histogram_grad.token_block_rows(None, row) is None
+    assert histogram_grad.token_block_rows(2**14, row) == 2**12  # 16 MiB: 4 blocks of 4 MiB
+    assert histogram_grad.token_block_rows(2**15, row) == 2**13  # 8 MiB blocks
+    assert histogram_grad.token_block_rows(2**20, row) == 2**14  # 16 MiB blocks
+    assert histogram_grad.token_block_rows(3 * 2**20, 3 * 2**20) == 5  # rows of 3 MiB: 15 MiB blocks

@@ -138,10 +138,6 @@ def _precision(cfg: Config):
     return jax.lax.Precision.HIGHEST if cfg.precision == "highest" else jax.lax.Precision.DEFAULT
 
 
-#: Bytes of `P_A` per block of tokens in `JaxBackend.code_histogram` (from 4 blocks on).
-_BLOCK_BYTES = 16 * 2**20
-
-
 @final
 class JaxBackend(ArrayBackend):
     """LFQ on JAX arrays; `lfq.get("jax")`. See the module docstring.
@@ -186,12 +182,13 @@ class JaxBackend(ArrayBackend):
         return jax.lax.bitcast_convert_type(x, dtype)
 
     def code_histogram(self, a, weights, cfg: Config):
-        """Past `_BLOCK_BYTES` of `P_A`, the histogram in blocks of tokens, each recomputed in
-        the backward pass (`histogram_grad.token_block_histogram`): XLA:CPU keeps about
-        five tables of `P_A`'s size alive in a step's backward, blocks bound them."""
+        """From `histogram_grad.BLOCKS_FROM_BYTES` of `P_A` on, the histogram in blocks of
+        tokens, each recomputed in the backward pass (`histogram_grad.token_block_histogram`):
+        XLA:CPU keeps about 3.5 tables of `P_A + P_B`'s size alive in a step's backward,
+        blocks bound them."""
         n, c, k = a.shape
-        row_bytes = c * 2 ** ((k + 1) // 2) * a.dtype.itemsize
-        if not isinstance(n, int) or n * row_bytes < 4 * _BLOCK_BYTES:
+        rows = histogram_grad.token_block_rows(n, c * 2 ** ((k + 1) // 2) * a.dtype.itemsize)
+        if rows is None:
             return super().code_histogram(a, weights, cfg)
 
         def scan(body, init, xs):
@@ -200,7 +197,7 @@ class JaxBackend(ArrayBackend):
         def histogram(a_block, w_block):
             return super(JaxBackend, self).code_histogram(a_block, w_block, cfg)
 
-        return histogram_grad.token_block_histogram(a, weights, _BLOCK_BYTES // row_bytes, jnp, histogram, scan)
+        return histogram_grad.token_block_histogram(a, weights, rows, jnp, histogram, scan)
 
     def matmul(self, a, b, cfg: Config):
         return jnp.matmul(a, b, precision=_precision(cfg), out_sharding=_contracted_out_sharding(a, b))

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from lfq.backends.tf_backend import array_namespace, distributed, ops
 
-from lfq import validation
+from lfq import histogram_grad, validation
 from lfq.array_backend import ArrayBackend
 from lfq.config import Config
 from lfq.interface import GRAD_TERMS, LFQOutput
@@ -42,10 +42,6 @@ _DISTRIBUTED_OPTIONS = ("replica_context",)
 
 def _fully_defined(z) -> bool:
     return z.shape.is_fully_defined()
-
-
-#: Bytes of `P_A` per block of tokens in `TensorFlowBackend.code_histogram` (from 4 blocks on).
-_BLOCK_BYTES = 16 * 2**20
 
 
 class TensorFlowBackend(ArrayBackend):
@@ -95,18 +91,18 @@ class TensorFlowBackend(ArrayBackend):
         return ops.subcode_probs(a)
 
     def code_histogram(self, a, weights, cfg: Config):
-        """Past `_BLOCK_BYTES` of `P_A` (static N), the histogram over blocks of tokens,
-        recomputed in the gradient (`ops.block_histogram`): XLA:CPU keeps about four
-        tables of `P_A`'s size alive in a step's backward, blocks bound them."""
+        """From `histogram_grad.BLOCKS_FROM_BYTES` of `P_A` on (static N), the histogram over
+        blocks of tokens, recomputed in the gradient (`ops.block_histogram`): XLA:CPU keeps
+        about two tables of `P_A + P_B`'s size alive in a step's backward, blocks bound them."""
         n, c, k = a.shape
-        row_bytes = c * 2 ** ((k + 1) // 2) * a.dtype.size
-        if not isinstance(n, int) or n * row_bytes < 4 * _BLOCK_BYTES:
+        rows = histogram_grad.token_block_rows(n, c * 2 ** ((k + 1) // 2) * a.dtype.size)
+        if rows is None:
             return super().code_histogram(a, weights, cfg)
 
         def histogram(a_block, w_block):
             return super(TensorFlowBackend, self).code_histogram(a_block, w_block, cfg)
 
-        return ops.block_histogram(a, weights, _BLOCK_BYTES // row_bytes, histogram)
+        return ops.block_histogram(a, weights, rows, histogram)
 
     def tiled_entropy(self, probs_a, probs_b, count, rows: int, cfg: Config):
         from lfq.backends.tf_backend.tiled import tiled_entropy  # custom gradient over tf.while_loop
