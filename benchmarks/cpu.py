@@ -22,7 +22,9 @@ the process's CPU time (`cpu_clock`), so that other work on the machine does not
   compile, with a fresh inductor cache unless `--warm-cache`); and, each in a fresh
   process, the first forward + backward of `torch.compile(LFQ layer)` on a new
   inductor cache ("cold") and again on the cache it left ("warm": a restarted run),
-  and then of a second input shape in the same process (one recompile).
+  and then of a second input shape in the same process (one recompile); and all of
+  that again after the process first compiles a trivial function (on another new
+  cache), which separates what any first `torch.compile` costs from the layer's own.
 * **ops**: aten operations per eager torch step (forward + backward).
 * **memory**: each backend's step in a fresh process at `--memory-tokens`,
   D = `--memory-dim`: growth of the resident high-water mark over the size after
@@ -253,12 +255,21 @@ def run_memory(n: int, d: int, timeout: float, variants=MEMORY_VARIANTS) -> list
 # ----------------------------------------------------------------------------- first calls
 
 
-def first_call_case(d: int) -> dict:
+def first_call_case(d: int, after_other: bool = False) -> dict:
     """Seconds of the first forward + backward of `torch.compile(LFQ layer)` (run in a fresh process),
-    then of a second input shape (torch recompiles once, with the changed axis dynamic)."""
+    then of a second input shape (torch recompiles once, with the changed axis dynamic).
+
+    With `after_other`, a trivial function is compiled first ("torch_first_s"): what any
+    first `torch.compile` of a process costs, so that the layer's own share shows.
+    """
     torch = _torch()
     from lfq.backends.torch_backend import LFQ
 
+    row: dict = {"D": d}
+    if after_other:
+        start = time.perf_counter()
+        torch.compile(lambda x: (x.sin() * 2 + 1).sum())(torch.randn(64, 16))
+        row["torch_first_s"] = time.perf_counter() - start
     layer = LFQ(codebook_size=2**d, dim=d)
     compiled = torch.compile(layer)
     seconds = []
@@ -268,22 +279,24 @@ def first_call_case(d: int) -> dict:
         out = compiled(x)
         (out[0].sum() + out[2]).backward()
         seconds.append(time.perf_counter() - start)
-    return {"D": d, "first_s": seconds[0], "second_shape_s": seconds[1]}
+    return {**row, "first_s": seconds[0], "second_shape_s": seconds[1]}
 
 
 def run_first_calls(d: int, timeout: float) -> list[dict]:
-    """`first_call_case` twice on one fresh inductor cache: cold, then warm (a restarted run)."""
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="lfq-inductor-"))
+    """`first_call_case` twice on one fresh inductor cache: cold, then warm (a restarted run);
+    then the same after a trivial compile, on another fresh cache."""
     rows = []
-    for cache in ("cold", "warm"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--_first", str(d)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"D": d, "note": proc.stderr[-200:]}
-        except subprocess.TimeoutExpired:
-            row = {"D": d, "note": f"timed out after {timeout:.0f} s"}
-        rows.append({"cache": cache, **row})
+    for after_other in (False, True):
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="lfq-inductor-"))
+        for cache in ("cold", "warm"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--_first", json.dumps([d, after_other])]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                row = json.loads(lines[-1]) if lines else {"D": d, "note": proc.stderr[-200:]}
+            except subprocess.TimeoutExpired:
+                row = {"D": d, "note": f"timed out after {timeout:.0f} s"}
+            rows.append({"cache": cache, **row})
     return rows
 
 
@@ -488,11 +501,15 @@ def format_report(steps, floors, ops, memory, inference, first_calls=()) -> str:
     if first_calls:
         out.append("")
         out.append(
-            "| first call of torch.compile(LFQ layer), forward + backward | D | inductor cache | s | second shape, s |"
+            "| first call of torch.compile(LFQ layer), forward + backward | D | inductor cache "
+            "| torch's own first compile, s | layer, s | second shape, s |"
         )
-        out.append("|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|")
         for r in first_calls:
-            value = f"{r['first_s']:.1f} | {r['second_shape_s']:.1f}" if "first_s" in r else r.get("note", "")[:80]
+            own = f"{r['torch_first_s']:.1f}" if "torch_first_s" in r else "(in the layer's)"
+            value = (
+                f"{own} | {r['first_s']:.1f} | {r['second_shape_s']:.1f}" if "first_s" in r else r.get("note", "")[:80]
+            )
             out.append(f"| | {r['D']} | {r['cache']} | {value} |")
     return "\n".join(out)
 
@@ -514,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="also write every row to this file")
     parser.add_argument("--first-call-dim", type=int, default=14)
     parser.add_argument("--_memory", help=argparse.SUPPRESS)
-    parser.add_argument("--_first", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_first", help=argparse.SUPPRESS)
     parser.add_argument("--_inference", help=argparse.SUPPRESS)
     return parser
 
@@ -528,7 +545,7 @@ def main(argv=None) -> int:
         print(json.dumps(inference_case(*json.loads(args._inference))))
         return 0
     if args._first:
-        print(json.dumps(first_call_case(args._first)))
+        print(json.dumps(first_call_case(*json.loads(args._first))))
         return 0
     if not args.warm_cache:  # first calls as a new user meets them
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lfq-inductor-")
