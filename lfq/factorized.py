@@ -36,7 +36,7 @@ import numpy as np
 
 from lfq import features, tiled
 from lfq.config import Config
-from lfq.schedule import _NO_SCHEDULE, SCHEDULE_FIELDS, Schedule, _is_number, _like
+from lfq.schedule import _NO_SCHEDULE, SCHEDULE_FIELDS, Schedule, _like
 from lfq.subnormal import flush_subnormal
 
 __all__ = [
@@ -108,7 +108,8 @@ def bit_groups(cfg: Config) -> list[tuple[int, int]]:
     of consecutive bits, sizes as equal as possible with the larger ones first.
     """
     groups = cfg.entropy_groups
-    base, extra = divmod(cfg.codebook_dim, groups)
+    # // and %, not divmod: Dynamo cannot trace divmod of symbolic ints (dynamic=True).
+    base, extra = cfg.codebook_dim // groups, cfg.codebook_dim % groups
     bounds, start = [], 0
     for g in range(groups):
         stop = start + base + (1 if g < extra else 0)
@@ -120,29 +121,28 @@ def bit_groups(cfg: Config) -> list[tuple[int, int]]:
 #: Bound of the bit logits: every function of `a` here is saturated far below it
 #: (exp(-2**64) is 0 in any float), and 4*tau*m*x below it does not overflow.
 LOGIT_LIMIT = 2.0**64
+_LOGIT_LIMIT_HEX = LOGIT_LIMIT.hex()
 
 
 def bit_logits(x, cfg: Config, xp, schedule: Schedule = _NO_SCHEDULE):
     r"""Bit logits $a = 4\tau m x$ of transformed features `x`, clipped to $\pm 2^{64}$.
 
-    Clipping first, at $\pm 2^{64} / (4\tau m)$, keeps the product finite where it
-    would overflow (float32 $|x| = 10^{34}$ at $\tau = 10^4$), so saturated bits
-    give their limits (entropy 0, probabilities 0 and 1, gradient 0) instead of
-    $\infty - \infty$. It changes no value: every loss is constant in $a$ beyond
-    $|a| \approx 750$. Infinite features are clipped alike (the entropies' limits).
+    The product is formed first and clipped at the constant $\pm 2^{64}$: where it
+    overflows (float32 $|x| = 10^{34}$ at $\tau = 10^4$) it is $\pm\infty$ and clips to
+    the limit ($4\tau m$ is finite and positive: `Config` checks both), so saturated
+    bits and infinite features give their limits (entropy 0, probabilities 0 and 1,
+    gradient 0) instead of $\infty - \infty$. It changes no value: every loss is
+    constant in $a$ beyond $|a| \approx 750$. A bound that does not depend on the
+    config is also a constant of every trace: under `torch.compile(dynamic=True)` the
+    config's floats are symbolic, and a clip at a symbolic bound broke the graph.
 
     $\tau$ is `schedule`'s when it gives one (a number or a 0-d array).
     """
-    scale = 4.0 * schedule.value("inv_temperature", cfg) * cfg.code_magnitude
-    # At most 2**127, which float32 holds: a bound past float32's range would not be
-    # representable in a float32 clip (past it everything is saturated anyway).
-    if _is_number(scale):
-        bound = min(LOGIT_LIMIT / scale, 2.0**127)
-    else:  # a run-time tau (an array): the bound only needs to lie past saturation and below
-        # 2**127; adding 2**-63 caps it there without a data-dependent branch or clip.
-        bound = _like(LOGIT_LIMIT / (scale + 2.0**-63), x, xp)
-        scale = _like(scale, x, xp)
-    return xp.clip(x, -bound, bound) * scale
+    scale = _like(4.0 * schedule.value("inv_temperature", cfg) * cfg.code_magnitude, x, xp)
+    # From a string: torch.compile(dynamic=True) makes a float read from a global a
+    # graph input (symbolic), a literal built in the function stays a constant.
+    limit = float.fromhex(_LOGIT_LIMIT_HEX)
+    return xp.clip(x * scale, -limit, limit)
 
 
 def bit_log_probs(a, xp):

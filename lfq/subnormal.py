@@ -20,6 +20,8 @@ _LARGEST_SUBNORMAL = {
     for (name, tiny), dtype in zip(SMALLEST_NORMAL.items(), (np.float32, np.float64))
 }
 
+_LARGEST_SUBNORMAL_HEX = {name: value.hex() for name, value in _LARGEST_SUBNORMAL.items()}
+
 
 def flush_subnormal(x, xp, nonnegative: bool = False, overwrite: bool = False):
     r"""`x` with its entries of magnitude below the dtype's smallest normal number replaced by exact 0.
@@ -42,7 +44,7 @@ def flush_subnormal(x, xp, nonnegative: bool = False, overwrite: bool = False):
     if overwrite and nonnegative:
         threshold_ = getattr(xp, "threshold_", None)
         if threshold_ is not None:  # torch: x <= largest subnormal -> 0 (NaN stays)
-            return threshold_(x, _LARGEST_SUBNORMAL[name], 0.0)
+            return threshold_(x, float.fromhex(_LARGEST_SUBNORMAL_HEX[name]), 0.0)
         putmask = getattr(xp, "putmask", None)
         if putmask is not None:  # NumPy
             putmask(x, x < SMALLEST_NORMAL[name], 0.0)
@@ -51,6 +53,10 @@ def flush_subnormal(x, xp, nonnegative: bool = False, overwrite: bool = False):
     if hardshrink is not None:
         # torch: one vectorized kernel; its CPU `where` (plus the compare and the
         # zeros) costs about 10 times as much, which is most of an eager step's flush.
-        return hardshrink(x, _LARGEST_SUBNORMAL[name])
+        # The threshold as a hex literal: `torch.compile(dynamic=True)` makes a Python float
+        # read from a global a graph input, which an autograd.Function's forward (the
+        # sub-code tables') cannot take in (a Dynamo error); a float built from a string
+        # is a constant of the trace.
+        return hardshrink(x, float.fromhex(_LARGEST_SUBNORMAL_HEX[name]))
     tiny = SMALLEST_NORMAL[name]
     return xp.where((x if nonnegative else xp.abs(x)) < tiny, xp.zeros_like(x), x)
