@@ -24,7 +24,9 @@ the process's CPU time (`cpu_clock`), so that other work on the machine does not
   inductor cache ("cold") and again on the cache it left ("warm": a restarted run),
   and then of a second input shape in the same process (one recompile); and all of
   that again after the process first compiles a trivial function (on another new
-  cache), which separates what any first `torch.compile` costs from the layer's own.
+  cache), which separates what any first `torch.compile` costs from the layer's own,
+  and once more with `torch.compile(layer, dynamic=True)` (no recompile at the second
+  shape).
 * **ops**: aten operations per eager torch step (forward + backward).
 * **memory**: each backend's step in a fresh process at `--memory-tokens`,
   D = `--memory-dim`: growth of the resident high-water mark over the size after
@@ -255,23 +257,24 @@ def run_memory(n: int, d: int, timeout: float, variants=MEMORY_VARIANTS) -> list
 # ----------------------------------------------------------------------------- first calls
 
 
-def first_call_case(d: int, after_other: bool = False) -> dict:
+def first_call_case(d: int, after_other: bool = False, dynamic: bool = False) -> dict:
     """Seconds of the first forward + backward of `torch.compile(LFQ layer)` (run in a fresh process),
     then of a second input shape (torch recompiles once, with the changed axis dynamic).
 
     With `after_other`, a trivial function is compiled first ("torch_first_s"): what any
-    first `torch.compile` of a process costs, so that the layer's own share shows.
+    first `torch.compile` of a process costs, so that the layer's own share shows. With
+    `dynamic`, `torch.compile(layer, dynamic=True)`: one graph for every size.
     """
     torch = _torch()
     from lfq.backends.torch_backend import LFQ
 
-    row: dict = {"D": d}
+    row: dict = {"D": d, "compile": "dynamic=True" if dynamic else "default"}
     if after_other:
         start = time.perf_counter()
         torch.compile(lambda x: (x.sin() * 2 + 1).sum())(torch.randn(64, 16))
         row["torch_first_s"] = time.perf_counter() - start
     layer = LFQ(codebook_size=2**d, dim=d)
-    compiled = torch.compile(layer)
+    compiled = torch.compile(layer, dynamic=True if dynamic else None)
     seconds = []
     for shape in ((2, 512, d), (3, 300, d)):
         x = torch.randn(*shape, requires_grad=True)
@@ -279,17 +282,24 @@ def first_call_case(d: int, after_other: bool = False) -> dict:
         out = compiled(x)
         (out[0].sum() + out[2]).backward()
         seconds.append(time.perf_counter() - start)
-    return {**row, "first_s": seconds[0], "second_shape_s": seconds[1]}
+    steps = []  # a step once compiled, at the first shape (median CPU time of 15)
+    for _ in range(15):
+        x = torch.randn(2, 512, d, requires_grad=True)
+        start = cpu_clock()
+        out = compiled(x)
+        (out[0].sum() + out[2]).backward()
+        steps.append(cpu_clock() - start)
+    return {**row, "first_s": seconds[0], "second_shape_s": seconds[1], "step_ms": 1e3 * sorted(steps)[7]}
 
 
 def run_first_calls(d: int, timeout: float) -> list[dict]:
     """`first_call_case` twice on one fresh inductor cache: cold, then warm (a restarted run);
-    then the same after a trivial compile, on another fresh cache."""
+    then the same after a trivial compile, and that with `dynamic=True`, each on a fresh cache."""
     rows = []
-    for after_other in (False, True):
+    for after_other, dynamic in ((False, False), (True, False), (True, True)):
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="lfq-inductor-"))
         for cache in ("cold", "warm"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--_first", json.dumps([d, after_other])]
+            cmd = [sys.executable, os.path.abspath(__file__), "--_first", json.dumps([d, after_other, dynamic])]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -502,15 +512,17 @@ def format_report(steps, floors, ops, memory, inference, first_calls=()) -> str:
         out.append("")
         out.append(
             "| first call of torch.compile(LFQ layer), forward + backward | D | inductor cache "
-            "| torch's own first compile, s | layer, s | second shape, s |"
+            "| torch's own first compile, s | layer, s | second shape, s | a step, ms |"
         )
-        out.append("|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|")
+        # the first column names the compile: default, or dynamic=True
         for r in first_calls:
             own = f"{r['torch_first_s']:.1f}" if "torch_first_s" in r else "(in the layer's)"
-            value = (
-                f"{own} | {r['first_s']:.1f} | {r['second_shape_s']:.1f}" if "first_s" in r else r.get("note", "")[:80]
-            )
-            out.append(f"| | {r['D']} | {r['cache']} | {value} |")
+            if "first_s" in r:
+                value = f"{own} | {r['first_s']:.1f} | {r['second_shape_s']:.1f} | {r['step_ms']:.2f}"
+            else:
+                value = r.get("note", "")[:80]
+            out.append(f"| {r.get('compile', '')} | {r['D']} | {r['cache']} | {value} |")
     return "\n".join(out)
 
 
