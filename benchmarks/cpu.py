@@ -63,6 +63,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -241,16 +242,24 @@ def memory_case(variant: str, n: int, d: int) -> dict:
     return {"variant": variant, "N": n, "D": d, "peak_mib": grow, "pab_mib": unit, "x_pab": grow / unit}
 
 
+def run_child(mode: str, args: list, timeout: float, opener: str = "{", env=None) -> tuple[Any, str]:
+    """This script run as `mode json(args)` in a fresh process: `(result, "")` with the last
+    stdout line starting with `opener` parsed as JSON, or `(None, note)` with the tail of
+    its stderr, or the timeout, as the note."""
+    cmd = [sys.executable, os.path.abspath(__file__), mode, json.dumps(args)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(opener)]
+    return (json.loads(lines[-1]), "") if lines else (None, proc.stderr[-200:])
+
+
 def run_memory(n: int, d: int, timeout: float, variants=MEMORY_VARIANTS) -> list[dict]:
     rows = []
     for v in variants:
-        cmd = [sys.executable, os.path.abspath(__file__), "--_memory", json.dumps([v, n, d])]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            rows.append(json.loads(lines[-1]) if lines else {"variant": v, "note": proc.stderr[-200:]})
-        except subprocess.TimeoutExpired:
-            rows.append({"variant": v, "note": f"timed out after {timeout:.0f} s"})
+        found, note = run_child("--_memory", [v, n, d], timeout)
+        rows.append(found if found is not None else {"variant": v, "note": note})
     return rows
 
 
@@ -275,20 +284,17 @@ def first_call_case(d: int, after_other: bool = False, dynamic: bool = False) ->
         row["torch_first_s"] = time.perf_counter() - start
     layer = LFQ(codebook_size=2**d, dim=d)
     compiled = torch.compile(layer, dynamic=True if dynamic else None)
-    seconds = []
-    for shape in ((2, 512, d), (3, 300, d)):
+
+    def step(shape, clock) -> float:
         x = torch.randn(*shape, requires_grad=True)
-        start = time.perf_counter()
+        start = clock()
         out = compiled(x)
         (out[0].sum() + out[2]).backward()
-        seconds.append(time.perf_counter() - start)
-    steps = []  # a step once compiled, at the first shape (median CPU time of 15)
-    for _ in range(15):
-        x = torch.randn(2, 512, d, requires_grad=True)
-        start = cpu_clock()
-        out = compiled(x)
-        (out[0].sum() + out[2]).backward()
-        steps.append(cpu_clock() - start)
+        return clock() - start
+
+    seconds = [step(shape, time.perf_counter) for shape in ((2, 512, d), (3, 300, d))]
+    # a step once compiled, at the first shape (median CPU time of 15)
+    steps = [step((2, 512, d), cpu_clock) for _ in range(15)]
     return {**row, "first_s": seconds[0], "second_shape_s": seconds[1], "step_ms": 1e3 * sorted(steps)[7]}
 
 
@@ -299,14 +305,8 @@ def run_first_calls(d: int, timeout: float) -> list[dict]:
     for after_other, dynamic in ((False, False), (True, False), (True, True)):
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="lfq-inductor-"))
         for cache in ("cold", "warm"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--_first", json.dumps([d, after_other, dynamic])]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-                row = json.loads(lines[-1]) if lines else {"D": d, "note": proc.stderr[-200:]}
-            except subprocess.TimeoutExpired:
-                row = {"D": d, "note": f"timed out after {timeout:.0f} s"}
-            rows.append({"cache": cache, **row})
+            found, note = run_child("--_first", [d, after_other, dynamic], timeout, env=env)
+            rows.append({"cache": cache, **(found if found is not None else {"D": d, "note": note})})
     return rows
 
 
@@ -362,8 +362,9 @@ def inference_case(n: int, d: int, repeat: int) -> list[dict]:
     donated = [jax.device_put(z), jax.device_put(z)]  # each call's z is the last call's codes (or -z)
 
     def jax_donated():
-        donated[0] = jax.block_until_ready(donating(donated[0]))[0]
-        return donated[0], jb.codes_to_indices(donated[0][:1], cfg)  # (the indices' itemsize, for `moved`)
+        codes, indices = jax.block_until_ready(donating(donated[0]))
+        donated[0] = codes
+        return codes, indices
 
     def negate_donated():
         donated[1] = jax.block_until_ready(negate_in_place(donated[1]))
@@ -393,7 +394,7 @@ def inference_case(n: int, d: int, repeat: int) -> list[dict]:
         for k, fn in fns.items():
             outputs = fn()
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-            moved[k] = z.nbytes + sum(o.nbytes * n // o.shape[0] for o in outputs)
+            moved[k] = z.nbytes + sum(o.nbytes for o in outputs)
         for _ in range(repeat):
             for k, fn in fns.items():
                 start = cpu_clock()
@@ -423,17 +424,9 @@ def run_inference(n: int, d: int, repeat: int, timeout: float, allocators=tuple(
     """`inference_case` under each of `allocators` (names in `ALLOCATORS`), each in a fresh process."""
     rows = []
     for name in allocators:
-        settings = ALLOCATORS[name]
-        cmd = [sys.executable, os.path.abspath(__file__), "--_inference", json.dumps([n, d, repeat])]
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **settings)
-            )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-            found = json.loads(lines[-1]) if lines else [{"variant": "all", "note": proc.stderr[-200:]}]
-        except subprocess.TimeoutExpired:
-            found = [{"variant": "all", "note": f"timed out after {timeout:.0f} s"}]
-        rows += [{"allocator": name, **r} for r in found]
+        env = dict(os.environ, **ALLOCATORS[name])
+        found, note = run_child("--_inference", [n, d, repeat], timeout, opener="[", env=env)
+        rows += [{"allocator": name, **r} for r in (found if found is not None else [{"variant": "all", "note": note}])]
     return rows
 
 
