@@ -41,9 +41,11 @@ BLOCKS_FROM_BYTES = 16 * 2**20
 BLOCK_BYTES_RANGE = (4 * 2**20, 16 * 2**20)
 
 
-def token_block_rows(n, row_bytes: int) -> int | None:
-    """Tokens per block of `token_block_histogram` for `n` tokens of `row_bytes` bytes of
-    `P_A` each, or None for one pass (below `BLOCKS_FROM_BYTES`, or N not static)."""
+def token_block_rows(n, codebooks: int, bits: int, itemsize: int) -> int | None:
+    """Tokens per block of `token_block_histogram` for bit logits `[n, codebooks, bits]` of
+    `itemsize` bytes (`P_A` holds `codebooks * 2**ceil(bits / 2)` entries per token), or
+    None for one pass (below `BLOCKS_FROM_BYTES`, or N not static)."""
+    row_bytes = codebooks * 2 ** ((bits + 1) // 2) * itemsize
     if not isinstance(n, int) or n * row_bytes < BLOCKS_FROM_BYTES:
         return None
     low, high = BLOCK_BYTES_RANGE

@@ -159,10 +159,10 @@ def test_tensorflow_token_blocks_match_the_reference(masked, compiled, monkeypat
 def test_token_block_rows():
     """One pass below 16 MiB of P_A (or for a symbolic N); from there a quarter of P_A per
     block, at least 4 and at most 16 MiB."""
-    row = 1024  # D = 16: 256 float32 entries of P_A per token
-    assert histogram_grad.token_block_rows(16383, row) is None
-    assert histogram_grad.token_block_rows(None, row) is None
-    assert histogram_grad.token_block_rows(2**14, row) == 2**12  # 16 MiB: 4 blocks of 4 MiB
-    assert histogram_grad.token_block_rows(2**15, row) == 2**13  # 8 MiB blocks
-    assert histogram_grad.token_block_rows(2**20, row) == 2**14  # 16 MiB blocks
-    assert histogram_grad.token_block_rows(3 * 2**20, 3 * 2**20) == 5  # rows of 3 MiB: 15 MiB blocks
+    row = (1, 16, 4)  # D = 16, float32: 1024 bytes (256 entries) of P_A per token
+    assert histogram_grad.token_block_rows(16383, *row) is None
+    assert histogram_grad.token_block_rows(None, *row) is None
+    assert histogram_grad.token_block_rows(2**14, *row) == 2**12  # 16 MiB: 4 blocks of 4 MiB
+    assert histogram_grad.token_block_rows(2**15, *row) == 2**13  # 8 MiB blocks
+    assert histogram_grad.token_block_rows(2**20, *row) == 2**14  # 16 MiB blocks
+    assert histogram_grad.token_block_rows(3 * 2**20, 3, 36, 4) == 5  # rows of 3 MiB: 15 MiB blocks

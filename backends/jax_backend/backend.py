@@ -187,7 +187,7 @@ class JaxBackend(ArrayBackend):
         XLA:CPU keeps about 3.5 tables of `P_A + P_B`'s size alive in a step's backward,
         blocks bound them."""
         n, c, k = a.shape
-        rows = histogram_grad.token_block_rows(n, c * 2 ** ((k + 1) // 2) * a.dtype.itemsize)
+        rows = histogram_grad.token_block_rows(n, c, k, a.dtype.itemsize)
         if rows is None:
             return super().code_histogram(a, weights, cfg)
 

@@ -95,7 +95,7 @@ class TensorFlowBackend(ArrayBackend):
         blocks of tokens, recomputed in the gradient (`ops.block_histogram`): XLA:CPU keeps
         about two tables of `P_A + P_B`'s size alive in a step's backward, blocks bound them."""
         n, c, k = a.shape
-        rows = histogram_grad.token_block_rows(n, c * 2 ** ((k + 1) // 2) * a.dtype.size)
+        rows = histogram_grad.token_block_rows(n, c, k, a.dtype.size)
         if rows is None:
             return super().code_histogram(a, weights, cfg)
 
