@@ -14,13 +14,12 @@ __all__ = ["SMALLEST_NORMAL", "flush_subnormal"]
 
 #: Smallest positive normal float32 and float64 (`finfo(dtype).smallest_normal`).
 SMALLEST_NORMAL = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
-#: Largest subnormal float32 and float64: `hardshrink(x, this)` zeros exactly the subnormals.
-_LARGEST_SUBNORMAL = {
-    name: float(np.nextafter(np.asarray(tiny, dtype), dtype(0)))
+#: Largest subnormal float32 and float64, as hex strings (`float.fromhex` at the call: see
+#: `flush_subnormal`): `hardshrink(x, this)` zeros exactly the subnormals.
+_LARGEST_SUBNORMAL_HEX = {
+    name: float(np.nextafter(np.asarray(tiny, dtype), dtype(0))).hex()
     for (name, tiny), dtype in zip(SMALLEST_NORMAL.items(), (np.float32, np.float64))
 }
-
-_LARGEST_SUBNORMAL_HEX = {name: value.hex() for name, value in _LARGEST_SUBNORMAL.items()}
 
 
 def flush_subnormal(x, xp, nonnegative: bool = False, overwrite: bool = False):
